@@ -1,0 +1,132 @@
+"""Measure a model's arena under real TFLite Micro (the ``tflite-micro`` wheel, x86_64 hosts only).
+
+Runs as a child process (``python -m lepton_edge.plan.tflm_probe``): TFLite Micro prints its
+allocation report on file descriptor 2, logs every failed allocation there, and a malformed model
+could take the process down with it. The parent gets one JSON object on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import sys
+import tempfile
+from typing import Iterator
+
+ALIGN = 16
+_LINE = re.compile(r"Arena allocation (total|head|tail) (\d+) bytes")
+
+
+@contextlib.contextmanager
+def _fd2_to(path: str) -> Iterator[None]:
+    sys.stderr.flush()
+    saved = os.dup(2)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        os.dup2(fd, 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(fd)
+
+
+def _interpreter(model: bytes, arena: int):
+    import numpy as np
+    from tflite_micro.python.tflite_micro import runtime
+
+    it = runtime.Interpreter.from_bytes(model, arena_size=arena)
+    i = 0
+    while True:
+        try:
+            d = it.get_input_details(i)
+        except Exception:  # noqa: BLE001 - the wrapper raises past the last input
+            break
+        it.set_input(np.zeros(d["shape"], d["dtype"]), i)
+        i += 1
+    it.invoke()
+    return it
+
+
+def runs(model: bytes, arena: int) -> bool:
+    with _fd2_to(os.devnull):
+        try:
+            _interpreter(model, arena)
+            return True
+        except (RuntimeError, ValueError):
+            return False
+
+
+def failure_reason(model: bytes, arena: int) -> str:
+    """TFLite Micro's own words (its last log lines) for why the model does not run."""
+    with tempfile.NamedTemporaryFile("r", suffix=".log") as log:
+        with _fd2_to(log.name):
+            try:
+                _interpreter(model, arena)
+                return ""
+            except (RuntimeError, ValueError) as exc:
+                err = str(exc)
+        lines = [line.strip() for line in open(log.name) if line.strip()]
+    return "; ".join(lines[-2:] + [err])
+
+
+def allocations(model: bytes, arena: int) -> dict[str, int]:
+    """TFLite Micro's own report of head, tail and total for ``arena`` bytes."""
+    with tempfile.NamedTemporaryFile("r", suffix=".log") as log:
+        with _fd2_to(log.name):
+            it = _interpreter(model, arena)
+            it.print_allocations()
+        text = open(log.name).read()
+    return {k: int(v) for k, v in _LINE.findall(text)}
+
+
+def smallest_arena(model: bytes, start: int) -> int:
+    """The smallest arena (a multiple of 16) with which TFLite Micro allocates and invokes the model."""
+    hi = max(ALIGN, (start + ALIGN - 1) // ALIGN * ALIGN)
+    cap = max(64 << 20, 16 * hi)
+    while not runs(model, hi):
+        hi *= 2
+        if hi > cap:
+            raise RuntimeError(failure_reason(model, cap))
+    lo = 0  # invariant: lo fails (or is 0), hi runs
+    while hi - lo > ALIGN:
+        mid = (lo + hi) // 2 // ALIGN * ALIGN
+        if mid <= lo:
+            break
+        if runs(model, mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("model")
+    p.add_argument("--arena", type=int, help="report allocations at this arena size")
+    p.add_argument("--search-from", type=int, help="find the smallest arena, starting at this guess")
+    args = p.parse_args(argv)
+    model = open(args.model, "rb").read()
+    result: dict[str, object] = {}
+    try:
+        arena = args.arena
+        if args.search_from is not None:
+            arena = smallest_arena(model, args.search_from)
+            result["smallest_arena_bytes"] = arena
+            result["fails_below"] = not runs(model, arena - ALIGN)
+        if arena is None:
+            arena = len(model) * 10 + 65536
+        result["arena_bytes"] = arena
+        result.update(allocations(model, arena))
+    except Exception as exc:  # noqa: BLE001 - reported to the parent as data
+        result = {"error": str(exc) or type(exc).__name__}
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
