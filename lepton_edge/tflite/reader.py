@@ -25,9 +25,30 @@ _PARSE_ERRORS = (IndexError, struct.error, ValueError, TypeError, OverflowError,
 
 FILE_IDENTIFIER = b"TFL3"
 
+#: No tensor holds more elements than this; larger shapes only come from damaged files (and would
+#: make MAC and size arithmetic produce integers too long to print).
+MAX_TENSOR_ELEMENTS = 2**62
+
 
 class _Corrupt(Exception):
     pass
+
+
+class _ReadBudget:
+    """Vector elements and string bytes read so far, at most one per byte of the file.
+
+    Flatbuffers may point many tensors at one shape vector or name: legal, never written by a
+    converter, and without this bound a file of 100 KB could make the reader run for minutes and
+    hold gigabytes. A sound file stores every element once, in at least one byte.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.left = size
+
+    def take(self, n: int, what: str) -> None:
+        self.left -= n
+        if self.left < 0:
+            raise _Corrupt(f"{what}: more data than the file holds (shared vectors)")
 
 
 def builtin_name(code: int) -> str:
@@ -73,14 +94,14 @@ def _parse(data: bytes, source: str) -> TFLiteModel:
         raise _Corrupt("root offset past the end")
     model = fb.Model.GetRootAs(data, 0)
     limit = size // 4  # every table or offset takes at least 4 bytes
+    reads = _ReadBudget(size)
 
     opcodes: list[str] = []
     for i in range(_check_count(model.OperatorCodesLength(), limit, "operator code")):
         oc = model.OperatorCodes(i)
         code = max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode())
         if code == fb.BuiltinOperator.CUSTOM:
-            custom = oc.CustomCode()
-            opcodes.append(f"CUSTOM:{custom.decode('utf-8', 'replace') if custom else '?'}")
+            opcodes.append(f"CUSTOM:{_text(oc.CustomCode(), reads, 'custom code') or '?'}")
         else:
             opcodes.append(builtin_name(code))
 
@@ -104,24 +125,22 @@ def _parse(data: bytes, source: str) -> TFLiteModel:
         budget -= n_tensors + n_ops
         if budget < 0:
             raise _Corrupt("more tensors and operators than the file can hold")
-        tensors = tuple(_read_tensor(sg.Tensors(t), t, n_buffers, buffer_sizes) for t in range(n_tensors))
-        operators = tuple(_read_operator(sg.Operators(o), o, opcodes, n_tensors) for o in range(n_ops))
-        inputs = _index_vector(sg.InputsAsNumpy(), n_tensors, "subgraph input", allow_optional=False)
-        outputs = _index_vector(sg.OutputsAsNumpy(), n_tensors, "subgraph output", allow_optional=False)
-        name = sg.Name()
-        subgraphs.append(Subgraph(s, name.decode("utf-8", "replace") if name else "", tensors, operators, inputs, outputs))
+        tensors = tuple(_read_tensor(sg.Tensors(t), t, n_buffers, buffer_sizes, reads) for t in range(n_tensors))
+        operators = tuple(_read_operator(sg.Operators(o), o, opcodes, n_tensors, reads) for o in range(n_ops))
+        inputs = _index_vector(sg.InputsAsNumpy(), n_tensors, "subgraph input", reads, allow_optional=False)
+        outputs = _index_vector(sg.OutputsAsNumpy(), n_tensors, "subgraph output", reads, allow_optional=False)
+        name = _text(sg.Name(), reads, "subgraph name")
+        subgraphs.append(Subgraph(s, name, tensors, operators, inputs, outputs))
     if not subgraphs:
         raise _Corrupt("no subgraph")
 
     metadata: dict[str, int] = {}
     for i in range(_check_count(model.MetadataLength(), limit, "metadata")):
         m = model.Metadata(i)
-        name = m.Name()
-        metadata[name.decode("utf-8", "replace") if name else ""] = m.Buffer()
-    desc = model.Description()
+        metadata[_text(m.Name(), reads, "metadata name")] = m.Buffer()
     return TFLiteModel(
         version=model.Version(),
-        description=desc.decode("utf-8", "replace") if desc else "",
+        description=_text(model.Description(), reads, "description"),
         subgraphs=tuple(subgraphs),
         buffer_sizes=tuple(buffer_sizes),
         metadata=metadata,
@@ -129,10 +148,22 @@ def _parse(data: bytes, source: str) -> TFLiteModel:
     )
 
 
-def _index_vector(arr, n_tensors: int, what: str, *, allow_optional: bool) -> tuple[int, ...]:
+def _text(raw: bytes | None, reads: _ReadBudget, what: str) -> str:
+    if not raw:
+        return ""
+    reads.take(len(raw), what)
+    return raw.decode("utf-8", "replace")
+
+
+def _int_vector(arr, reads: _ReadBudget, what: str) -> tuple[int, ...]:
     if isinstance(arr, int):  # flatbuffers returns 0 for an absent vector
         return ()
-    values = tuple(int(v) for v in arr)
+    reads.take(len(arr), what)
+    return tuple(int(v) for v in arr)
+
+
+def _index_vector(arr, n_tensors: int, what: str, reads: _ReadBudget, *, allow_optional: bool) -> tuple[int, ...]:
+    values = _int_vector(arr, reads, what)
     low = -1 if allow_optional else 0
     for v in values:
         if v < low or v >= n_tensors:
@@ -140,13 +171,16 @@ def _index_vector(arr, n_tensors: int, what: str, *, allow_optional: bool) -> tu
     return values
 
 
-def _read_tensor(t, index: int, n_buffers: int, buffer_sizes: list[int]) -> Tensor:
-    shape_arr = t.ShapeAsNumpy()
-    shape = () if isinstance(shape_arr, int) else tuple(int(d) for d in shape_arr)
+def _read_tensor(t, index: int, n_buffers: int, buffer_sizes: list[int], reads: _ReadBudget) -> Tensor:
+    shape = _int_vector(t.ShapeAsNumpy(), reads, f"tensor {index} shape")
+    elements = 1
+    for d in shape:
+        elements *= abs(d)
+        if elements > MAX_TENSOR_ELEMENTS:
+            raise _Corrupt(f"tensor {index} has an impossible shape")
     sig = None
     if not t.ShapeSignatureIsNone():
-        sig_arr = t.ShapeSignatureAsNumpy()
-        sig = () if isinstance(sig_arr, int) else tuple(int(d) for d in sig_arr)
+        sig = _int_vector(t.ShapeSignatureAsNumpy(), reads, f"tensor {index} shape signature")
     type_code = t.Type()
     dtype, itemsize = TENSOR_TYPES.get(type_code, (f"type{type_code}", None))
     buffer = t.Buffer()
@@ -159,15 +193,16 @@ def _read_tensor(t, index: int, n_buffers: int, buffer_sizes: list[int]) -> Tens
         scales = q.ScaleAsNumpy()
         zps = q.ZeroPointAsNumpy()
         if not isinstance(scales, int) and len(scales):
+            reads.take(len(scales) + (0 if isinstance(zps, int) else len(zps)), f"tensor {index} quantization")
             quant = Quantization(
                 scales=tuple(float(s) for s in scales),
                 zero_points=tuple(int(z) for z in zps) if not isinstance(zps, int) else (),
                 quantized_dimension=q.QuantizedDimension(),
             )
-    name = t.Name()
+    name = _text(t.Name(), reads, f"tensor {index} name")
     return Tensor(
         index=index,
-        name=name.decode("utf-8", "replace") if name else f"tensor_{index}",
+        name=name or f"tensor_{index}",
         shape=shape,
         shape_signature=sig,
         dtype=dtype,
@@ -179,7 +214,7 @@ def _read_tensor(t, index: int, n_buffers: int, buffer_sizes: list[int]) -> Tens
     )
 
 
-def _read_operator(op, index: int, opcodes: list[str], n_tensors: int) -> Operator:
+def _read_operator(op, index: int, opcodes: list[str], n_tensors: int, reads: _ReadBudget) -> Operator:
     idx = op.OpcodeIndex()
     if idx >= len(opcodes):
         raise _Corrupt(f"operator {index} uses opcode {idx} of {len(opcodes)}")
@@ -187,7 +222,7 @@ def _read_operator(op, index: int, opcodes: list[str], n_tensors: int) -> Operat
     return Operator(
         index=index,
         opcode=opcodes[idx],
-        inputs=_index_vector(op.InputsAsNumpy(), n_tensors, f"operator {index} input", allow_optional=True),
-        outputs=_index_vector(op.OutputsAsNumpy(), n_tensors, f"operator {index} output", allow_optional=True),
-        intermediates=_index_vector(inter, n_tensors, f"operator {index} intermediate", allow_optional=True),
+        inputs=_index_vector(op.InputsAsNumpy(), n_tensors, f"operator {index} input", reads, allow_optional=True),
+        outputs=_index_vector(op.OutputsAsNumpy(), n_tensors, f"operator {index} output", reads, allow_optional=True),
+        intermediates=_index_vector(inter, n_tensors, f"operator {index} intermediate", reads, allow_optional=True),
     )

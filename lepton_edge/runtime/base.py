@@ -1,0 +1,127 @@
+"""One interface to run a .tflite model, whatever interpreter is underneath.
+
+Device-side code: numpy and the interpreter packages only, never TensorFlow.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from lepton_edge.errors import BadInput
+from lepton_edge.tflite.model import TFLiteModel, Tensor
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """What a caller needs to feed or read one model input or output."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # numpy dtype name: int8, uint8, int16, float32, ...
+    scale: float | None = None  # per-tensor quantization, None for float tensors
+    zero_point: int | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+
+    @property
+    def quantized(self) -> bool:
+        return self.scale is not None and np.issubdtype(np.dtype(self.dtype), np.integer)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype,
+                "scale": self.scale, "zero_point": self.zero_point}
+
+    @classmethod
+    def from_tensor(cls, t: Tensor) -> "TensorSpec":
+        q = t.quantization
+        per_tensor = q is not None and len(q.scales) == 1 and q.scales[0] != 0
+        return cls(t.name, tuple(t.shape), t.dtype,
+                   float(q.scales[0]) if per_tensor else None,
+                   int(q.zero_points[0]) if per_tensor and q.zero_points else (0 if per_tensor else None))
+
+
+def quantize(values: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    """Float values -> the integer tensor ``spec`` expects (identity for float tensors)."""
+    dtype = np.dtype(spec.dtype)
+    if not spec.quantized:
+        return np.asarray(values, dtype=dtype).reshape(spec.shape)
+    info = np.iinfo(dtype)
+    q = np.round(np.asarray(values, dtype=np.float32) / spec.scale) + spec.zero_point
+    return np.clip(q, info.min, info.max).astype(dtype).reshape(spec.shape)
+
+
+def dequantize(values: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    """An output tensor -> float values (identity for float tensors)."""
+    if not spec.quantized:
+        return np.asarray(values, dtype=np.float32)
+    return (np.asarray(values, dtype=np.float32) - spec.zero_point) * spec.scale
+
+
+@dataclass
+class RunnerStats:
+    invocations: int = 0
+    errors: int = 0
+    last_latency_ms: float = 0.0
+    total_latency_ms: float = 0.0
+
+
+@dataclass
+class Runner(ABC):
+    """Loaded model plus interpreter. ``run`` is safe to call from several threads (it serialises)."""
+
+    backend: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    arena_bytes: int | None = None
+    stats: RunnerStats = field(default_factory=RunnerStats)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Run one inference on tensors already of the model's dtypes and shapes."""
+        if len(inputs) != len(self.inputs):
+            raise BadInput(f"model takes {len(self.inputs)} input(s), got {len(inputs)}")
+        arrays = []
+        for given, spec in zip(inputs, self.inputs):
+            a = np.asarray(given)
+            if a.dtype != np.dtype(spec.dtype) or a.size != int(np.prod(spec.shape)):
+                raise BadInput(f"input '{spec.name}' wants {spec.dtype}{list(spec.shape)}, "
+                               f"got {a.dtype}{list(a.shape)}")
+            arrays.append(a.reshape(spec.shape))
+        with self._lock:
+            start = time.perf_counter()
+            try:
+                out = self._invoke(arrays)
+            except Exception:
+                self.stats.errors += 1
+                raise
+            elapsed = (time.perf_counter() - start) * 1000
+            self.stats.invocations += 1
+            self.stats.last_latency_ms = elapsed
+            self.stats.total_latency_ms += elapsed
+        return out
+
+    def run_float(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Speak float to any model: quantize inputs, run, dequantize outputs."""
+        q = [quantize(x, spec) for x, spec in zip(inputs, self.inputs)]
+        return [dequantize(y, spec) for y, spec in zip(self.run(q), self.outputs)]
+
+    @abstractmethod
+    def _invoke(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        """Set inputs, invoke, copy outputs out; called with the lock held."""
+
+    def close(self) -> None:
+        """Release the interpreter."""
+
+
+def io_specs(model: TFLiteModel) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    sg = model.main
+    return ([TensorSpec.from_tensor(sg.tensors[i]) for i in sg.inputs],
+            [TensorSpec.from_tensor(sg.tensors[i]) for i in sg.outputs])
