@@ -93,6 +93,8 @@ def _print_human(plan, args: argparse.Namespace) -> None:
              (f.profile, "flash (model)", f"{f.flash_needed_bytes:,} B", f"{f.flash_budget_bytes:,} B",
               "ok" if f.flash_needed_bytes <= f.flash_budget_bytes else "TOO BIG")],
             align="llrrl"))
+    for note in plan.notes:
+        print(f"note: {note}")
     if args.embed:
         print(f"\nplan embedded in {args.embed} (metadata OfflineMemoryAllocation)")
     if args.plot:

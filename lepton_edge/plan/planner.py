@@ -6,6 +6,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
+from lepton_edge.errors import BadInput
 from lepton_edge.plan.assign import assign_offsets, find_conflicts
 from lepton_edge.plan.embed import embed_plan
 from lepton_edge.plan.lifetimes import Lifetime, check_plannable, live_bytes_per_op, lower_bound, tensor_lifetimes
@@ -67,6 +68,7 @@ class ArenaPlan:
     tflm_default_head_bytes: int | None = None  # its head for the model as given
     fit: FitVerdict | None = None
     notes: list[str] = field(default_factory=list)
+    tflm_error: str | None = None  # why TFLite Micro cannot run the model, when it cannot
     planned_model: bytes = b""  # the model with the plan embedded
 
     def to_dict(self) -> dict:
@@ -136,8 +138,15 @@ def _fill_arena_figures(plan: ArenaPlan, model: TFLiteModel, original: bytes, *,
     plan.measured["head_bytes"] = "planned"
     plan.measured["lower_bound_bytes"] = "computed"
     if measure and tflm_available():
-        ours = measure_with_tflm(plan.planned_model, plan.head_bytes + estimate_tail(model), plan.source)
-        theirs = measure_with_tflm(original, plan.head_bytes + estimate_tail(model), plan.source)
+        try:
+            ours = measure_with_tflm(plan.planned_model, plan.head_bytes + estimate_tail(model), plan.source)
+            theirs = measure_with_tflm(original, plan.head_bytes + estimate_tail(model), plan.source)
+        except BadInput as exc:
+            # Still a valid plan (for LiteRT boards, say); the figures become estimates.
+            plan.tflm_error = str(exc).split(": ", 1)[-1]
+            plan.notes.append(plan.tflm_error)
+            _estimate(plan, model, pointer_bytes, "estimated (TFLite Micro cannot run this model)")
+            return
         plan.tflm_default_head_bytes = theirs.head_bytes
         if ours.head_bytes > plan.head_bytes:
             plan.notes.append(f"TFLite Micro's kernels requested {ours.head_bytes - plan.head_bytes} bytes of "
@@ -156,14 +165,20 @@ def _fill_arena_figures(plan: ArenaPlan, model: TFLiteModel, original: bytes, *,
         plan.measured.update(tail_bytes=note, recommended_arena_bytes=note, tflm_head_bytes=note,
                              tflm_default_head_bytes=note)
     else:
-        why = "estimated (tflite-micro not installed)" if measure else "estimated (measurement skipped)"
-        plan.tail_bytes = estimate_tail(model, pointer_bytes)
-        plan.recommended_arena_bytes = align_up(plan.head_bytes + plan.tail_bytes + 1024)
-        plan.measured.update(tail_bytes=why, recommended_arena_bytes=why)
+        _estimate(plan, model, pointer_bytes,
+                  "estimated (tflite-micro not installed)" if measure else "estimated (measurement skipped)")
+
+
+def _estimate(plan: ArenaPlan, model: TFLiteModel, pointer_bytes: int, why: str) -> None:
+    plan.tail_bytes = estimate_tail(model, pointer_bytes)
+    plan.recommended_arena_bytes = align_up(plan.head_bytes + plan.tail_bytes + 1024)
+    plan.measured.update(tail_bytes=why, recommended_arena_bytes=why)
 
 
 def check_fit(plan: ArenaPlan, model_size: int, profile: "Profile") -> FitVerdict:
     reasons = []
+    if profile.runtime == "tflm" and plan.tflm_error:
+        reasons.append(f"runtime: TFLite Micro cannot run this model ({plan.tflm_error})")
     if profile.runtime == "tflm":
         ram_needed = plan.recommended_arena_bytes + profile.arena_margin_bytes
         ram_estimated = not plan.measured.get("recommended_arena_bytes", "").startswith("measured")
