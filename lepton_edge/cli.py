@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "profiles",
     "inspect",
     "plan",
+    "demo",
 )
 
 

@@ -7,18 +7,24 @@ and run, not to be accurate.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import warnings
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from lepton_edge.fsio import atomic_write_bytes
+from lepton_edge.stdio import captured_fd2
 
 
 def _quiet_tensorflow():
+    """Import TensorFlow without its wall of C++ log lines on the terminal."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import tensorflow as tf
+    with captured_fd2():
+        import tensorflow as tf
 
     tf.get_logger().setLevel("ERROR")
     return tf
@@ -157,7 +163,9 @@ def keras_to_int8_tflite(model, seed: int = 0, samples: int = 8) -> bytes:
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     conv.inference_input_type = tf.int8
     conv.inference_output_type = tf.int8
-    return conv.convert()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), captured_fd2():
+        warnings.simplefilter("ignore")
+        return conv.convert()
 
 
 def make_sample(name: str, out_dir: str | os.PathLike[str], seed: int = 0) -> Path:

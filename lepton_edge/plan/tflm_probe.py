@@ -8,31 +8,15 @@ could take the process down with it. The parent gets one JSON object on stdout.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
 import sys
-import tempfile
-from typing import Iterator
+
+from lepton_edge.stdio import captured_fd2, fd2_to
 
 ALIGN = 16
 _LINE = re.compile(r"Arena allocation (total|head|tail) (\d+) bytes")
-
-
-@contextlib.contextmanager
-def _fd2_to(path: str) -> Iterator[None]:
-    sys.stderr.flush()
-    saved = os.dup(2)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    try:
-        os.dup2(fd, 2)
-        yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(fd)
 
 
 def _interpreter(model: bytes, arena: int):
@@ -53,7 +37,7 @@ def _interpreter(model: bytes, arena: int):
 
 
 def runs(model: bytes, arena: int) -> bool:
-    with _fd2_to(os.devnull):
+    with fd2_to(os.devnull):
         try:
             _interpreter(model, arena)
             return True
@@ -63,25 +47,24 @@ def runs(model: bytes, arena: int) -> bool:
 
 def failure_reason(model: bytes, arena: int) -> str:
     """TFLite Micro's own words (its last log lines) for why the model does not run."""
-    with tempfile.NamedTemporaryFile("r", suffix=".log") as log:
-        with _fd2_to(log.name):
-            try:
-                _interpreter(model, arena)
-                return ""
-            except (RuntimeError, ValueError) as exc:
-                err = str(exc)
-        lines = [line.strip() for line in open(log.name) if line.strip()]
+    err = ""
+    with captured_fd2() as log:
+        try:
+            _interpreter(model, arena)
+        except (RuntimeError, ValueError) as exc:
+            err = str(exc)
+    if not err:
+        return ""
+    lines = [line.strip() for line in log.text.splitlines() if line.strip()]
     return "; ".join(lines[-2:] + [err])
 
 
 def allocations(model: bytes, arena: int) -> dict[str, int]:
     """TFLite Micro's own report of head, tail and total for ``arena`` bytes."""
-    with tempfile.NamedTemporaryFile("r", suffix=".log") as log:
-        with _fd2_to(log.name):
-            it = _interpreter(model, arena)
-            it.print_allocations()
-        text = open(log.name).read()
-    return {k: int(v) for k, v in _LINE.findall(text)}
+    with captured_fd2() as log:
+        it = _interpreter(model, arena)
+        it.print_allocations()
+    return {k: int(v) for k, v in _LINE.findall(log.text)}
 
 
 def smallest_arena(model: bytes, start: int) -> int:
