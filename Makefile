@@ -21,8 +21,9 @@ setup: $(STAMP) mosquitto
 $(STAMP): pyproject.toml
 	@test -x $(PY) || { echo "creating $(VENV)"; $(PYTHON) -m venv $(VENV); }
 	@echo "installing lepton-edge[all] into $(VENV) (first run takes a few minutes)"
-	@$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
-	@$(PY) -m pip install -q --disable-pip-version-check -e '.[all]'
+	@{ $(PY) -m pip install --disable-pip-version-check --upgrade pip && \
+	   $(PY) -m pip install --disable-pip-version-check -e '.[all]'; } > $(VENV)/install.log 2>&1 \
+	   || { tail -40 $(VENV)/install.log; echo "install failed; full log in $(VENV)/install.log"; exit 1; }
 	@touch $(STAMP)
 
 # The tests start their own Mosquitto on free loopback ports; it only has to be installed.
