@@ -258,3 +258,8 @@ def load_profile(name_or_path: str) -> Profile:
 def list_profiles() -> list[Profile]:
     """Every profile in :func:`profiles_dir`, sorted by name."""
     return sorted((parse_profile(p) for p in _profile_files(profiles_dir())), key=lambda p: p.name)
+
+
+def load_optional_profile(name_or_path: str | None) -> Profile | None:
+    """The profile a ``--profile`` option names, or None when the option was not given."""
+    return load_profile(name_or_path) if name_or_path else None

@@ -20,14 +20,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lepton_edge.profiles import load_optional_profile
     from lepton_edge.inspection import inspect_model
     from lepton_edge.tflite.reader import read_model_file
 
-    profile = None
-    if args.profile:
-        from lepton_edge.profiles import load_profile
-
-        profile = load_profile(args.profile)
+    profile = load_optional_profile(args.profile)
     model = read_model_file(args.model)
     report = inspect_model(model, profile=profile, source=str(args.model))
     if args.json:

@@ -26,14 +26,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lepton_edge.profiles import load_optional_profile
     from lepton_edge.plan.planner import plan_model
     from lepton_edge.tflite.reader import read_model_file
 
-    profile = None
-    if args.profile:
-        from lepton_edge.profiles import load_profile
-
-        profile = load_profile(args.profile)
+    profile = load_optional_profile(args.profile)
     source = Path(args.model)
     read_model_file(source)  # one-line errors for missing, unreadable and corrupt files
     if args.embed and _same_file(source, Path(args.embed)):
