@@ -1,0 +1,97 @@
+"""The simulated device's inference engine: real TFLite Micro with a fixed arena, bytes in and out."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from lepton_edge.errors import LeptonError
+from lepton_edge.runtime.base import TensorSpec
+from lepton_edge.runtime.tflm import TflmRunner, load_tflm
+from lepton_edge.stdio import captured_fd2
+
+_ALLOCATION = re.compile(r"Arena allocation (head|tail) (\d+) bytes")
+
+
+class LoadError(Exception):
+    """The model cannot run: ``arena`` says the arena was too small, else the model is unusable."""
+
+    def __init__(self, message: str, *, arena: bool = False) -> None:
+        super().__init__(message)
+        self.arena = arena
+
+
+@dataclass
+class LoadedModel:
+    runner: TflmRunner
+    arena_bytes: int
+    head_bytes: int
+    tail_bytes: int
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return self.runner.inputs
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return self.runner.outputs
+
+    @property
+    def input_bytes(self) -> int:
+        return sum(s.nbytes for s in self.inputs)
+
+    @property
+    def output_bytes(self) -> int:
+        return sum(s.nbytes for s in self.outputs)
+
+    def invoke(self, data: bytes) -> tuple[bytes, int]:
+        """Run on the concatenated input tensors; return the concatenated outputs and microseconds."""
+        arrays, at = [], 0
+        for spec in self.inputs:
+            arrays.append(np.frombuffer(data, dtype=spec.dtype, count=int(np.prod(spec.shape)), offset=at)
+                          .reshape(spec.shape))
+            at += spec.nbytes
+        start = time.perf_counter_ns()
+        outputs = self.runner.run(arrays)
+        elapsed_us = (time.perf_counter_ns() - start) // 1000
+        return b"".join(np.ascontiguousarray(o).tobytes() for o in outputs), int(elapsed_us)
+
+
+def load_model(model_bytes: bytes, arena_bytes: int, ram_budget_bytes: int) -> LoadedModel:
+    """Load into TFLite Micro with exactly ``arena_bytes``; TFLite Micro's own log is kept off stderr."""
+    if arena_bytes > ram_budget_bytes:
+        raise LoadError(f"arena of {arena_bytes} bytes exceeds the {ram_budget_bytes} bytes of RAM", arena=True)
+    with captured_fd2() as log:
+        try:
+            runner = load_tflm(model_bytes, arena_bytes, ram_budget_bytes=ram_budget_bytes, source="model")
+            head, tail = _allocations(model_bytes, arena_bytes, runner)
+        except LeptonError as exc:
+            failure = exc
+        else:
+            failure = None
+    if failure is not None:
+        why = str(failure)
+        arena = "arena" in why.lower() or "allocate" in log.text.lower()
+        last = [line.strip() for line in log.text.splitlines() if line.strip()][-1:]
+        raise LoadError("; ".join([why] + last), arena=arena)
+    return LoadedModel(runner, arena_bytes, head, tail)
+
+
+def _allocations(model_bytes: bytes, arena_bytes: int, runner: TflmRunner) -> tuple[int, int]:
+    """Head and tail as TFLite Micro reports them, from a twin interpreter that ran once on zeros."""
+    from tflite_micro.python.tflite_micro import runtime
+
+    try:
+        twin = runtime.Interpreter.from_bytes(bytes(model_bytes), arena_size=int(arena_bytes))
+        for i, spec in enumerate(runner.inputs):
+            twin.set_input(np.zeros(spec.shape, spec.dtype), i)
+        twin.invoke()
+    except (RuntimeError, ValueError) as exc:
+        raise LoadError(f"TFLite Micro cannot invoke the model: {exc}") from None
+    with captured_fd2() as report:
+        twin.print_allocations()
+    found = dict(_ALLOCATION.findall(report.text))
+    return int(found.get("head", 0)), int(found.get("tail", 0))
