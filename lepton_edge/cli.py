@@ -23,6 +23,9 @@ COMMAND_MODULES = (
     "inspect",
     "plan",
     "demo",
+    "flash",
+    "validate",
+    "device_sim",
 )
 
 
