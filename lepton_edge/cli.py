@@ -26,6 +26,8 @@ COMMAND_MODULES = (
     "flash",
     "validate",
     "device_sim",
+    "convert",
+    "keys",
 )
 
 

@@ -1,0 +1,406 @@
+"""The converter end to end: check inputs -> load -> (prune, fine-tune) -> quantize -> plan and fit
+-> fidelity -> self-test -> manifest, firmware sources, signature -> one output directory, whole or not at all.
+
+Every check that needs no model (options, profile, output directory, key, formats) runs before
+TensorFlow is imported, so bad input fails fast. With ``auto_fit`` the given settings are tried first,
+then int8, then channel pruning of 0.25 and 0.5, until the model fits the profile.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from lepton_edge.convert.calibration import (MAX_CALIBRATION_SAMPLES, SYNTHETIC, Dataset, load_dataset,
+                                              synthetic_dataset)
+from lepton_edge.convert.fidelity import Fidelity, compare, is_poor, looks_like_probabilities, run_converted
+from lepton_edge.convert import package
+from lepton_edge.convert.fit import FitResult, fit_to_profile
+from lepton_edge.convert.load import QUANTIZABLE_FORMATS, SourceModel, detect_format
+from lepton_edge.convert.quantize import IO_TYPES, LITERT_ONLY_MODES, QUANTIZE_MODES
+from lepton_edge.errors import BadInput
+from lepton_edge.profiles import Profile, load_profile
+
+#: The stronger settings ``--auto-fit`` tries after the given ones: int8, then channel pruning.
+AUTO_FIT_CHANNELS = (0.25, 0.5)
+MAX_FIDELITY_SAMPLES = 2000
+RANDOM_FIDELITY_SAMPLES = 32
+
+Announce = Callable[[str], None]
+
+
+@dataclass
+class ConvertOptions:
+    model: str
+    profile: str
+    outdir: str
+    name: str | None = None
+    version: int = 1
+    calibration: str | None = None
+    eval: str | None = None
+    quantize: str = "int8"
+    io: str = "int8"
+    prune: float = 0.0
+    prune_channels: float = 0.0
+    train: str | None = None
+    epochs: int = 5
+    learning_rate: float = 5e-4
+    auto_fit: bool = False
+    sign_key: str | None = None
+    max_drop: float | None = None
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One attempt's conversion settings."""
+
+    quantize: str
+    prune: float = 0.0
+    prune_channels: float = 0.0
+
+    @property
+    def label(self) -> str:
+        parts = [self.quantize]
+        if self.prune:
+            parts.append(f"prune {self.prune:g}")
+        if self.prune_channels:
+            parts.append(f"channels {self.prune_channels:g}")
+        return " + ".join(parts)
+
+
+@dataclass
+class Attempt:
+    settings: Settings
+    model_bytes: bytes
+    fit: FitResult
+    fidelity: Fidelity | None
+    pruning: list[dict]
+    compressed_bytes: int
+    seconds: float
+    keras_model: Any = field(default=None, repr=False)  # the pruned float model, when pruned
+
+    def to_dict(self) -> dict:
+        v = self.fit.verdict
+        return {"settings": self.settings.label, "quantize": self.settings.quantize, "prune": self.settings.prune,
+                "prune_channels": self.settings.prune_channels, "size_bytes": len(self.model_bytes),
+                "compressed_bytes": self.compressed_bytes, "arena_total_bytes": self.fit.arena["total_bytes"],
+                "ram_needed_bytes": v.ram_needed_bytes, "ram_budget_bytes": v.ram_budget_bytes,
+                "ram_estimated": v.ram_estimated, "flash_budget_bytes": v.flash_budget_bytes, "fits": v.fits,
+                "reasons": list(v.reasons), "fidelity": self.fidelity.to_dict() if self.fidelity else None,
+                "pruning": self.pruning, "seconds": round(self.seconds, 2)}
+
+
+@dataclass
+class ConversionResult:
+    options: ConvertOptions
+    profile: Profile
+    source_format: str
+    layout: str
+    source_layout: str
+    attempts: list[Attempt]
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    manifest: dict | None = None
+    written: bool = False
+    failure: str | None = None  # why no artifact was written (does not fit, --max-drop)
+    seconds: float = 0.0
+
+    @property
+    def chosen(self) -> Attempt:
+        return self.attempts[-1]
+
+    def to_dict(self) -> dict:
+        chosen = self.chosen
+        return {
+            "artifact": str(Path(self.options.outdir)) if self.written else None,
+            "written": self.written,
+            "error": self.failure,
+            "name": self.manifest["name"] if self.manifest else None,
+            "version": self.options.version,
+            "profile": {"name": self.profile.name, "runtime": self.profile.runtime,
+                        "kernel_library": self.profile.kernel_library,
+                        "ram_budget_bytes": self.profile.ram_budget_bytes,
+                        "flash_budget_bytes": self.profile.flash_budget_bytes},
+            "source": {"path": self.options.model, "format": self.source_format, "layout": self.source_layout},
+            "layout": self.layout,
+            "steps": [a.to_dict() for a in self.attempts],
+            "fits": chosen.fit.fits,
+            "arena": chosen.fit.arena,
+            "model": {"size_bytes": len(chosen.model_bytes), "compressed_bytes": chosen.compressed_bytes,
+                      "sha256": hashlib.sha256(chosen.model_bytes).hexdigest()},
+            "fidelity": chosen.fidelity.to_dict() if chosen.fidelity else None,
+            "self_test": self.manifest.get("self_test") if self.manifest else None,
+            "warnings": self.warnings,
+            "notes": self.notes,
+            "seconds": round(self.seconds, 2),
+            "manifest": self.manifest,
+        }
+
+
+# --- checks before any model is loaded ---------------------------------------------------------
+
+def check_options(opts: ConvertOptions) -> tuple[Profile, str]:
+    """Everything that can be refused without TensorFlow; returns the profile and the source format."""
+    if opts.quantize not in QUANTIZE_MODES:
+        raise BadInput(f"--quantize {opts.quantize}: choose from {', '.join(QUANTIZE_MODES)}")
+    if opts.io not in IO_TYPES:
+        raise BadInput(f"--io {opts.io}: choose from {', '.join(IO_TYPES)}")
+    for flag, value in (("--prune", opts.prune), ("--prune-channels", opts.prune_channels)):
+        if not 0.0 <= value < 1.0:
+            raise BadInput(f"{flag} {value:g}: a fraction from 0 up to (not including) 1")
+    if opts.version < 0:
+        raise BadInput(f"--version {opts.version}: must be 0 or more")
+    if opts.epochs < 1:
+        raise BadInput(f"--epochs {opts.epochs}: must be 1 or more")
+    if opts.max_drop is not None and opts.max_drop < 0:
+        raise BadInput(f"--max-drop {opts.max_drop:g}: must be 0 or more points")
+    if opts.train and not (opts.prune or opts.prune_channels or opts.auto_fit):
+        raise BadInput("--train fine-tunes a pruned model: give --prune, --prune-channels or --auto-fit too")
+    profile = load_profile(opts.profile)
+    if opts.quantize in LITERT_ONLY_MODES and profile.runtime == "tflm":
+        raise BadInput(f"--quantize {opts.quantize}: {profile.name} runs TFLite Micro, which has no kernels for "
+                       f"{'float16 weights' if opts.quantize == 'float16' else 'dynamic-range (hybrid) operators'}; "
+                       "use int8 (or none for float32)")
+    check_outdir(Path(opts.outdir), opts.force)
+    fmt = detect_format(Path(opts.model))
+    if fmt not in QUANTIZABLE_FORMATS:
+        if opts.quantize != "none":
+            raise BadInput(f"{opts.model}: a .tflite model cannot be quantized to {opts.quantize}; give the float "
+                           "source to quantize (Keras .keras or .h5, a SavedModel directory, or ONNX), "
+                           "or use --quantize none")
+        if opts.prune or opts.prune_channels:
+            raise BadInput(f"{opts.model}: pruning needs the float source (Keras .keras or .h5, or a Keras SavedModel)")
+    if opts.quantize == "int8" and not opts.calibration:
+        raise BadInput("--quantize int8 needs --calibration data (X.npy, X.npz or a directory) to set the int8 "
+                       "ranges; --calibration synthetic uses random values instead (poor accuracy)")
+    for flag, value in (("--calibration", opts.calibration), ("--eval", opts.eval), ("--train", opts.train)):
+        if value and value != SYNTHETIC and not Path(value).exists():
+            raise BadInput(f"{flag} {value}: no such file or directory")
+    if opts.sign_key:
+        from lepton_edge.artifact import load_private_key
+
+        load_private_key(opts.sign_key)
+    return profile, fmt
+
+
+def check_outdir(path: Path, force: bool) -> None:
+    if path.exists() and not path.is_dir():
+        raise BadInput(f"-o {path}: exists and is not a directory")
+    if path.is_dir() and any(path.iterdir()) and not force:
+        raise BadInput(f"-o {path}: directory exists and is not empty (use --force to replace it)")
+
+
+# --- the pipeline ------------------------------------------------------------------------------
+
+def convert(opts: ConvertOptions, announce: Announce = lambda _m: None) -> ConversionResult:
+    """Run the whole conversion; write the artifact when the model fits and fidelity is acceptable."""
+    started = time.perf_counter()
+    profile, fmt = check_options(opts)
+    from lepton_edge.convert.load import load_source
+
+    announce(f"loading {opts.model} ({fmt})")
+    with load_source(opts.model) as source:
+        result = _convert_loaded(opts, profile, source, announce)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _convert_loaded(opts: ConvertOptions, profile: Profile, source: SourceModel, announce: Announce) -> ConversionResult:
+    result = ConversionResult(opts, profile, source.format, source.layout, source.source_layout, [])
+    result.notes += source.notes
+    calibration, evaluation, train = _load_data(opts, source, result)
+    keras_model, flavor = _keras_for_pruning(opts, source)
+    fid_data = _fidelity_data(source, evaluation, calibration)
+    reference = _reference(source, fid_data)
+
+    for settings in _candidates(opts, calibration is not None, keras_model is not None, result):
+        announce(f"converting: {settings.label}")
+        attempt = _attempt(opts, profile, source, settings, calibration, train, keras_model, flavor,
+                           fid_data, reference, announce)
+        result.attempts.append(attempt)
+        if attempt.fit.fits:
+            break
+    chosen = result.chosen
+    result.notes += [n for n in chosen.fit.notes if n not in result.notes]
+    if any(p.get("kind") == "weights" for p in chosen.pruning):
+        result.notes.append(f"--prune zeroes weights but TFLite stores them densely: the file does not shrink "
+                            f"({len(chosen.model_bytes):,} bytes); it compresses to {chosen.compressed_bytes:,} "
+                            "bytes (smaller OTA transfers)")
+    if not chosen.fit.fits:
+        result.failure = f"does not fit {profile.name}: " + "; ".join(chosen.fit.verdict.reasons)
+        return result
+    if chosen.fidelity is not None and chosen.settings.quantize == "int8" and source.quantizable \
+            and is_poor(chosen.fidelity, looks_like_probabilities(reference[1][0])) and calibration is not None:
+        announce("fidelity is poor: asking the quantization debugger which layers lose the most")
+        from lepton_edge.convert.quantize import layer_losses
+
+        losses = layer_losses(source, calibration, fid_data.head(64), keras_model=chosen.keras_model)
+        chosen.fidelity.worst_layers = [l.to_dict() for l in losses]
+    drop = _drop(chosen.fidelity)
+    if opts.max_drop is not None and drop is not None and drop > opts.max_drop:
+        result.failure = (f"fidelity: loses {drop:.2f} points "
+                          f"({'accuracy' if chosen.fidelity and chosen.fidelity.accuracy_drop is not None else 'top-1 agreement'}), "
+                          f"more than --max-drop {opts.max_drop:g}")
+        return result
+    announce("self-test: running the artifact's model on its runtimes")
+    manifest_self_test = package.self_test(chosen, fid_data, profile)
+    result.manifest = package.build_manifest(opts, profile, source, chosen, calibration, manifest_self_test)
+    announce(f"writing {opts.outdir}")
+    package.write_artifact(opts, result.manifest, chosen)
+    result.written = True
+    return result
+
+
+def _load_data(opts: ConvertOptions, source: SourceModel, result: ConversionResult
+               ) -> tuple[Dataset | None, Dataset | None, Dataset | None]:
+    kwargs = {"source_layout": source.source_layout, "layout": source.layout}
+    calibration = None
+    if opts.calibration == SYNTHETIC:
+        calibration = synthetic_dataset(source.inputs)
+        result.warnings.append("WARNING: int8 ranges come from SYNTHETIC random data (--calibration synthetic), "
+                               "not from real inputs: expect poor accuracy; the manifest records it")
+    elif opts.calibration:
+        calibration = load_dataset(opts.calibration, source.inputs, what="calibration", **kwargs)
+        if len(calibration) > MAX_CALIBRATION_SAMPLES:
+            calibration = calibration.head(MAX_CALIBRATION_SAMPLES)
+            result.notes.append(f"calibration: the first {MAX_CALIBRATION_SAMPLES} samples are used")
+        result.notes += calibration.notes
+    evaluation = load_dataset(opts.eval, source.inputs, what="eval", **kwargs) if opts.eval else None
+    train = load_dataset(opts.train, source.inputs, what="train", need_labels=True, **kwargs) if opts.train else None
+    return calibration, evaluation, train
+
+
+def _keras_for_pruning(opts: ConvertOptions, source: SourceModel) -> tuple[Any, str | None]:
+    if not (opts.prune or opts.prune_channels or opts.auto_fit):
+        return None, None
+    if source.keras_model is not None:
+        return source.keras_model, source.keras_flavor
+    from lepton_edge.convert.load import keras_from_saved_model
+
+    found = keras_from_saved_model(source)
+    if found is not None:
+        return found
+    if opts.prune or opts.prune_channels:
+        raise BadInput(f"{opts.model}: pruning needs a Keras model (.keras, .h5 or a Keras-made SavedModel); "
+                       f"this {source.format} source has no Keras layers")
+    return None, None
+
+
+def _fidelity_data(source: SourceModel, evaluation: Dataset | None, calibration: Dataset | None) -> Dataset:
+    if evaluation is not None:
+        return evaluation.head(MAX_FIDELITY_SAMPLES)
+    if calibration is not None:
+        data = calibration.head(MAX_FIDELITY_SAMPLES)
+        data.origin = f"calibration data (not held out): {data.origin}"
+        return data
+    data = synthetic_dataset(source.inputs, RANDOM_FIDELITY_SAMPLES, seed=1)
+    data.origin = f"random inputs ({RANDOM_FIDELITY_SAMPLES}, seeded; no --eval data)"
+    return data
+
+
+def _reference(source: SourceModel, data: Dataset) -> tuple[str, list[np.ndarray]]:
+    from lepton_edge.convert.load import float_predictor
+
+    label = {"keras": "Keras model", "h5": "Keras model", "savedmodel": "SavedModel (TensorFlow)",
+             "onnx": "ONNX model (onnxruntime)", "tflite": "source .tflite (LiteRT)"}[source.format]
+    if source.format == "onnx":
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            label = "onnx2tf's TensorFlow model"
+    outputs = float_predictor(source)(data.xs)
+    return label, [o.reshape(len(o), -1) for o in outputs]
+
+
+def _candidates(opts: ConvertOptions, have_calibration: bool, have_keras: bool, result: ConversionResult):
+    given = Settings(opts.quantize, opts.prune, opts.prune_channels)
+    yield given
+    if not opts.auto_fit:
+        return
+    quantize = given.quantize
+    if quantize != "int8":
+        if have_calibration:
+            quantize = "int8"
+            yield Settings("int8", given.prune, given.prune_channels)
+        else:
+            result.notes.append("--auto-fit: int8 needs --calibration data; that step was skipped")
+    if not have_keras:
+        result.notes.append("--auto-fit: channel pruning needs a Keras model; those steps were skipped")
+        return
+    for fraction in AUTO_FIT_CHANNELS:
+        if fraction > given.prune_channels:
+            yield Settings(quantize, given.prune, fraction)
+
+
+def _attempt(opts: ConvertOptions, profile: Profile, source: SourceModel, settings: Settings,
+             calibration: Dataset | None, train: Dataset | None, keras_model: Any, flavor: str | None,
+             fid_data: Dataset, reference: tuple[str, list[np.ndarray]], announce: Announce) -> Attempt:
+    from lepton_edge.convert.quantize import convert_to_tflite
+
+    started = time.perf_counter()
+    pruning: list[dict] = []
+    model = None
+    if settings.prune or settings.prune_channels:
+        model, pruning = _pruned(opts, settings, keras_model, flavor, train, announce)
+    mode = settings.quantize
+    model_bytes = convert_to_tflite(source, mode, opts.io if mode == "int8" else "float", calibration, keras_model=model)
+    announce(f"planning the arena and checking the fit to {profile.name}")
+    fit = fit_to_profile(model_bytes, f"{Path(opts.model).name} ({settings.label})", profile)
+    fidelity = None
+    if fid_data is not None:
+        announce(f"measuring fidelity on {fid_data.origin}")
+        label, ref = reference
+        fidelity = compare(ref, run_converted(fit.model_bytes, fid_data), fid_data, reference_label=label)
+    if model is not None and any(p["kind"] == "weights" for p in pruning):
+        from lepton_edge.convert.prune import kernel_sparsity
+
+        pruning[-1]["artifact_kernel_sparsity"] = kernel_sparsity(fit.model_bytes)
+    return Attempt(settings, fit.model_bytes, fit, fidelity, pruning, len(zlib.compress(fit.model_bytes, 9)),
+                   time.perf_counter() - started, keras_model=model)
+
+
+def _pruned(opts: ConvertOptions, settings: Settings, keras_model: Any, flavor: str | None,
+            train: Dataset | None, announce: Announce) -> tuple[Any, list[dict]]:
+    from lepton_edge.convert import prune
+    from lepton_edge.convert.tfenv import keras_module, quiet
+
+    assert keras_model is not None and flavor is not None
+    reports = []
+    model = keras_model
+    if settings.prune_channels:
+        announce(f"pruning {settings.prune_channels:.0%} of the channels")
+        model, rep = prune.prune_channels(model, flavor, settings.prune_channels)
+        reports.append(rep)
+    else:
+        k = keras_module(flavor)
+        with quiet():
+            model = k.models.clone_model(keras_model)
+            model.set_weights(keras_model.get_weights())
+    masks: dict[str, np.ndarray] = {}
+    if settings.prune:
+        announce(f"zeroing the smallest {settings.prune:.0%} of each kernel's weights")
+        masks, rep = prune.prune_weights(model, settings.prune)
+        reports.append(rep)
+    if train is not None:
+        announce(f"fine-tuning {opts.epochs} epochs on {train.origin}")
+        prune.fine_tune(model, flavor, train, epochs=opts.epochs, learning_rate=opts.learning_rate, masks=masks)
+        for rep in reports:
+            rep.fine_tuned_epochs = opts.epochs
+    return model, [r.to_dict() for r in reports]
+
+
+def _drop(fid: Fidelity | None) -> float | None:
+    if fid is None:
+        return None
+    if fid.accuracy_drop is not None:
+        return fid.accuracy_drop
+    if fid.top1_agreement is not None:
+        return round(100.0 - fid.top1_agreement, 4)
+    return None
