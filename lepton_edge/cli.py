@@ -28,6 +28,8 @@ COMMAND_MODULES = (
     "device_sim",
     "convert",
     "keys",
+    "fleet",
+    "deploy",
 )
 
 

@@ -1,0 +1,117 @@
+"""``lepton-edge fleet serve | watch``: the OTA and telemetry controller, and a live view of the fleet."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from lepton_edge.commands.mqtt_args import add_broker_args, broker_from_args
+from lepton_edge.errors import BadInput
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("fleet", help="run the fleet controller, or watch the fleet",
+                                   description="The fleet side of OTA updates and telemetry over MQTT.")
+    sub = parser.add_subparsers(dest="fleet_command", metavar="SUBCOMMAND")
+    sub.required = True
+
+    serve = sub.add_parser("serve", help="run the controller (OTA block server, telemetry ingest, HTTP API)",
+                           description="Keep artifacts, send OTA jobs and serve their blocks, record devices, "
+                                       "telemetry and job progress in SQLite, and offer the HTTP API. Runs until "
+                                       "interrupted; reconnects to the broker with backoff.")
+    add_broker_args(serve)
+    serve.add_argument("--store", required=True, metavar="DIR", help="where artifacts (and by default the db) live")
+    serve.add_argument("--db", metavar="FILE", help="SQLite database (default DIR/fleet.db)")
+    serve.add_argument("--http", default="127.0.0.1:8788", metavar="HOST:PORT",
+                       help="HTTP API address (default 127.0.0.1:8788; port 0 picks one; a non-loopback "
+                            "address requires a bearer token)")
+    serve.add_argument("--token-file", metavar="FILE",
+                       help="bearer token for the API (default off loopback: generated into DIR/api.token)")
+    serve.add_argument("--trusted-key", action="append", default=[], metavar="PUB",
+                       help="accept only uploads signed by this key (repeatable; devices check anyway)")
+    serve.add_argument("--client-id", metavar="ID", help="MQTT client id (default lepton-edge-controller-FLEET)")
+    serve.add_argument("--job-expiry", type=float, default=3600.0, metavar="S",
+                       help="default lifetime of an OTA job in seconds (default 3600)")
+    serve.add_argument("--block-size", type=int, default=65536, metavar="N",
+                       help="block size hint sent with jobs (default 65536)")
+    serve.add_argument("--retention-hours", type=float, default=168.0, metavar="H",
+                       help="keep telemetry rows this long (default 168)")
+    serve.add_argument("-v", "--verbose", action="store_true", help="log every message handled")
+    serve.set_defaults(func=run_serve)
+
+    watch = sub.add_parser("watch", help="a live table of the fleet's devices",
+                           description="Subscribe to every device's status, telemetry and OTA progress and show "
+                                       "a table: online, model, latency, inferences/s, memory, last seen, OTA state.")
+    add_broker_args(watch)
+    watch.add_argument("--once", action="store_true", help="collect for --wait seconds, print once, exit")
+    watch.add_argument("--json", action="store_true", help="print JSON for scripts")
+    watch.add_argument("--wait", type=float, default=2.0, metavar="S",
+                       help="with --once: how long to collect (default 2)")
+    watch.add_argument("--interval", type=float, default=1.0, metavar="S", help="redraw interval (default 1)")
+    watch.add_argument("--connect-timeout", type=float, default=10.0, metavar="S",
+                       help="with --once: give up when the broker does not answer within S (default 10)")
+    watch.set_defaults(func=run_watch)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from lepton_edge.artifact import load_public_key
+    from lepton_edge.fleet.controller import Controller, ControllerOptions
+    from lepton_edge.fleet.http_api import HttpApi, parse_listen, resolve_token
+
+    broker = broker_from_args(args)
+    listen = parse_listen(args.http)
+    if not 1 <= args.job_expiry <= 30 * 24 * 3600:
+        raise BadInput("--job-expiry must be 1 s to 30 days")
+    if not 256 <= args.block_size <= 1024 * 1024:
+        raise BadInput("--block-size must be 256 to 1048576 bytes")
+    if args.retention_hours <= 0:
+        raise BadInput("--retention-hours must be positive")
+    store = Path(args.store).expanduser()
+    if store.exists() and not store.is_dir():
+        raise BadInput(f"--store {store}: not a directory")
+    keys = tuple(load_public_key(k) for k in args.trusted_key)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s fleet: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("lepton_edge.mqtt_client").setLevel(logging.WARNING)
+    options = ControllerOptions(fleet=args.fleet, client_id=args.client_id, trusted_keys=keys,
+                                default_expires_s=args.job_expiry, block_size=args.block_size,
+                                retention_s=args.retention_hours * 3600)
+    token = resolve_token(store, listen, args.token_file)
+    controller = Controller(broker, store, args.db, options)
+    api = HttpApi(controller, listen, token)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    controller.start()
+    api.start()
+    note = "" if token is None else (f", bearer token from {args.token_file}" if args.token_file
+                                     else f", bearer token in {store / 'api.token'}")
+    print(f"fleet controller: {api.url} (fleet {args.fleet}, broker {broker.display_url}, store {store}{note})",
+          flush=True)
+    log = logging.getLogger("lepton_edge.fleet")
+    last_error = None
+    try:
+        while not stop.wait(1.0):
+            error = None if controller.mqtt.connected else controller.mqtt.last_error
+            if error and error != last_error:
+                log.warning("%s; retrying with backoff", error)
+            last_error = error
+    finally:
+        api.stop()
+        controller.stop()
+    return 0
+
+
+def run_watch(args: argparse.Namespace) -> int:
+    from lepton_edge.fleet.watch import watch
+
+    broker = broker_from_args(args)
+    if args.wait < 0 or args.interval <= 0 or args.connect_timeout <= 0:
+        raise BadInput("--wait, --interval and --connect-timeout must be positive")
+    return watch(broker, args.fleet, once=args.once, as_json=args.json, wait_s=args.wait, interval_s=args.interval,
+                 connect_timeout_s=args.connect_timeout, out=sys.stdout)

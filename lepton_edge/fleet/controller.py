@@ -1,0 +1,454 @@
+"""The fleet controller: OTA jobs and the block server over MQTT; status, telemetry and progress into SQLite.
+
+Threads and who owns what:
+
+* the MQTT loop thread (:mod:`lepton_edge.mqtt_client`) runs the message handlers. They parse,
+  answer block requests straight from the artifact file (``os.pread``; the device asks for
+  offset and length and paces itself), send jobs, and queue everything that must be written;
+* one ingest thread writes that queue to SQLite in batches (one transaction per batch), expires
+  jobs, and adds up the blocks served;
+* HTTP threads (:mod:`lepton_edge.fleet.http_api`) call :meth:`Controller.upload_artifact`,
+  :meth:`Controller.create_deployment` and the readers.
+
+The in-memory job table (unfinished jobs, device online flags) is shared under one lock. A job is
+sent when it is created if its device is online, and again every time the device's status says
+online (a restart, a reconnect after a broker restart): the device ignores a job it is already
+running, resumes one it has partly on disk, and reports ``healthy`` at once for a model it runs.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import logging
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from lepton_edge.errors import BadInput
+from lepton_edge.fleet.store import (EXPIRABLE_STATES, PENDING, SENT, TERMINAL_JOB_STATES, ArtifactStore,
+                                     FleetDB, JobRow, TelemetryRecord)
+from lepton_edge.mqtt import (BLOCK_BAD_RANGE, BLOCK_EXPIRED, BLOCK_UNAVAILABLE, BLOCK_UNKNOWN_JOB, DEFAULT_BLOCK_SIZE,
+                              DEFAULT_FLEET, MAX_BLOCK_SIZE, OTA_GET, OTA_PROGRESS, STATUS, TELEMETRY, Block,
+                              BlockRequest, BrokerConfig, DeviceTopics, OtaJob, PayloadError, Progress,
+                              SessionOptions, Status, Telemetry, check_name, fleet_filter, parse_topic)
+from lepton_edge.mqtt_client import MqttClient
+
+log = logging.getLogger("lepton_edge.fleet")
+
+MAX_DEVICES_PER_DEPLOYMENT = 10000
+MAX_EXPIRES_S = 30 * 24 * 3600
+
+
+class NotFound(BadInput):
+    """Asked for an artifact, deployment or job the controller does not have (HTTP 404)."""
+
+
+@dataclass(frozen=True)
+class ControllerOptions:
+    fleet: str = DEFAULT_FLEET
+    client_id: str | None = None          # default lepton-edge-controller-<fleet>: a stable id keeps the session
+    trusted_keys: tuple = ()              # if given, uploads must be signed by one of them
+    default_expires_s: float = 3600.0
+    block_size: int = DEFAULT_BLOCK_SIZE  # the hint sent with each job; the device may ask for other sizes
+    retention_s: float = 7 * 24 * 3600.0  # telemetry rows older than this are pruned
+    housekeeping_s: float = 0.5           # expiry check and served-bytes flush
+    session: SessionOptions = field(default_factory=lambda: SessionOptions(
+        clean_start=False, session_expiry_s=3600, max_inflight=200, max_backoff_s=10.0))
+
+
+@dataclass
+class LiveJob:
+    """An unfinished job, as the handlers need it (the manifest's exact bytes included)."""
+
+    id: str
+    deployment: str
+    device: str
+    artifact: str
+    size: int
+    block_size: int
+    expires_at: float
+    state: str
+    model_sha256: str
+    manifest: bytes
+    signature: bytes | None
+
+    def message(self, now: float) -> bytes:
+        return OtaJob(self.id, self.deployment, self.manifest, self.signature, self.model_sha256, self.size,
+                      self.block_size, self.expires_at, now).to_bytes()
+
+
+@dataclass
+class Counters:
+    messages: dict[str, int] = field(default_factory=lambda: dict.fromkeys((STATUS, TELEMETRY, OTA_GET, OTA_PROGRESS), 0))
+    bad_payloads: int = 0
+    blocks_served: int = 0
+    bytes_served: int = 0
+    telemetry_rows: int = 0
+
+
+class Controller:
+    """Start with :meth:`start`, stop with :meth:`stop`; the HTTP API calls the public methods."""
+
+    def __init__(self, broker: BrokerConfig, store_dir: str | os.PathLike[str], db_path: str | os.PathLike[str] | None = None,
+                 options: ControllerOptions = ControllerOptions()) -> None:
+        check_name(options.fleet, "fleet")
+        self.options = options
+        self.broker = broker
+        self.store_dir = Path(store_dir)
+        self.artifacts = ArtifactStore(self.store_dir)
+        self.db = FleetDB(db_path or self.store_dir / "fleet.db")
+        self.counters = Counters()
+        self._lock = threading.Lock()
+        self._jobs: dict[str, LiveJob] = {}
+        self._current: dict[str, str] = {}                  # device -> its unfinished job
+        self._finished: collections.OrderedDict[str, int] = collections.OrderedDict()  # job -> block status
+        self._online: dict[str, bool] = {}
+        self._served: dict[str, list[int]] = {}             # job -> [blocks, bytes] since the last flush
+        self._fds: dict[str, int] = {}                      # artifact -> open model file (loop thread only)
+        self._ingest: queue.Queue = queue.Queue()
+        self._writer: threading.Thread | None = None
+        self._stopping = threading.Event()
+        client_id = options.client_id or f"lepton-edge-controller-{options.fleet}"
+        self.mqtt = MqttClient(broker, client_id, session=options.session, on_connect=self._on_connect,
+                               on_disconnect=self._on_disconnect)
+        fleet = options.fleet
+        self.mqtt.subscribe(fleet_filter(fleet, STATUS), self._on_status, qos=1)
+        self.mqtt.subscribe(fleet_filter(fleet, TELEMETRY), self._on_telemetry, qos=1)
+        self.mqtt.subscribe(fleet_filter(fleet, OTA_GET), self._on_get, qos=1)
+        self.mqtt.subscribe(fleet_filter(fleet, OTA_PROGRESS), self._on_progress, qos=1)
+
+    # -- lifecycle --
+    def start(self) -> None:
+        for row in self.db.active_jobs():
+            self._remember(row)
+        self._writer = threading.Thread(target=self._write_loop, name="fleet-ingest", daemon=True)
+        self._writer.start()
+        self.mqtt.start()
+
+    def stop(self) -> None:
+        self.mqtt.stop()
+        self._stopping.set()
+        self._ingest.put(None)
+        if self._writer is not None:
+            self._writer.join(10)
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+        self.db.close()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self.mqtt.wait_connected(timeout)
+
+    def wait_idle(self, timeout: float = 5.0) -> bool:
+        """Wait until everything received so far is in the database (tests, benchmarks)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._ingest.unfinished_tasks == 0:
+                return True
+            time.sleep(0.01)
+        return False
+
+    # -- the HTTP API's operations (any thread) --
+    def upload_artifact(self, manifest_bytes: bytes, signature: bytes | None, model_bytes: bytes) -> dict[str, Any]:
+        keys = self.options.trusted_keys
+        art, created = self.artifacts.put(manifest_bytes, signature, model_bytes, trusted_keys=keys,
+                                          require_signature=bool(keys))
+        self.db.add_artifact(art)
+        log.info("artifact %s: %s version %d, %d bytes%s", art.id[:12], art.name, art.version, art.size,
+                 "" if created else " (already stored)")
+        return {**art.as_dict(), "artifact": art.id, "new": created}
+
+    def create_deployment(self, artifact_id: str, devices: Iterable[str], expires_s: float | None = None,
+                          block_size: int | None = None) -> dict[str, Any]:
+        art = self.db.artifact(artifact_id) if isinstance(artifact_id, str) else None
+        if art is None:
+            raise NotFound(f"artifact {str(artifact_id)[:80]!r}: not uploaded")
+        targets = list(dict.fromkeys(devices))
+        if not targets:
+            raise BadInput("a deployment needs at least one device")
+        if len(targets) > MAX_DEVICES_PER_DEPLOYMENT:
+            raise BadInput(f"at most {MAX_DEVICES_PER_DEPLOYMENT} devices per deployment")
+        for device in targets:
+            check_name(device, "device id")
+        expires_s = self.options.default_expires_s if expires_s is None else expires_s
+        if not 1 <= expires_s <= MAX_EXPIRES_S:
+            raise BadInput(f"expires_s must be 1 to {MAX_EXPIRES_S} seconds")
+        block_size = block_size or self.options.block_size
+        if not 256 <= block_size <= MAX_BLOCK_SIZE:
+            raise BadInput(f"block_size must be 256 to {MAX_BLOCK_SIZE} bytes")
+        manifest, signature = self.artifacts.manifest(art.id)
+        self._check_model_file(art.id, art.model_sha256, art.size)
+        now = time.time()
+        dep_id, jobs, superseded = self.db.create_deployment(art, targets, now + expires_s, block_size, now)
+        to_send = []
+        with self._lock:
+            for job_id in superseded:
+                self._forget(job_id, BLOCK_UNKNOWN_JOB)
+            for row in jobs:
+                live = self._remember(row, manifest, signature, art.model_sha256)
+                if self._online.get(row.device):
+                    to_send.append(live)
+        for live in to_send:
+            self._send(live, record_now=True)
+        log.info("deployment %s: %s version %d to %d device(s), %d online now", dep_id, art.name, art.version,
+                 len(targets), len(to_send))
+        return self.deployment(dep_id)
+
+    def deployment(self, dep_id: str) -> dict[str, Any]:
+        found = self.db.deployment(dep_id)
+        if found is None:
+            raise NotFound(f"deployment {dep_id[:80]!r}: no such deployment")
+        return found
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        row = self.db.job(job_id)
+        if row is None:
+            raise NotFound(f"job {job_id[:80]!r}: no such job")
+        return {**row.as_dict(), "events": self.db.job_events(job_id)}
+
+    def devices(self) -> list[dict[str, Any]]:
+        return self.db.devices()
+
+    def is_online(self, device: str) -> bool:
+        """What the last status said (before it reaches the database)."""
+        with self._lock:
+            return bool(self._online.get(device))
+
+    def list_artifacts(self) -> list[dict[str, Any]]:
+        return [a.as_dict() for a in self.db.artifacts()]
+
+    def health(self) -> dict[str, Any]:
+        with self._lock:
+            active = len(self._jobs)
+        return {"ok": True, "fleet": self.options.fleet, "broker": self.broker.display_url,
+                "broker_connected": self.mqtt.connected, "active_jobs": active,
+                "ingest_backlog": self._ingest.qsize(), "bad_payloads": self.counters.bad_payloads,
+                "messages": dict(self.counters.messages)}
+
+    # -- MQTT handlers (loop thread) --
+    def _on_connect(self) -> None:
+        log.info("connected to %s", self.broker.display_url)
+
+    def _on_disconnect(self, reason: str) -> None:
+        log.warning("lost the broker (%s); reconnecting", reason)
+
+    def _parse(self, topic: str, payload: bytes, kind: str, parser: Any) -> tuple[str, Any] | None:
+        self.counters.messages[kind] += 1
+        parts = parse_topic(topic)
+        if parts is None or not payload:
+            return None
+        try:
+            return parts.device, parser(payload)
+        except PayloadError as exc:
+            self.counters.bad_payloads += 1
+            log.debug("%s: %s", topic, exc)
+            return None
+
+    def _on_status(self, topic: str, payload: bytes) -> None:
+        parsed = self._parse(topic, payload, STATUS, Status.from_bytes)
+        if parsed is None:
+            return
+        device, status = parsed
+        self._ingest.put(("status", device, status, time.time()))
+        with self._lock:
+            was = self._online.get(device)
+            self._online[device] = status.online
+            job = self._jobs.get(self._current.get(device, ""))
+        if was != status.online:
+            log.info("%s is %s", device, "online" if status.online else f"offline ({status.reason or 'clean'})")
+        if status.online and job is not None:
+            self._send(job)
+
+    def _on_telemetry(self, topic: str, payload: bytes) -> None:
+        parsed = self._parse(topic, payload, TELEMETRY, Telemetry.from_bytes)
+        if parsed is not None:
+            device, telemetry = parsed
+            self._ingest.put(("telemetry", TelemetryRecord(device, time.time(), telemetry,
+                                                          payload.decode("utf-8"))))
+
+    def _on_progress(self, topic: str, payload: bytes) -> None:
+        parsed = self._parse(topic, payload, OTA_PROGRESS, Progress.from_bytes)
+        if parsed is None:
+            return
+        device, progress = parsed
+        self._ingest.put(("progress", device, progress, time.time()))
+        with self._lock:
+            job = self._jobs.get(progress.job)
+            if job is None or job.device != device:
+                return
+            if job.state != progress.state:
+                log.info("%s: job %s %s%s", device, job.id[:8], progress.state,
+                         f" ({progress.reason})" if progress.reason else "")
+            job.state = progress.state
+            if progress.state in TERMINAL_JOB_STATES:
+                self._forget(job.id, BLOCK_UNKNOWN_JOB)
+
+    def _on_get(self, topic: str, payload: bytes) -> None:
+        parsed = self._parse(topic, payload, OTA_GET, BlockRequest.from_bytes)
+        if parsed is None:
+            return
+        device, req = parsed
+        out = DeviceTopics(self.options.fleet, device).ota_data
+        with self._lock:
+            job = self._jobs.get(req.job)
+            if job is not None and job.device != device:
+                job = None  # another device's job: the same answer as for one that does not exist
+            status = self._finished.get(req.job, BLOCK_UNKNOWN_JOB) if job is None else 0
+            if job is not None and job.expires_at <= time.time() and job.state in EXPIRABLE_STATES:
+                status = BLOCK_EXPIRED
+        if status:
+            self.mqtt.publish(out, Block(req.job, b"", req.offset, b"", status).to_bytes(), qos=1)
+            return
+        assert job is not None
+        prefix = bytes.fromhex(job.model_sha256[:16])
+        if req.offset >= job.size:
+            self.mqtt.publish(out, Block(job.id, prefix, req.offset, b"", BLOCK_BAD_RANGE).to_bytes(), qos=1)
+            return
+        length = min(req.length, job.size - req.offset)
+        try:
+            data = os.pread(self._fd(job.artifact), length, req.offset)
+        except OSError as exc:
+            log.error("artifact %s: %s", job.artifact[:12], exc)
+            data = b""
+        if len(data) != length:  # the stored file shrank under us
+            self.mqtt.publish(out, Block(job.id, prefix, req.offset, b"", BLOCK_UNAVAILABLE).to_bytes(), qos=1)
+            return
+        self.mqtt.publish(out, Block(job.id, prefix, req.offset, data).to_bytes(), qos=1)
+        self.counters.blocks_served += 1
+        self.counters.bytes_served += length
+        with self._lock:
+            served = self._served.setdefault(job.id, [0, 0])
+            served[0] += 1
+            served[1] += length
+
+    # -- helpers --
+    def _fd(self, artifact_id: str) -> int:
+        fd = self._fds.get(artifact_id)
+        if fd is None:
+            fd = self._fds[artifact_id] = os.open(self.artifacts.model_path(artifact_id), os.O_RDONLY)
+        return fd
+
+    def _send(self, job: LiveJob, *, record_now: bool = False) -> None:
+        """Publish the job; the first time, record it as sent (at once from an HTTP thread, else via ingest)."""
+        self.mqtt.publish(DeviceTopics(self.options.fleet, job.device).ota_job, job.message(time.time()), qos=1)
+        with self._lock:
+            first = job.state == PENDING
+            if first:
+                job.state = SENT
+        if first:
+            if record_now:
+                self.db.mark_sent(job.id, time.time())
+            else:
+                self._ingest.put(("sent", job.id, time.time()))
+            log.info("%s: job %s sent", job.device, job.id[:8])
+
+    def _remember(self, row: JobRow, manifest: bytes | None = None, signature: bytes | None = None,
+                  model_sha256: str | None = None) -> LiveJob:
+        """Put a job into the in-memory table (caller holds the lock, or nothing runs yet)."""
+        if manifest is None:
+            manifest, signature = self.artifacts.manifest(row.artifact)
+            art = self.db.artifact(row.artifact)
+            model_sha256 = art.model_sha256 if art else ""
+        live = LiveJob(row.id, row.deployment, row.device, row.artifact, row.total, row.block_size, row.expires_at,
+                       row.state, model_sha256 or "", manifest, signature)
+        self._jobs[row.id] = live
+        self._current[row.device] = row.id
+        return live
+
+    def _forget(self, job_id: str, block_status: int) -> None:
+        """Drop a finished job from memory (caller holds the lock); later block requests get ``block_status``."""
+        job = self._jobs.pop(job_id, None)
+        if job is not None and self._current.get(job.device) == job_id:
+            del self._current[job.device]
+        self._finished[job_id] = block_status
+        while len(self._finished) > 100000:
+            self._finished.popitem(last=False)
+
+    def _check_model_file(self, artifact_id: str, sha256: str, size: int) -> None:
+        path = self.artifacts.model_path(artifact_id)
+        digest = hashlib.sha256()
+        try:
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(chunk)
+        except FileNotFoundError:
+            raise NotFound(f"artifact {artifact_id}: its model file is missing from the store") from None
+        if digest.hexdigest() != sha256 or path.stat().st_size != size:
+            raise BadInput(f"artifact {artifact_id}: the stored model no longer matches its manifest")
+
+    # -- ingest thread --
+    def _write_loop(self) -> None:
+        next_housekeeping = 0.0
+        next_prune = time.monotonic() + 60
+        while True:
+            try:
+                first = self._ingest.get(timeout=self.options.housekeeping_s)
+            except queue.Empty:
+                first = ()
+            if first is None:
+                self._ingest.task_done()
+                self._housekeeping()
+                return
+            items = [first] if first else []
+            while len(items) < 5000:
+                try:
+                    item = self._ingest.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._ingest.put(None)  # finish this batch first
+                    self._ingest.task_done()
+                    break
+                items.append(item)
+            if items:
+                try:
+                    self._apply(items)
+                except Exception:  # noqa: BLE001 - a bad batch must not stop ingest
+                    log.exception("could not write %d records", len(items))
+                for _ in items:
+                    self._ingest.task_done()
+            now = time.monotonic()
+            if now >= next_housekeeping:
+                next_housekeeping = now + self.options.housekeeping_s
+                self._housekeeping()
+            if now >= next_prune:
+                next_prune = now + 3600
+                self.db.prune_telemetry(time.time() - self.options.retention_s)
+
+    def _apply(self, items: list[tuple]) -> None:
+        telemetry = [item[1] for item in items if item[0] == "telemetry"]
+        with self._lock:  # blocks served so far go in with the reports that follow them
+            served, self._served = self._served, {}
+        with self.db.batch() as conn:
+            if served:
+                self.db.add_served({job: (b, n) for job, (b, n) in served.items()}, conn=conn)
+            for item in items:
+                kind = item[0]
+                if kind == "status":
+                    self.db.record_status(item[1], item[2], item[3], conn=conn)
+                elif kind == "progress":
+                    self.db.record_progress(item[2].job, item[1], item[2], item[3], conn=conn)
+                elif kind == "sent":
+                    self.db.mark_sent(item[1], item[2], conn=conn)
+            if telemetry:
+                self.db.record_telemetry(telemetry, conn=conn)
+        self.counters.telemetry_rows += len(telemetry)
+
+    def _housekeeping(self) -> None:
+        with self._lock:
+            served, self._served = self._served, {}
+        if served:
+            self.db.add_served({job: (b, n) for job, (b, n) in served.items()})
+        expired = self.db.expire_jobs(time.time())
+        if expired:
+            with self._lock:
+                for job_id in expired:
+                    job = self._jobs.get(job_id)
+                    if job is not None:
+                        log.info("%s: job %s expired", job.device, job_id[:8])
+                    self._forget(job_id, BLOCK_EXPIRED)

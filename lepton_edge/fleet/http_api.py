@@ -1,0 +1,277 @@
+"""The controller's HTTP API (stdlib ``ThreadingHTTPServer``, HTTP/1.1 keep-alive, ``TCP_NODELAY``).
+
+Default ``127.0.0.1:8788``. On any non-loopback address every request but ``GET /v1/health``
+needs ``Authorization: Bearer <token>``: the token comes from ``--token-file`` or is generated
+into ``<store>/api.token`` (mode 0600). With ``--token-file`` it is required on loopback too.
+
+    GET  /v1/health                    {"ok", "fleet", "broker", "broker_connected", ...}
+    POST /v1/artifacts                 {"manifest_b64", "signature_b64" (or null), "model_b64"}
+                                       -> 201 (new) or 200: {"artifact": id, "name", "version",
+                                          "model_sha256", "size", "signed", "created", "new"}
+    GET  /v1/artifacts                 {"artifacts": [...]}
+    POST /v1/deployments               {"artifact": id, "devices": [id, ...], "expires_s": 3600,
+                                        "block_size": 65536 (optional)} -> 201: the deployment
+    GET  /v1/deployments/<id>          {"deployment", "artifact", "name", "version", "expires_at",
+                                        "devices": [{"device", "job", "state", "received", "total",
+                                        "reason", "online", ...}], "summary": {state: n}, "done"}
+    GET  /v1/jobs/<id>                 the job and its state changes ("events")
+    GET  /v1/devices                   {"devices": [{"device", "online", "model", "last_seen",
+                                        "telemetry", "ota", ...}]}
+
+The artifact id is the sha256 of the manifest's exact bytes. Errors: ``{"error": "one line"}`` with
+400 (bad input), 401 (token), 404, 405, 411 (no Content-Length), 413 (too big) or 500.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import ipaddress
+import json
+import logging
+import os
+import re
+import secrets
+import socket
+import threading
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from lepton_edge.errors import BadInput
+from lepton_edge.fleet.controller import Controller, NotFound
+from lepton_edge.fsio import atomic_write_text
+
+log = logging.getLogger("lepton_edge.fleet.http")
+
+DEFAULT_LISTEN = "127.0.0.1:8788"
+DEFAULT_MAX_BODY = 256 * 1024 * 1024
+TOKEN_FILE = "api.token"
+
+
+@dataclass(frozen=True)
+class Listen:
+    host: str
+    port: int
+
+    @property
+    def loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False  # a host name: assume it is reachable from elsewhere
+
+    def url(self, port: int | None = None) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port if port is None else port}"
+
+
+def parse_listen(text: str) -> Listen:
+    """``HOST:PORT`` or ``[V6]:PORT``; port 0 picks a free one."""
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\[\]]+):(\d+)", text.strip())
+    if not m:
+        raise BadInput(f"--http {text}: expected HOST:PORT")
+    host, port = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
+    if not 0 <= int(port) <= 65535:
+        raise BadInput(f"--http {text}: port must be 0 to 65535")
+    return Listen(host, int(port))
+
+
+def resolve_token(store_dir: Path, listen: Listen, token_file: str | os.PathLike[str] | None) -> str | None:
+    """The bearer token the API requires, or None (loopback without --token-file)."""
+    if token_file is not None:
+        try:
+            token = Path(token_file).expanduser().read_text().strip()
+        except OSError as exc:
+            raise BadInput(f"--token-file {token_file}: {exc.strerror or exc}") from None
+        if len(token) < 16:
+            raise BadInput(f"--token-file {token_file}: the token must have at least 16 characters")
+        return token
+    if listen.loopback:
+        return None
+    path = store_dir / TOKEN_FILE
+    if path.exists():
+        token = path.read_text().strip()
+        if token:
+            return token
+    token = secrets.token_urlsafe(32)
+    atomic_write_text(path, token + "\n")  # mkstemp makes it 0600 from the start
+    os.chmod(path, 0o600)
+    return token
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, listen: Listen, controller: Controller, token: str | None, max_body: int) -> None:
+        self.address_family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
+        self.controller, self.token, self.max_body = controller, token, max_body
+        super().__init__((listen.host, listen.port), _Handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "lepton-edge-fleet/1"
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        # Without this a keep-alive response waits ~40 ms for the client's delayed ACK (Nagle).
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
+        log.debug("%s %s", self.address_string(), format % args)
+
+    def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._dispatch("POST")
+
+    def do_PUT(self) -> None:  # noqa: N802
+        self._dispatch("PUT")
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        self._dispatch("DELETE")
+
+    def _dispatch(self, method: str) -> None:
+        path = self.path.split("?", 1)[0].rstrip("/") or "/"
+        try:
+            if path == "/v1/health":
+                self._only(method, "GET")
+                return self._reply(200, self.server.controller.health())
+            self._authorize()
+            c = self.server.controller
+            if path == "/v1/devices":
+                self._only(method, "GET")
+                return self._reply(200, {"devices": c.devices()})
+            if path == "/v1/artifacts":
+                if method == "GET":
+                    return self._reply(200, {"artifacts": c.list_artifacts()})
+                self._only(method, "POST")
+                body = self._json_body()
+                result = c.upload_artifact(_b64(body, "manifest_b64"), _b64(body, "signature_b64", optional=True),
+                                           _b64(body, "model_b64"))
+                return self._reply(201 if result["new"] else 200, result)
+            if path == "/v1/deployments":
+                self._only(method, "POST")
+                body = self._json_body()
+                devices = body.get("devices")
+                if not isinstance(devices, list) or not all(isinstance(d, str) for d in devices):
+                    raise BadInput("'devices' must be a list of device ids")
+                expires = body.get("expires_s")
+                if expires is not None and (isinstance(expires, bool) or not isinstance(expires, (int, float))):
+                    raise BadInput("'expires_s' must be a number of seconds")
+                block = body.get("block_size")
+                if block is not None and (isinstance(block, bool) or not isinstance(block, int)):
+                    raise BadInput("'block_size' must be an integer")
+                if not isinstance(body.get("artifact"), str):
+                    raise BadInput("'artifact' must be an artifact id (the sha256 of its manifest)")
+                return self._reply(201, c.create_deployment(body["artifact"], devices, expires, block))
+            m = re.fullmatch(r"/v1/(deployments|jobs)/([0-9a-f]{1,64})", path)
+            if m:
+                self._only(method, "GET")
+                found = c.deployment(m.group(2)) if m.group(1) == "deployments" else c.job(m.group(2))
+                return self._reply(200, found)
+            raise _HttpError(404, f"no such endpoint: {method} {path}")
+        except _HttpError as exc:
+            self._reply(exc.status, {"error": exc.message}, exc.headers)
+        except NotFound as exc:
+            self._reply(404, {"error": str(exc)})
+        except BadInput as exc:
+            self._reply(400, {"error": str(exc)})
+        except Exception as exc:  # noqa: BLE001 - the client gets one line, the log the traceback
+            log.exception("%s %s failed", method, path)
+            self._reply(500, {"error": f"internal error: {type(exc).__name__}: {exc}"})
+
+    def _only(self, method: str, allowed: str) -> None:
+        if method != allowed:
+            raise _HttpError(405, f"use {allowed}", {"Allow": allowed})
+
+    def _authorize(self) -> None:
+        token = self.server.token
+        if token is None:
+            return
+        header = self.headers.get("Authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+            raise _HttpError(401, "a valid bearer token is required (--token-file)",
+                             {"WWW-Authenticate": 'Bearer realm="lepton-edge"'})
+
+    def _json_body(self) -> dict[str, Any]:
+        if self.headers.get("Transfer-Encoding"):
+            raise _HttpError(411, "send the body with a Content-Length")
+        length = self.headers.get("Content-Length")
+        if length is None or not length.isdigit():
+            raise _HttpError(411, "a Content-Length is required")
+        n = int(length)
+        if n > self.server.max_body:
+            self.close_connection = True  # do not read (or skip) a body that large
+            raise _HttpError(413, f"body of {n} bytes is over the limit of {self.server.max_body}")
+        data = self.rfile.read(n)
+        try:
+            body = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise BadInput("the body is not JSON") from None
+        if not isinstance(body, dict):
+            raise BadInput("the body must be a JSON object")
+        return body
+
+    def _reply(self, status: int, obj: Any, headers: dict[str, str] | None = None) -> None:
+        body = (json.dumps(obj, separators=(",", ":")) + "\n").encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class _HttpError(Exception):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or {}
+
+
+def _b64(body: dict[str, Any], key: str, *, optional: bool = False) -> bytes | None:
+    value = body.get(key)
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        raise BadInput(f"'{key}' must be a base64 string")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadInput(f"'{key}' is not valid base64") from None
+
+
+class HttpApi:
+    """The API server on its own thread. ``url`` has the real port (``--http HOST:0`` picks one)."""
+
+    def __init__(self, controller: Controller, listen: Listen, token: str | None,
+                 max_body: int = DEFAULT_MAX_BODY) -> None:
+        try:
+            self._server = _Server(listen, controller, token, max_body)
+        except OSError as exc:
+            raise BadInput(f"--http {listen.host}:{listen.port}: {exc.strerror or exc}") from None
+        self.listen = listen
+        self.port = self._server.server_address[1]
+        self.url = listen.url(self.port)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.1,), name="fleet-http",
+                                        daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)

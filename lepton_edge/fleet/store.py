@@ -1,0 +1,475 @@
+"""What the controller keeps: artifacts on disk by id, and the fleet's state in SQLite.
+
+On disk (``--store DIR``)::
+
+    artifacts/<id>/manifest.json, manifest.sig, model.tflite   (an artifact directory, written atomically)
+    fleet.db                                                   (default ``--db``; WAL mode)
+    api.token                                                  (0600, when the HTTP API needs a token)
+
+An artifact's id is the sha256 of its manifest's exact bytes: the manifest names the model's sha256,
+so the id pins model, version and signature target at once (one model re-signed as a new version is
+a new artifact).
+
+SQLite: one connection per thread, WAL (readers never wait for the writer), writes serialised by a
+lock, ``synchronous=NORMAL``. Telemetry arrives in batches from one ingest thread.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from lepton_edge.artifact import (MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE, sha256_hex, verify_manifest,
+                                  verify_model)
+from lepton_edge.errors import BadInput
+from lepton_edge.fsio import atomic_directory
+from lepton_edge.mqtt import TERMINAL_OTA_STATES, Progress, Status, Telemetry
+
+# Controller-side job states around the device's own (lepton_edge.mqtt.OTA_STATES).
+PENDING, SENT, EXPIRED, SUPERSEDED = "pending", "sent", "expired", "superseded"
+TERMINAL_JOB_STATES = frozenset(TERMINAL_OTA_STATES | {EXPIRED, SUPERSEDED})
+# A job expires only while the bytes are still on their way; once verifying, the device finishes.
+EXPIRABLE_STATES = ("pending", "sent", "accepted", "downloading")
+
+
+@dataclass(frozen=True)
+class StoredArtifact:
+    id: str
+    name: str
+    version: int
+    model_sha256: str
+    size: int
+    signed: bool
+    created: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class ArtifactStore:
+    """Artifact directories under ``<root>/artifacts/<id>``; each appears whole or not at all."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self.dir = self.root / "artifacts"
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def put(self, manifest_bytes: bytes, signature: bytes | None, model_bytes: bytes, *,
+            trusted_keys: Iterable = (), require_signature: bool = False) -> tuple[StoredArtifact, bool]:
+        """Check (signature if keys are given, then the model's size and sha256) and keep it.
+        Returns the artifact and whether it is new."""
+        manifest = verify_manifest(manifest_bytes, signature, list(trusted_keys),
+                                   require_signature=require_signature, source="uploaded manifest")
+        verify_model(model_bytes, manifest, "uploaded model")
+        art = StoredArtifact(sha256_hex(manifest_bytes), manifest["name"], manifest["version"],
+                             manifest["model"]["sha256"], len(model_bytes), signature is not None, time.time())
+        target = self.dir / art.id
+        if target.exists():
+            return art, False
+        try:
+            with atomic_directory(target) as staging:
+                (staging / MANIFEST_FILE).write_bytes(manifest_bytes)
+                (staging / MODEL_FILE).write_bytes(model_bytes)
+                if signature is not None:
+                    (staging / SIGNATURE_FILE).write_bytes(signature)
+        except FileExistsError:  # the same upload raced us: same bytes, same id
+            return art, False
+        return art, True
+
+    def path(self, artifact_id: str) -> Path:
+        if len(artifact_id) != 64 or any(c not in "0123456789abcdef" for c in artifact_id):
+            raise BadInput(f"artifact id {artifact_id[:80]!r} is not a sha256 in hex")
+        return self.dir / artifact_id
+
+    def model_path(self, artifact_id: str) -> Path:
+        return self.path(artifact_id) / MODEL_FILE
+
+    def manifest(self, artifact_id: str) -> tuple[bytes, bytes | None]:
+        """The manifest's exact bytes and the signature (None when unsigned)."""
+        d = self.path(artifact_id)
+        try:
+            manifest = (d / MANIFEST_FILE).read_bytes()
+        except FileNotFoundError:
+            raise BadInput(f"artifact {artifact_id}: not in the store") from None
+        sig = d / SIGNATURE_FILE
+        return manifest, sig.read_bytes() if sig.exists() else None
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS devices(
+    device TEXT PRIMARY KEY, online INTEGER NOT NULL DEFAULT 0, agent TEXT, offline_reason TEXT,
+    model_name TEXT, model_version INTEGER, model_sha256 TEXT, slot TEXT,
+    first_seen REAL, last_seen REAL, status_at REAL, telemetry TEXT, telemetry_at REAL);
+CREATE TABLE IF NOT EXISTS telemetry(
+    id INTEGER PRIMARY KEY, device TEXT NOT NULL, received REAL NOT NULL, seq INTEGER, ts REAL,
+    payload TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS telemetry_by_device ON telemetry(device, received);
+CREATE INDEX IF NOT EXISTS telemetry_by_time ON telemetry(received);
+CREATE TABLE IF NOT EXISTS artifacts(
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, version INTEGER NOT NULL, model_sha256 TEXT NOT NULL,
+    size INTEGER NOT NULL, signed INTEGER NOT NULL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS deployments(
+    id TEXT PRIMARY KEY, artifact TEXT NOT NULL REFERENCES artifacts(id), created REAL NOT NULL,
+    expires_at REAL NOT NULL, block_size INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs(
+    id TEXT PRIMARY KEY, deployment TEXT NOT NULL REFERENCES deployments(id), device TEXT NOT NULL,
+    artifact TEXT NOT NULL, state TEXT NOT NULL, received INTEGER NOT NULL DEFAULT 0, total INTEGER NOT NULL,
+    reason TEXT, blocks_served INTEGER NOT NULL DEFAULT 0, bytes_served INTEGER NOT NULL DEFAULT 0,
+    created REAL NOT NULL, updated REAL NOT NULL, sent_at REAL, expires_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS jobs_by_device ON jobs(device, created);
+CREATE INDEX IF NOT EXISTS jobs_by_deployment ON jobs(deployment);
+CREATE TABLE IF NOT EXISTS job_events(
+    id INTEGER PRIMARY KEY, job TEXT NOT NULL, state TEXT NOT NULL, received INTEGER, reason TEXT, ts REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS job_events_by_job ON job_events(job);
+"""
+
+
+@dataclass(frozen=True)
+class JobRow:
+    id: str
+    deployment: str
+    device: str
+    artifact: str
+    state: str
+    received: int
+    total: int
+    reason: str | None
+    blocks_served: int
+    bytes_served: int
+    created: float
+    updated: float
+    sent_at: float | None
+    expires_at: float
+    block_size: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TelemetryRecord:
+    device: str
+    received: float
+    telemetry: Telemetry
+    raw: str
+
+
+class FleetDB:
+    """The controller's SQLite database. Safe to use from any thread."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._write_lock = threading.Lock()
+        self._all: list[sqlite3.Connection] = []
+        self._all_lock = threading.Lock()
+        try:
+            conn = self._conn()
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            raise BadInput(f"{self.path}: not a usable SQLite database ({exc})") from None
+        if mode.lower() != "wal":
+            raise BadInput(f"{self.path}: cannot use write-ahead logging (journal mode {mode})")
+        with self._write_lock:
+            conn.executescript(_SCHEMA)
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA busy_timeout=30000")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._local.conn = conn
+            with self._all_lock:
+                self._all.append(conn)
+        return conn
+
+    def _write(self) -> _Transaction:
+        return _Transaction(self._conn(), self._write_lock)
+
+    def journal_mode(self) -> str:
+        return self._conn().execute("PRAGMA journal_mode").fetchone()[0]
+
+    def close(self) -> None:
+        with self._all_lock:
+            for conn in self._all:
+                try:
+                    conn.close()
+                except sqlite3.Error:
+                    pass
+            self._all.clear()
+        self._local = threading.local()
+
+    # -- devices, status, telemetry --
+    def record_status(self, device: str, status: Status, received: float, conn: sqlite3.Connection | None = None) -> None:
+        sql = ("INSERT INTO devices(device, online, agent, offline_reason, model_name, model_version, model_sha256,"
+               " slot, first_seen, last_seen, status_at) VALUES(?,?,?,?,?,?,?,?,?,?,?)"
+               " ON CONFLICT(device) DO UPDATE SET online=excluded.online, agent=COALESCE(excluded.agent, agent),"
+               " offline_reason=excluded.offline_reason, status_at=excluded.status_at,"
+               " last_seen=MAX(COALESCE(last_seen, 0), excluded.last_seen),"
+               " model_name=CASE WHEN excluded.online THEN excluded.model_name ELSE model_name END,"
+               " model_version=CASE WHEN excluded.online THEN excluded.model_version ELSE model_version END,"
+               " model_sha256=CASE WHEN excluded.online THEN excluded.model_sha256 ELSE model_sha256 END,"
+               " slot=CASE WHEN excluded.online THEN excluded.slot ELSE slot END")
+        args = (device, int(status.online), status.agent, None if status.online else status.reason,
+                status.model.name if status.model else None, status.model.version if status.model else None,
+                status.model.sha256 if status.model else None, status.model.slot if status.model else None,
+                received, received, received)
+        if conn is not None:
+            conn.execute(sql, args)
+        else:
+            with self._write() as c:
+                c.execute(sql, args)
+
+    def record_telemetry(self, records: list[TelemetryRecord], conn: sqlite3.Connection | None = None) -> None:
+        """Insert a batch (one transaction when called alone) and keep each device's latest."""
+        def run(c: sqlite3.Connection) -> None:
+            c.executemany("INSERT INTO telemetry(device, received, seq, ts, payload) VALUES(?,?,?,?,?)",
+                          [(r.device, r.received, r.telemetry.seq, r.telemetry.ts, r.raw) for r in records])
+            latest: dict[str, TelemetryRecord] = {}
+            for r in records:
+                latest[r.device] = r
+            c.executemany("INSERT INTO devices(device, first_seen, last_seen, telemetry, telemetry_at) VALUES(?,?,?,?,?)"
+                          " ON CONFLICT(device) DO UPDATE SET telemetry=excluded.telemetry,"
+                          " telemetry_at=excluded.telemetry_at, last_seen=MAX(COALESCE(last_seen, 0), excluded.last_seen)",
+                          [(d, r.received, r.received, r.raw, r.received) for d, r in latest.items()])
+        if conn is not None:
+            run(conn)
+        else:
+            with self._write() as c:
+                run(c)
+
+    def batch(self) -> _Transaction:
+        """One write transaction for several record_* calls (pass ``conn=`` the yielded connection)."""
+        return self._write()
+
+    def devices(self) -> list[dict[str, Any]]:
+        rows = self._conn().execute("SELECT * FROM devices ORDER BY device").fetchall()
+        jobs = {r["device"]: r for r in self._conn().execute(
+            "SELECT j.* FROM jobs j JOIN (SELECT device, MAX(created) AS c FROM jobs GROUP BY device) m"
+            " ON j.device = m.device AND j.created = m.c")}
+        out = []
+        for r in rows:
+            job = jobs.get(r["device"])
+            out.append({
+                "device": r["device"], "online": bool(r["online"]), "agent": r["agent"],
+                "offline_reason": r["offline_reason"],
+                "model": None if r["model_sha256"] is None else {
+                    "name": r["model_name"], "version": r["model_version"], "sha256": r["model_sha256"],
+                    "slot": r["slot"]},
+                "first_seen": r["first_seen"], "last_seen": r["last_seen"],
+                "telemetry": json.loads(r["telemetry"]) if r["telemetry"] else None,
+                "telemetry_at": r["telemetry_at"],
+                "ota": None if job is None else {"job": job["id"], "deployment": job["deployment"],
+                                                 "state": job["state"], "received": job["received"],
+                                                 "total": job["total"], "reason": job["reason"]},
+            })
+        return out
+
+    def device_online(self, device: str) -> bool:
+        row = self._conn().execute("SELECT online FROM devices WHERE device=?", (device,)).fetchone()
+        return bool(row and row["online"])
+
+    def telemetry_count(self, device: str | None = None) -> int:
+        if device is None:
+            return self._conn().execute("SELECT COUNT(*) FROM telemetry").fetchone()[0]
+        return self._conn().execute("SELECT COUNT(*) FROM telemetry WHERE device=?", (device,)).fetchone()[0]
+
+    def prune_telemetry(self, before: float) -> int:
+        with self._write() as c:
+            return c.execute("DELETE FROM telemetry WHERE received < ?", (before,)).rowcount
+
+    # -- artifacts, deployments, jobs --
+    def add_artifact(self, art: StoredArtifact) -> None:
+        with self._write() as c:
+            c.execute("INSERT OR IGNORE INTO artifacts(id, name, version, model_sha256, size, signed, created)"
+                      " VALUES(?,?,?,?,?,?,?)", (art.id, art.name, art.version, art.model_sha256, art.size,
+                                                int(art.signed), art.created))
+
+    def artifact(self, artifact_id: str) -> StoredArtifact | None:
+        r = self._conn().execute("SELECT * FROM artifacts WHERE id=?", (artifact_id,)).fetchone()
+        return None if r is None else StoredArtifact(r["id"], r["name"], r["version"], r["model_sha256"], r["size"],
+                                                     bool(r["signed"]), r["created"])
+
+    def artifacts(self) -> list[StoredArtifact]:
+        return [StoredArtifact(r["id"], r["name"], r["version"], r["model_sha256"], r["size"], bool(r["signed"]),
+                               r["created"])
+                for r in self._conn().execute("SELECT * FROM artifacts ORDER BY created")]
+
+    def create_deployment(self, artifact: StoredArtifact, devices: list[str], expires_at: float,
+                          block_size: int, now: float) -> tuple[str, list[JobRow], list[str]]:
+        """A deployment and one job per device; each device's unfinished older job is superseded.
+        Returns (deployment id, new jobs, superseded job ids)."""
+        dep_id = uuid.uuid4().hex[:16]
+        jobs: list[JobRow] = []
+        superseded: list[str] = []
+        with self._write() as c:
+            c.execute("INSERT INTO deployments(id, artifact, created, expires_at, block_size) VALUES(?,?,?,?,?)",
+                      (dep_id, artifact.id, now, expires_at, block_size))
+            for device in devices:
+                placeholders = ",".join("?" * len(TERMINAL_JOB_STATES))
+                old = [r[0] for r in c.execute(
+                    f"SELECT id FROM jobs WHERE device=? AND state NOT IN ({placeholders})",
+                    (device, *sorted(TERMINAL_JOB_STATES)))]
+                for job_id in old:
+                    self._set_state(c, job_id, SUPERSEDED, None, f"superseded by deployment {dep_id}", now)
+                superseded += old
+                job = JobRow(uuid.uuid4().hex, dep_id, device, artifact.id, PENDING, 0, artifact.size, None, 0, 0,
+                             now, now, None, expires_at, block_size)
+                c.execute("INSERT INTO jobs(id, deployment, device, artifact, state, received, total, created, updated,"
+                          " expires_at) VALUES(?,?,?,?,?,?,?,?,?,?)",
+                          (job.id, dep_id, device, artifact.id, PENDING, 0, artifact.size, now, now, expires_at))
+                c.execute("INSERT INTO job_events(job, state, received, reason, ts) VALUES(?,?,?,?,?)",
+                          (job.id, PENDING, 0, None, now))
+                jobs.append(job)
+        return dep_id, jobs, superseded
+
+    def deployment(self, dep_id: str) -> dict[str, Any] | None:
+        c = self._conn()
+        d = c.execute("SELECT d.*, a.name, a.version, a.model_sha256, a.size FROM deployments d"
+                      " JOIN artifacts a ON a.id = d.artifact WHERE d.id=?", (dep_id,)).fetchone()
+        if d is None:
+            return None
+        rows = c.execute("SELECT j.*, COALESCE(v.online, 0) AS online FROM jobs j LEFT JOIN devices v"
+                         " ON v.device = j.device WHERE j.deployment=? ORDER BY j.device", (dep_id,)).fetchall()
+        devices = [{"device": r["device"], "job": r["id"], "state": r["state"], "received": r["received"],
+                    "total": r["total"], "reason": r["reason"], "online": bool(r["online"]),
+                    "blocks_served": r["blocks_served"], "bytes_served": r["bytes_served"],
+                    "sent_at": r["sent_at"], "updated": r["updated"]} for r in rows]
+        summary: dict[str, int] = {}
+        for dev in devices:
+            summary[dev["state"]] = summary.get(dev["state"], 0) + 1
+        return {"deployment": d["id"], "artifact": d["artifact"], "name": d["name"], "version": d["version"],
+                "model_sha256": d["model_sha256"], "size": d["size"], "created": d["created"],
+                "expires_at": d["expires_at"], "block_size": d["block_size"], "devices": devices,
+                "summary": summary, "done": all(dev["state"] in TERMINAL_JOB_STATES for dev in devices)}
+
+    def job(self, job_id: str) -> JobRow | None:
+        r = self._conn().execute("SELECT j.*, d.block_size FROM jobs j JOIN deployments d ON d.id = j.deployment"
+                                 " WHERE j.id=?", (job_id,)).fetchone()
+        return None if r is None else _job_row(r)
+
+    def active_jobs(self) -> list[JobRow]:
+        placeholders = ",".join("?" * len(TERMINAL_JOB_STATES))
+        return [_job_row(r) for r in self._conn().execute(
+            "SELECT j.*, d.block_size FROM jobs j JOIN deployments d ON d.id = j.deployment"
+            f" WHERE j.state NOT IN ({placeholders}) ORDER BY j.created", sorted(TERMINAL_JOB_STATES))]
+
+    def job_events(self, job_id: str) -> list[dict[str, Any]]:
+        return [dict(r) for r in self._conn().execute(
+            "SELECT state, received, reason, ts FROM job_events WHERE job=? ORDER BY id", (job_id,))]
+
+    def update_job(self, job_id: str, state: str, received: int | None, reason: str | None, now: float, *,
+                   sent: bool = False, conn: sqlite3.Connection | None = None) -> None:
+        if conn is not None:
+            self._set_state(conn, job_id, state, received, reason, now, sent=sent)
+        else:
+            with self._write() as c:
+                self._set_state(c, job_id, state, received, reason, now, sent=sent)
+
+    def record_progress(self, job_id: str, device: str, progress: Progress, now: float,
+                        conn: sqlite3.Connection | None = None) -> str | None:
+        """Apply a device's report to its job; returns the job's new state, or None when ignored.
+
+        A finished job stays finished (a late report of a superseded job changes nothing), except that
+        a device's own final word beats ``expired``: the device knows whether it runs the model."""
+        def run(c: sqlite3.Connection) -> str | None:
+            row = c.execute("SELECT device, state, received, reason FROM jobs WHERE id=?", (job_id,)).fetchone()
+            if row is None or row["device"] != device:
+                return None
+            state = row["state"]
+            if state in TERMINAL_OTA_STATES or state == SUPERSEDED:
+                return None
+            if state == EXPIRED and progress.state not in TERMINAL_OTA_STATES:
+                return None
+            if progress.state == state and progress.reason == row["reason"]:
+                c.execute("UPDATE jobs SET received=?, updated=? WHERE id=?", (progress.received, now, job_id))
+            else:
+                self._set_state(c, job_id, progress.state, progress.received, progress.reason, now)
+            return progress.state
+        if conn is not None:
+            return run(conn)
+        with self._write() as c:
+            return run(c)
+
+    def mark_sent(self, job_id: str, now: float, conn: sqlite3.Connection | None = None) -> bool:
+        """pending -> sent (only from pending: the device's own reports may already have moved it on)."""
+        def run(c: sqlite3.Connection) -> bool:
+            row = c.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
+            if row is None or row["state"] != PENDING:
+                return False
+            self._set_state(c, job_id, SENT, None, None, now, sent=True)
+            return True
+        if conn is not None:
+            return run(conn)
+        with self._write() as c:
+            return run(c)
+
+    def add_served(self, counts: dict[str, tuple[int, int]], conn: sqlite3.Connection | None = None) -> None:
+        """Add blocks and bytes served per job."""
+        rows = [(blocks, nbytes, job) for job, (blocks, nbytes) in counts.items()]
+
+        def run(c: sqlite3.Connection) -> None:
+            c.executemany("UPDATE jobs SET blocks_served = blocks_served + ?, bytes_served = bytes_served + ?"
+                          " WHERE id=?", rows)
+        if conn is not None:
+            run(conn)
+        else:
+            with self._write() as c:
+                run(c)
+
+    def expire_jobs(self, now: float) -> list[str]:
+        placeholders = ",".join("?" * len(EXPIRABLE_STATES))
+        with self._write() as c:
+            ids = [r[0] for r in c.execute(f"SELECT id FROM jobs WHERE expires_at <= ? AND state IN ({placeholders})",
+                                           (now, *EXPIRABLE_STATES))]
+            for job_id in ids:
+                self._set_state(c, job_id, EXPIRED, None, "the job expired before the device had the model", now)
+        return ids
+
+    @staticmethod
+    def _set_state(c: sqlite3.Connection, job_id: str, state: str, received: int | None, reason: str | None,
+                   now: float, *, sent: bool = False) -> None:
+        c.execute("UPDATE jobs SET state=?, received=COALESCE(?, received), reason=?, updated=?,"
+                  " sent_at=CASE WHEN ? THEN ? ELSE sent_at END WHERE id=?",
+                  (state, received, reason, now, int(sent), now, job_id))
+        c.execute("INSERT INTO job_events(job, state, received, reason, ts) VALUES(?,?,?,?,?)",
+                  (job_id, state, received, reason, now))
+
+
+def _job_row(r: sqlite3.Row) -> JobRow:
+    return JobRow(r["id"], r["deployment"], r["device"], r["artifact"], r["state"], r["received"], r["total"],
+                  r["reason"], r["blocks_served"], r["bytes_served"], r["created"], r["updated"], r["sent_at"],
+                  r["expires_at"], r["block_size"])
+
+
+class _Transaction:
+    """``with db._write() as conn``: BEGIN IMMEDIATE under the process's write lock; COMMIT or ROLLBACK."""
+
+    def __init__(self, conn: sqlite3.Connection, lock: threading.Lock) -> None:
+        self.conn, self.lock = conn, lock
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.lock.acquire()
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self.lock.release()
+            raise
+        return self.conn
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        finally:
+            self.lock.release()

@@ -1,0 +1,61 @@
+"""Helpers for the fleet tests: small signed artifacts, a controller with its HTTP API, HTTP calls."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from lepton_edge.artifact import generate_keypair, load_private_key, load_public_key, write_artifact_files
+from lepton_edge.fsio import atomic_directory
+
+
+def keypair(directory: Path) -> tuple[Any, Any, Path]:
+    """(private key, public key, public key path) made in ``directory``."""
+    priv, pub = generate_keypair(directory)
+    return load_private_key(priv), load_public_key(pub), pub
+
+
+def make_artifact(out: Path, *, version: int = 1, size: int = 100_000, private_key=None, name: str = "sim-model",
+                  seed: int | None = None) -> Path:
+    """An artifact directory whose model is ``size`` random bytes (devices in these tests do not run it)."""
+    model = os.urandom(size) if seed is None else bytes((i * 131 + seed) % 251 for i in range(size))
+    manifest = {"name": name, "version": version, "created": "2026-01-01T00:00:00Z", "profile": "linux-sbc",
+                "runtime": "litert", "kernel_library": "xnnpack",
+                "inputs": [{"name": "x", "shape": [1, 4], "dtype": "int8", "scale": 0.1, "zero_point": 0}],
+                "outputs": [{"name": "y", "shape": [1, 2], "dtype": "int8", "scale": 0.1, "zero_point": 0}],
+                "layout": "NHWC", "arena": {"head_bytes": 0, "tail_bytes": 0, "lower_bound_bytes": 0,
+                                            "recommended_bytes": 0, "margin_bytes": 0, "total_bytes": 0,
+                                            "measured": {}},
+                "conversion": {}, "fidelity": None, "self_test": None}
+    with atomic_directory(out) as staging:
+        write_artifact_files(staging, model, manifest, private_key)
+    return out
+
+
+def api(url: str, method: str, path: str, body: Any = None, token: str | None = None,
+        timeout: float = 30) -> tuple[int, Any]:
+    """One HTTP request to the controller: (status, parsed JSON)."""
+    host_port = url.split("://", 1)[1]
+    conn = http.client.HTTPConnection(host_port, timeout=timeout)
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    data = None if body is None else json.dumps(body).encode()
+    try:
+        conn.request(method, path, body=data, headers=headers)
+        resp = conn.getresponse()
+        raw = resp.read()
+        return resp.status, json.loads(raw) if raw else None
+    finally:
+        conn.close()
+
+
+def upload_body(artifact_dir: Path) -> dict[str, Any]:
+    sig = artifact_dir / "manifest.sig"
+    return {"manifest_b64": base64.b64encode((artifact_dir / "manifest.json").read_bytes()).decode(),
+            "signature_b64": base64.b64encode(sig.read_bytes()).decode() if sig.exists() else None,
+            "model_b64": base64.b64encode((artifact_dir / "model.tflite").read_bytes()).decode()}
