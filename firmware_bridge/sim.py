@@ -125,8 +125,10 @@ class SimulatedDevice:
                 self.transport.write(part)
 
     def start(self) -> None:
-        for target in (self._rx_loop, self._tx_loop):
-            threading.Thread(target=target, name=f"sim-{target.__name__}", daemon=True).start()
+        self._threads = [threading.Thread(target=target, name=f"sim-{target.__name__}", daemon=True)
+                         for target in (self._rx_loop, self._tx_loop)]
+        for thread in self._threads:
+            thread.start()
 
     def stop(self) -> None:
         self._stop.set()
@@ -136,4 +138,6 @@ class SimulatedDevice:
 
     def close(self) -> None:
         self.stop()
+        for thread in getattr(self, "_threads", ()):  # they poll the stop flag every 0.1 s
+            thread.join(timeout=2)
         self.transport.close()
