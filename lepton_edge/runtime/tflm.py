@@ -21,7 +21,8 @@ class TflmRunner(Runner):
         for i, a in enumerate(inputs):
             it.set_input(a, i)
         it.invoke()
-        return [np.array(it.get_output(i), copy=True) for i in range(len(self.outputs))]
+        # get_output returns a fresh array that owns its data (the arena is not aliased).
+        return [it.get_output(i) for i in range(len(self.outputs))]
 
     def close(self) -> None:
         self._interpreter = None

@@ -1,0 +1,118 @@
+"""The agent's MQTT side: status, telemetry and OTA over one connection (``[mqtt]`` in AGENT.toml).
+
+    link = start_mqtt(agent)      # after Agent.start(); None when the config has no [mqtt] section
+    ...
+    link.stop()                   # before Agent.stop(): says offline, then disconnects
+
+On every connect it publishes a retained ``status`` (online, the model's name, version, sha256 and
+slot); its Last Will says offline. Telemetry goes out every ``telemetry_interval_s`` (default 10 s).
+OTA jobs run in :class:`lepton_edge.agent.ota.OtaClient`. The client reconnects with backoff and
+restores its subscriptions (:mod:`lepton_edge.mqtt_client`).
+
+``lepton-edge agent`` starts it from :meth:`Agent.run` when the configuration has ``[mqtt]``.
+
+Device-side code: standard library, paho-mqtt and the project's device-side modules.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from lepton_edge import __version__
+from lepton_edge.agent.ota import OtaClient, OtaOptions
+from lepton_edge.agent.telemetry import TelemetrySampler
+from lepton_edge.mqtt import (DeviceTopics, ModelInfo, SessionOptions, Status, Will, offline_will_payload,
+                              parse_broker_url)
+from lepton_edge.mqtt_client import MqttClient
+
+log = logging.getLogger("lepton_edge.agent.mqtt")
+
+DEFAULT_TELEMETRY_INTERVAL_S = 10.0
+
+
+@dataclass(frozen=True)
+class LinkOptions:
+    telemetry_interval_s: float = DEFAULT_TELEMETRY_INTERVAL_S
+    protocol: str = "5"
+    ota: OtaOptions = OtaOptions()
+    session: SessionOptions = SessionOptions(max_queued=1000, max_backoff_s=30.0)
+
+
+class MqttLink:
+    """Owns the agent's MQTT client, its OTA worker and its telemetry thread."""
+
+    def __init__(self, agent: Any, options: LinkOptions | None = None) -> None:
+        cfg = agent.config.mqtt
+        if cfg is None:
+            raise ValueError("the agent's configuration has no [mqtt] section")
+        options = options or options_from_config(cfg)
+        self.agent, self.options = agent, options
+        device = agent.config.device
+        self.topics = DeviceTopics(device.fleet, device.id)
+        broker = parse_broker_url(cfg.broker, ca=cfg.ca, cert=cfg.cert, key=cfg.key, protocol=options.protocol,
+                                  keepalive=cfg.keepalive)
+        self.client = MqttClient(broker, cfg.client_id or device.id,
+                                 will=Will(self.topics.status, offline_will_payload(), qos=1, retain=True),
+                                 session=options.session, on_connect=self._on_connect,
+                                 on_disconnect=lambda reason: log.warning("lost the broker (%s); reconnecting", reason))
+        self.ota = OtaClient(agent, self.topics, self.client.publish, connected=lambda: self.client.connected,
+                             model_changed=self.publish_status, options=options.ota)
+        self.client.subscribe(self.topics.ota_job, self.ota.on_job, qos=1)
+        self.client.subscribe(self.topics.ota_data, self.ota.on_data, qos=1)
+        self.sampler = TelemetrySampler(agent, self.client.stats)
+        self._stop = threading.Event()
+        self._telemetry = threading.Thread(target=self._telemetry_loop, name="telemetry", daemon=True)
+
+    def start(self) -> None:
+        self.ota.start()
+        self.client.start()
+        if self.options.telemetry_interval_s > 0:
+            self._telemetry.start()
+        log.info("MQTT: %s as %s", self.client.config.display_url, self.topics.prefix)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._telemetry.is_alive():
+            self._telemetry.join(5)
+        self.ota.stop()
+        self.client.stop(final=((self.topics.status, self._status(False, "shutdown"), 1, True),))
+
+    def publish_status(self) -> None:
+        self.client.publish(self.topics.status, self._status(True), qos=1, retain=True)
+
+    def _status(self, online: bool, reason: str | None = None) -> bytes:
+        served = self.agent.current()
+        model = None if served is None else ModelInfo(served.name, served.version, served.sha256, served.slot)
+        return Status(online, model, f"lepton-edge {__version__}", time.time(), reason).to_bytes()
+
+    def _on_connect(self) -> None:  # loop thread
+        log.info("MQTT: connected")
+        self.publish_status()
+        self.ota.on_reconnect()
+
+    def _telemetry_loop(self) -> None:
+        interval = self.options.telemetry_interval_s
+        while not self._stop.wait(interval):
+            try:
+                self.client.publish(self.topics.telemetry, self.sampler.sample().to_bytes(), qos=1)
+            except Exception:  # noqa: BLE001 - telemetry must never take the agent down
+                log.exception("telemetry sample failed")
+
+
+def options_from_config(cfg: Any) -> LinkOptions:
+    """LinkOptions from the ``[mqtt]`` section of the agent's configuration."""
+    return LinkOptions(telemetry_interval_s=cfg.telemetry_interval_s, protocol=cfg.protocol,
+                       ota=OtaOptions(block_size=cfg.ota_block_size, max_bytes_per_s=cfg.ota_max_bytes_per_s))
+
+
+def start_mqtt(agent: Any, options: LinkOptions | None = None) -> MqttLink | None:
+    """The daemon's hook: start the MQTT side when the configuration has an ``[mqtt]`` section."""
+    if agent.config.mqtt is None:
+        return None
+    link = MqttLink(agent, options or options_from_config(agent.config.mqtt))
+    link.start()
+    return link

@@ -1,0 +1,63 @@
+"""What a device accepts into its model store: trusted signers, and models that fit it.
+
+The checks after the signature and hash (those live in :mod:`lepton_edge.artifact`): the version
+never goes below the confirmed one, the runtime this device uses runs every operator, the model fits
+the flash share, and the arena fits the RAM share (``arena.total_bytes`` on TFLite Micro; activations
+plus the model on LiteRT, which keeps both in memory).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from lepton_edge.errors import BadInput, CheckFailed
+from lepton_edge.profiles import Profile
+from lepton_edge.runtime.factory import artifact_arena_bytes
+from lepton_edge.runtime.op_support import unsupported_ops
+from lepton_edge.tflite.reader import parse_model
+
+
+@dataclass(frozen=True)
+class InstallPolicy:
+    """``backend`` is the resolved runtime ("tflm" or "litert"); None skips the runtime and RAM checks."""
+
+    trusted_keys: tuple = ()
+    require_signature: bool = True
+    profile: Profile | None = None
+    backend: str | None = None
+
+
+def check_version(manifest: dict[str, Any], confirmed_version: int | None, source: str = "manifest") -> None:
+    if confirmed_version is not None and manifest["version"] < confirmed_version:
+        raise BadInput(f"{source}: version {manifest['version']} is lower than the confirmed version "
+                       f"{confirmed_version}; versions only grow")
+
+
+def check_fits(manifest: dict[str, Any], model_bytes: bytes, policy: InstallPolicy, source: str = "model") -> None:
+    """Raise :class:`CheckFailed` when this device cannot run the model (BadInput when it is not a model)."""
+    model = parse_model(model_bytes, source)
+    profile = policy.profile
+    if policy.backend is not None:
+        opcodes = [op.opcode for sg in model.subgraphs for op in sg.operators]
+        missing = unsupported_ops(opcodes, policy.backend)
+        if missing:
+            raise CheckFailed(f"{source}: the {policy.backend} runtime lacks operator(s) {', '.join(missing)}")
+    if profile is None:
+        return
+    if len(model_bytes) > profile.flash_budget_bytes:
+        raise CheckFailed(f"{source}: model of {len(model_bytes)} bytes exceeds {profile.name}'s flash budget "
+                          f"of {profile.flash_budget_bytes} bytes")
+    if policy.backend == "tflm":
+        arena = artifact_arena_bytes(manifest)
+        if arena is None:
+            raise CheckFailed(f"{source}: the manifest gives no arena size, which TFLite Micro needs")
+        needed = arena
+    elif policy.backend == "litert":
+        head = (manifest.get("arena") or {}).get("head_bytes")
+        needed = (head if isinstance(head, int) and not isinstance(head, bool) else 0) + len(model_bytes)
+    else:
+        return
+    if needed > profile.ram_budget_bytes:
+        raise CheckFailed(f"{source}: needs {needed} bytes of RAM on {policy.backend}, {profile.name}'s budget is "
+                          f"{profile.ram_budget_bytes} bytes")
