@@ -22,15 +22,15 @@ COMMAND_MODULES = (
     "profiles",
     "inspect",
     "plan",
-    "demo",
-    "agent",
+    "convert",
+    "keys",
     "flash",
     "validate",
     "device_sim",
+    "agent",
     "fleet",
     "deploy",
-    "convert",
-    "keys",
+    "demo",
 )
 
 
