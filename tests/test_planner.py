@@ -113,6 +113,7 @@ def test_embed_replaces_a_plan_and_never_touches_the_input(tmp_path):
     names = list(read_model_file(second).metadata)
     assert names.count(OFFLINE_PLAN_METADATA) == 1
     assert embedded_plan(second.read_bytes()) == embedded_plan(first.read_bytes())
+    assert second.stat().st_size == first.stat().st_size  # the old plan's buffer is reused, not orphaned
     proc = run_cli("plan", first, "--embed", first)
     assert "overwrite the input" in assert_one_line_error(proc)
 

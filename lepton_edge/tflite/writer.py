@@ -67,7 +67,6 @@ def set_metadata(model_bytes: bytes, name: str, payload: bytes) -> bytes:
     entries = model.metadata or []
     existing = [m for m in entries if (m.name.decode() if isinstance(m.name, bytes) else m.name) == name]
     if existing:
-        # Point at a fresh buffer rather than overwriting: the old one may be shared.
         for extra in existing[1:]:
             entries.remove(extra)
         target = existing[0]
@@ -75,12 +74,26 @@ def set_metadata(model_bytes: bytes, name: str, payload: bytes) -> bytes:
         target = fb.MetadataT()
         target.name = name
         entries.append(target)
-    buffer = fb.BufferT()
-    buffer.data = data
-    model.buffers.append(buffer)
-    target.buffer = len(model.buffers) - 1
+    if existing and not _buffer_shared(model, target):
+        model.buffers[target.buffer].data = data  # replace in place: the file does not grow
+    else:
+        buffer = fb.BufferT()
+        buffer.data = data
+        model.buffers.append(buffer)
+        target.buffer = len(model.buffers) - 1
     model.metadata = entries
     return pack(model)
+
+
+def _buffer_shared(model: fb.ModelT, entry: fb.MetadataT) -> bool:
+    """Whether anything besides ``entry`` uses its buffer (then it must not be overwritten)."""
+    index = entry.buffer
+    if index is None or index <= 0 or index >= len(model.buffers or []):
+        return True
+    for sg in model.subgraphs or []:
+        if any(t.buffer == index for t in sg.tensors or []):
+            return True
+    return any(m is not entry and m.buffer == index for m in model.metadata or [])
 
 
 def get_metadata(model_bytes: bytes, name: str) -> bytes | None:
