@@ -19,7 +19,7 @@ def render_plan_png(plan: ArenaPlan, title: str | None = None) -> bytes:
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
-    fig, ax = plt.subplots(figsize=(max(7.0, min(18.0, plan.operators * 0.35 + 4)), 5.5), dpi=110)
+    fig, ax = plt.subplots(figsize=(max(9.0, min(20.0, plan.operators * 0.35 + 6.5)), 5.5), dpi=110)
     cmap = plt.get_cmap("tab20")
     for i, p in enumerate(plan.placements):
         ax.add_patch(Rectangle((p.first_op - 0.45, p.offset), p.last_op - p.first_op + 0.9, p.size,
@@ -42,7 +42,7 @@ def render_plan_png(plan: ArenaPlan, title: str | None = None) -> bytes:
     ax.set_ylabel("arena offset (bytes)")
     ax.set_title(title or f"{os.path.basename(plan.source)}: head {plan.head_bytes:,} B, "
                  f"tail {plan.tail_bytes:,} B, arena {plan.recommended_arena_bytes:,} B")
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, borderaxespad=0.0)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     buf = io.BytesIO()
