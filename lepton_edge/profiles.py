@@ -16,12 +16,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
 
 from lepton_edge.errors import BadInput
+from lepton_edge.tomlfile import read_toml
 
 RUNTIMES = ("tflm", "litert")
 KERNEL_LIBRARIES = ("reference", "cmsis-nn", "esp-nn", "xnnpack")
@@ -185,29 +182,9 @@ def _check_field(path: Path, key: str, kind: str, value: Any) -> Any:
     raise AssertionError(f"unknown field kind {kind}")
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise BadInput(f"{path}: profile file not found") from None
-    except IsADirectoryError:
-        raise BadInput(f"{path}: is a directory, not a profile file") from None
-    except OSError as exc:
-        raise BadInput(f"{path}: cannot read profile: {exc.strerror or exc}") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise BadInput(f"{path}: not valid TOML: not UTF-8 text (byte {exc.start})") from None
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        message = " ".join(str(exc).split())
-        raise BadInput(f"{path}: not valid TOML: {message}") from None
-
-
 def parse_profile(path: Path) -> Profile:
     """Load and validate the profile file at ``path``."""
-    raw = _read_toml(path)
+    raw = read_toml(path, "profile")
     for key in raw:
         if key not in _FIELDS:
             close = difflib.get_close_matches(key, list(_FIELDS), n=1)

@@ -31,12 +31,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
 
 from lepton_edge.errors import BadInput
+from lepton_edge.tomlfile import read_toml
 from lepton_edge.profiles import Profile, load_profile
 from lepton_edge.runtime.factory import BACKENDS
 
@@ -233,23 +230,6 @@ def parse_listen(text: str, config_path: Path | None = None) -> Listen:
     return Listen(host=host, port=int(port_text))
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise BadInput(f"{path}: config file not found") from None
-    except IsADirectoryError:
-        raise BadInput(f"{path}: is a directory, not a config file") from None
-    except UnicodeDecodeError:
-        raise BadInput(f"{path}: not valid TOML: not UTF-8 text") from None
-    except OSError as exc:
-        raise BadInput(f"{path}: cannot read config: {exc.strerror or exc}") from None
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise BadInput(f"{path}: not valid TOML: {' '.join(str(exc).split())}") from None
-
-
 def _trusted_keys(r: _Reader) -> tuple[tuple, tuple[str, ...]]:
     from lepton_edge.artifact import load_public_key
 
@@ -292,7 +272,7 @@ def _mqtt(r: _Reader) -> MqttConfig:
 def load_config(path: str | Path) -> AgentConfig:
     """Read and validate an agent configuration file."""
     cfg_path = Path(path).expanduser().resolve()
-    raw = _read_toml(cfg_path)
+    raw = read_toml(cfg_path, "config")
     for section in raw:
         if section not in _SECTIONS:
             close = difflib.get_close_matches(section, list(_SECTIONS), n=1)
