@@ -16,7 +16,6 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-
 from lepton_edge.errors import BadInput
 from lepton_edge.tomlfile import read_toml
 

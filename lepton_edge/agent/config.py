@@ -31,11 +31,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-
 from lepton_edge.errors import BadInput
-from lepton_edge.tomlfile import read_toml
 from lepton_edge.profiles import Profile, load_profile
 from lepton_edge.runtime.factory import BACKENDS
+from lepton_edge.tomlfile import read_toml
 
 DEFAULT_LISTEN = "127.0.0.1:8787"
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
