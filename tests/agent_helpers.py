@@ -57,8 +57,12 @@ def self_test_input(model_bytes: bytes, seed: int = 0) -> bytes:
     rng = np.random.default_rng(seed)
     parts = []
     for s in inputs:
-        info = np.iinfo(np.dtype(s.dtype))
-        parts.append(rng.integers(info.min, info.max + 1, size=s.shape, dtype=np.dtype(s.dtype)).tobytes())
+        dtype = np.dtype(s.dtype)
+        if np.issubdtype(dtype, np.integer):
+            info = np.iinfo(dtype)
+            parts.append(rng.integers(info.min, info.max + 1, size=s.shape, dtype=dtype).tobytes())
+        else:
+            parts.append(rng.standard_normal(s.shape).astype(dtype).tobytes())
     return b"".join(parts)
 
 
