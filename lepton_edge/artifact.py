@@ -203,9 +203,8 @@ class Artifact:
         return self.manifest["model"]["sha256"]
 
 
-def load_artifact(directory: str | os.PathLike[str], trusted_keys: Iterable = (), *,
-                  require_signature: bool = True) -> Artifact:
-    """Read and verify an artifact directory: signature first, then the model's size and hash."""
+def read_artifact_files(directory: str | os.PathLike[str]) -> tuple[bytes, bytes | None, bytes]:
+    """The manifest's exact bytes, the signature (None when unsigned) and the model, unverified."""
     d = Path(directory)
     if not d.is_dir():
         raise BadInput(f"{d}: not an artifact directory")
@@ -213,9 +212,16 @@ def load_artifact(directory: str | os.PathLike[str], trusted_keys: Iterable = ()
         manifest_bytes = (d / MANIFEST_FILE).read_bytes()
         model_bytes = (d / MODEL_FILE).read_bytes()
     except FileNotFoundError as exc:
-        raise BadInput(f"{d}: missing {Path(exc.filename).name}") from None
+        raise BadInput(f"{d}: not an artifact directory (missing {Path(exc.filename).name})") from None
     sig_path = d / SIGNATURE_FILE
-    signature = sig_path.read_bytes() if sig_path.exists() else None
+    return manifest_bytes, sig_path.read_bytes() if sig_path.exists() else None, model_bytes
+
+
+def load_artifact(directory: str | os.PathLike[str], trusted_keys: Iterable = (), *,
+                  require_signature: bool = True) -> Artifact:
+    """Read and verify an artifact directory: signature first, then the model's size and hash."""
+    d = Path(directory)
+    manifest_bytes, signature, model_bytes = read_artifact_files(d)
     manifest = verify_manifest(manifest_bytes, signature, trusted_keys, require_signature=require_signature,
                                source=str(d / MANIFEST_FILE))
     verify_model(model_bytes, manifest, str(d / MODEL_FILE))

@@ -32,7 +32,7 @@ from lepton_edge.agent.metrics import AgentMetrics
 from lepton_edge.agent.policy import InstallPolicy
 from lepton_edge.agent.served import ServedModel, load_served
 from lepton_edge.agent.store import ModelStore
-from lepton_edge.artifact import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE
+from lepton_edge.artifact import read_artifact_files
 from lepton_edge.errors import BadInput, CheckFailed, LeptonError
 from lepton_edge.runtime.factory import artifact_arena_bytes, choose_backend
 
@@ -147,13 +147,7 @@ class Agent:
         """Install an artifact directory (or, unsigned setups only, a bare .tflite) through the store's checks."""
         store = self._require_store()
         if path.is_dir():
-            try:
-                manifest_bytes = (path / MANIFEST_FILE).read_bytes()
-                model_bytes = (path / MODEL_FILE).read_bytes()
-            except FileNotFoundError as exc:
-                raise BadInput(f"{path}: not an artifact directory (missing {Path(exc.filename).name})") from None
-            sig_path = path / SIGNATURE_FILE
-            signature = sig_path.read_bytes() if sig_path.exists() else None
+            manifest_bytes, signature, model_bytes = read_artifact_files(path)
         elif path.is_file():
             if self.config.security.require_signature:
                 raise BadInput(f"{path}: a bare .tflite carries no signature; install a signed artifact directory "
