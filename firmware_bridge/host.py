@@ -21,7 +21,7 @@ from firmware_bridge import protocol as p
 from firmware_bridge.errors import BridgeError, DeviceRebooted, DeviceRefused, DeviceTimeout
 from firmware_bridge.frame import PROTOCOL_VERSION, wire_size
 from firmware_bridge.link import HOST_MAX_PAYLOAD, Link, PortOptions, open_serial
-from firmware_bridge.payload import ModelPayload
+from firmware_bridge.payload import ModelPayload, ram_needed
 from firmware_bridge.protocol import Msg, Nak
 from firmware_bridge.sizing import FrameSizer, LineTimer
 from firmware_bridge.transfer import ProgressFn, TransferLost, UploadStats, upload
@@ -78,6 +78,32 @@ def connect(options: PortOptions, *, hello_timeout: float = HELLO_TIMEOUT_S, set
         device.close()
         raise
     return device
+
+
+def check_sizes(hello: p.DeviceHello, source: str, model_bytes: int, arena_bytes: int,
+                margin_bytes: int | None) -> FitCheck:
+    """CheckFailed when a model of these figures does not fit what the device said in HELLO (its RAM for
+    the arena, its slot size). Needs no call on the line: a gateway checks an update's manifest with it."""
+    needed, margin, margin_source = ram_needed(arena_bytes, margin_bytes, _profile_margin(hello.profile))
+    if needed > hello.arena_ram_bytes:
+        margin_text = f" + {margin:,} B kernel margin ({margin_source})" if margin else ""
+        raise CheckFailed(
+            f"{source} does not fit {hello.profile}: its arena needs {needed:,} B "
+            f"({arena_bytes:,} B{margin_text}), the device has {hello.arena_ram_bytes:,} B of RAM "
+            "for the arena; nothing was sent")
+    if model_bytes > hello.slot_bytes:
+        raise CheckFailed(f"{source} does not fit {hello.profile}: the model has "
+                          f"{model_bytes:,} B, a slot holds {hello.slot_bytes:,} B; nothing was sent")
+    return FitCheck(needed, margin, margin_source)
+
+
+def _profile_margin(profile: str) -> int | None:
+    from lepton_edge.profiles import load_profile
+
+    try:
+        return load_profile(profile).arena_margin_bytes
+    except LeptonError:
+        return None
 
 
 class Device:
@@ -232,26 +258,8 @@ class Device:
 
     def check_fit(self, payload: ModelPayload) -> FitCheck:
         """Refuse, before any byte of the model is sent, what the device said it cannot hold."""
-        hello = self._require_hello()
-        needed, margin, source = payload.ram_needed(self._profile_margin())
-        if needed > hello.arena_ram_bytes:
-            margin_text = f" + {margin:,} B kernel margin ({source})" if margin else ""
-            raise CheckFailed(
-                f"{payload.source} does not fit {hello.profile}: its arena needs {needed:,} B "
-                f"({payload.arena_bytes:,} B{margin_text}), the device has {hello.arena_ram_bytes:,} B of RAM "
-                "for the arena; nothing was sent")
-        if len(payload.model) > hello.slot_bytes:
-            raise CheckFailed(f"{payload.source} does not fit {hello.profile}: the model has "
-                              f"{len(payload.model):,} B, a slot holds {hello.slot_bytes:,} B; nothing was sent")
-        return FitCheck(needed, margin, source)
-
-    def _profile_margin(self) -> int | None:
-        from lepton_edge.profiles import load_profile
-
-        try:
-            return load_profile(self._require_hello().profile).arena_margin_bytes
-        except LeptonError:
-            return None
+        return check_sizes(self._require_hello(), payload.source, len(payload.model), payload.arena_bytes,
+                           payload.margin_bytes)
 
     def flash(self, model, *, progress: ProgressFn | None = None, force: bool = False,
               attempts: int = 3) -> FlashResult:

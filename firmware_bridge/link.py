@@ -97,6 +97,11 @@ class Link:
                 if isinstance(event, Frame):
                     self._frames.put(event)
 
+    @property
+    def failure(self) -> str | None:
+        """Why the port stopped working (it was unplugged, the peer closed it), or None."""
+        return self._failure
+
     def write(self, data: bytes) -> None:
         if self._failure:
             raise PortError(f"the device on {self.name} went away: {self._failure}")

@@ -35,26 +35,33 @@ class ModelPayload:
     @classmethod
     def from_artifact(cls, artifact) -> "ModelPayload":
         """From a verified :class:`lepton_edge.artifact.Artifact` (what a gateway holds)."""
-        arena = artifact.manifest.get("arena") or {}
-        recommended = int(arena.get("recommended_bytes") or 0)
-        if recommended <= 0:
-            raise BadInput(f"{artifact.path or 'artifact'}: the manifest has no arena.recommended_bytes")
-        margin = arena.get("margin_bytes")
-        if margin is None and arena.get("total_bytes") is not None:
-            margin = int(arena["total_bytes"]) - recommended
-        measured = (arena.get("measured") or {}).get("recommended_bytes", "")
-        return cls(artifact.model_bytes, recommended, None if margin is None else int(margin),
-                   str(artifact.path or artifact.name), measured or "from the manifest",
+        source = str(artifact.path or artifact.name)
+        recommended, margin = manifest_arena(artifact.manifest, source)
+        measured = ((artifact.manifest.get("arena") or {}).get("measured") or {}).get("recommended_bytes", "")
+        return cls(artifact.model_bytes, recommended, margin, source, measured or "from the manifest",
                    artifact.manifest_bytes, artifact.signature, artifact.name, artifact.version,
                    artifact.manifest.get("self_test"))
 
-    def ram_needed(self, profile_margin: int | None) -> tuple[int, int, str]:
-        """(bytes of RAM the arena needs, margin counted, where the margin comes from)."""
-        if self.margin_bytes is not None:
-            return self.arena_bytes + self.margin_bytes, self.margin_bytes, "the manifest"
-        if profile_margin is not None:
-            return self.arena_bytes + profile_margin, profile_margin, "the device's profile"
-        return self.arena_bytes, 0, "no profile known"
+
+def manifest_arena(manifest: dict, source: str) -> tuple[int, int | None]:
+    """(arena the device allocates, kernel margin on top or None) from an artifact's manifest."""
+    arena = manifest.get("arena") or {}
+    recommended = int(arena.get("recommended_bytes") or 0)
+    if recommended <= 0:
+        raise BadInput(f"{source}: the manifest has no arena.recommended_bytes")
+    margin = arena.get("margin_bytes")
+    if margin is None and arena.get("total_bytes") is not None:
+        margin = int(arena["total_bytes"]) - recommended
+    return recommended, None if margin is None else int(margin)
+
+
+def ram_needed(arena_bytes: int, margin_bytes: int | None, profile_margin: int | None) -> tuple[int, int, str]:
+    """(bytes of RAM the arena needs, margin counted, where the margin comes from)."""
+    if margin_bytes is not None:
+        return arena_bytes + margin_bytes, margin_bytes, "the manifest"
+    if profile_margin is not None:
+        return arena_bytes + profile_margin, profile_margin, "the device's profile"
+    return arena_bytes, 0, "no profile known"
 
 
 def plan_for_device(model_bytes: bytes, source: str) -> tuple[bytes, int, str]:

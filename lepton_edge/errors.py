@@ -19,3 +19,9 @@ class CheckFailed(LeptonError):
     """A check the user asked for did not pass: the model does not fit, outputs differ (exit 1)."""
 
     exit_code = 1
+
+
+class Unavailable(LeptonError):
+    """Something the request needs is not answering now, a serial device for instance (HTTP 503, exit 2)."""
+
+    exit_code = 2

@@ -242,11 +242,12 @@ class AgentProcess:
         self.stderr = LineReader(self.proc.stderr)
 
     @classmethod
-    def start(cls, config: Path, model: Path | None = None, *, wait: bool = True,
-              timeout: float = 60.0) -> "AgentProcess":
+    def start(cls, config: Path, model: Path | None = None, *, wait: bool = True, timeout: float = 60.0,
+              command: str = "agent", extra: tuple[str, ...] = ()) -> "AgentProcess":
+        """``lepton-edge agent`` (or ``command``: the gateway takes the same config) with ``extra`` arguments."""
         env = child_env()
         env["PYTHONUNBUFFERED"] = "1"
-        args = [sys.executable, "-m", "lepton_edge", "agent", "--config", str(config)]
+        args = [sys.executable, "-m", "lepton_edge", command, "--config", str(config), *extra]
         if model is not None:
             args += ["--model", str(model)]
         proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)

@@ -1,4 +1,4 @@
-"""Helpers for the fleet tests: small signed artifacts, a controller with its HTTP API, HTTP calls."""
+"""Helpers for the fleet tests: small signed artifacts, a controller with its HTTP API (:class:`Fleet`), HTTP calls."""
 
 from __future__ import annotations
 
@@ -6,11 +6,17 @@ import base64
 import http.client
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 from lepton_edge.artifact import generate_keypair, load_private_key, load_public_key, write_artifact_files
+from lepton_edge.fleet.controller import Controller, ControllerOptions
+from lepton_edge.fleet.http_api import HttpApi, Listen
 from lepton_edge.fsio import atomic_directory
+from lepton_edge.mqtt import SessionOptions, parse_broker_url
+
+FLEET, DEVICE = "test-fleet", "test-device"
 
 
 def keypair(directory: Path) -> tuple[Any, Any, Path]:
@@ -59,3 +65,51 @@ def upload_body(artifact_dir: Path) -> dict[str, Any]:
     return {"manifest_b64": base64.b64encode((artifact_dir / "manifest.json").read_bytes()).decode(),
             "signature_b64": base64.b64encode(sig.read_bytes()).decode() if sig.exists() else None,
             "model_b64": base64.b64encode((artifact_dir / "model.tflite").read_bytes()).decode()}
+
+
+class Fleet:
+    """A controller with its HTTP API in this process, for one device (``DEVICE``) in ``FLEET``."""
+
+    def __init__(self, tmp: Path, broker) -> None:
+        self.tmp, self.broker = tmp, broker
+        session = SessionOptions(clean_start=False, session_expiry_s=600, max_inflight=200, min_backoff_s=0.1,
+                                 max_backoff_s=1.0)
+        self.controller = Controller(parse_broker_url(broker.url()), tmp / "ctl", None,
+                                     ControllerOptions(fleet=FLEET, session=session, housekeeping_s=0.1))
+        self.controller.start()
+        assert self.controller.wait_connected(5)
+        self.http = HttpApi(self.controller, Listen("127.0.0.1", 0), None)
+        self.http.start()
+
+    def upload(self, art: Path) -> str:
+        status, body = api(self.http.url, "POST", "/v1/artifacts", upload_body(art))
+        assert status in (200, 201), body
+        return body["artifact"]
+
+    def deploy(self, art: Path, **kw) -> dict:
+        status, body = api(self.http.url, "POST", "/v1/deployments",
+                           {"artifact": self.upload(art), "devices": [DEVICE], **kw})
+        assert status == 201, body
+        return body
+
+    def state(self, dep_id: str) -> dict:
+        return api(self.http.url, "GET", f"/v1/deployments/{dep_id}")[1]
+
+    def wait_done(self, dep_id: str, timeout: float = 60.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            dep = self.state(dep_id)
+            if dep["done"]:
+                return dep["devices"][0]
+            time.sleep(0.05)
+        raise AssertionError(json.dumps(self.state(dep_id), indent=1))
+
+    def wait_online(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.controller.is_online(DEVICE) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert self.controller.is_online(DEVICE)
+
+    def close(self) -> None:
+        self.http.stop()
+        self.controller.stop()

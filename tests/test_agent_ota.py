@@ -8,7 +8,6 @@ unsigned, older version, too big for the profile; inference requests throughout 
 
 from __future__ import annotations
 
-import json
 import signal
 import socket
 import subprocess
@@ -22,65 +21,16 @@ import pytest
 from agent_helpers import (child_env, connect, make_artifact, request, signing,  # noqa: F401 - fixtures
                            write_config)
 from conftest import REPO
-from fleet_helpers import api, upload_body
+from fleet_helpers import DEVICE, Fleet, api
 from lepton_edge.agent.config import load_config
 from lepton_edge.agent.daemon import Agent
 from lepton_edge.agent.mqtt_link import LinkOptions, start_mqtt
 from lepton_edge.agent.ota import OtaOptions
-from lepton_edge.fleet.controller import Controller, ControllerOptions
-from lepton_edge.fleet.http_api import HttpApi, Listen
 from lepton_edge.mqtt import SessionOptions, Status, parse_broker_url
 from lepton_edge.mqtt_client import MqttClient
 from mosquitto import Broker
 
-FLEET, DEVICE = "test-fleet", "test-device"
 FAST = SessionOptions(max_queued=1000, min_backoff_s=0.1, max_backoff_s=1.0)
-
-
-class Fleet:
-    def __init__(self, tmp: Path, broker: Broker) -> None:
-        self.tmp, self.broker = tmp, broker
-        session = SessionOptions(clean_start=False, session_expiry_s=600, max_inflight=200, min_backoff_s=0.1,
-                                 max_backoff_s=1.0)
-        self.controller = Controller(parse_broker_url(broker.url()), tmp / "ctl", None,
-                                     ControllerOptions(fleet=FLEET, session=session, housekeeping_s=0.1))
-        self.controller.start()
-        assert self.controller.wait_connected(5)
-        self.http = HttpApi(self.controller, Listen("127.0.0.1", 0), None)
-        self.http.start()
-
-    def upload(self, art: Path) -> str:
-        status, body = api(self.http.url, "POST", "/v1/artifacts", upload_body(art))
-        assert status in (200, 201), body
-        return body["artifact"]
-
-    def deploy(self, art: Path, **kw) -> dict:
-        status, body = api(self.http.url, "POST", "/v1/deployments",
-                           {"artifact": self.upload(art), "devices": [DEVICE], **kw})
-        assert status == 201, body
-        return body
-
-    def state(self, dep_id: str) -> dict:
-        return api(self.http.url, "GET", f"/v1/deployments/{dep_id}")[1]
-
-    def wait_done(self, dep_id: str, timeout: float = 60.0) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            dep = self.state(dep_id)
-            if dep["done"]:
-                return dep["devices"][0]
-            time.sleep(0.05)
-        raise AssertionError(json.dumps(self.state(dep_id), indent=1))
-
-    def wait_online(self, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not self.controller.is_online(DEVICE) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert self.controller.is_online(DEVICE)
-
-    def close(self) -> None:
-        self.http.stop()
-        self.controller.stop()
 
 
 @pytest.fixture

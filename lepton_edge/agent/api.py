@@ -34,7 +34,7 @@ import numpy as np
 from lepton_edge import __version__
 from lepton_edge.agent.codec import ApiError, decode_binary, decode_json, encode_binary, encode_json
 from lepton_edge.agent.config import Listen
-from lepton_edge.errors import BadInput, LeptonError
+from lepton_edge.errors import BadInput, LeptonError, Unavailable
 
 log = logging.getLogger("lepton_edge.agent")
 
@@ -162,7 +162,7 @@ class ApiHandler(BaseHTTPRequestHandler):
             except ApiError as exc:
                 self._error(exc.status, exc.message, INFER)
             except LeptonError as exc:
-                self._error(400, str(exc), INFER)
+                self._error(503 if isinstance(exc, Unavailable) else 400, str(exc), INFER)
             except (ConnectionError, TimeoutError):
                 self.close_connection = True
             except Exception as exc:  # noqa: BLE001 - a failure answers this client only

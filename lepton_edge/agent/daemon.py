@@ -29,10 +29,10 @@ from lepton_edge.agent.config import AgentConfig, load_config
 from lepton_edge.agent.health import HealthReport, check_health
 from lepton_edge.agent.api import bound_url, make_server
 from lepton_edge.agent.metrics import AgentMetrics
-from lepton_edge.agent.policy import InstallPolicy
+from lepton_edge.agent.policy import InstallPolicy, check_ram
 from lepton_edge.agent.served import ServedModel, load_served
 from lepton_edge.agent.store import ModelStore
-from lepton_edge.artifact import read_artifact_files
+from lepton_edge.artifact import Artifact, read_artifact_files
 from lepton_edge.errors import BadInput, CheckFailed, LeptonError
 from lepton_edge.runtime.factory import artifact_arena_bytes, choose_backend
 
@@ -46,7 +46,7 @@ class Agent:
 
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
-        self.backend = choose_backend(config.runtime.backend, config.device.profile.runtime)
+        self.backend = self._resolve_backend(config)
         self.metrics = AgentMetrics()
         self.store: ModelStore | None = None
         self.url: str | None = None
@@ -183,8 +183,7 @@ class Agent:
             artifact = store.activate(slot)
             budget = health.latency_budget_ms
             try:
-                candidate = load_served(artifact, slot, backend=self.backend, profile=self.config.device.profile,
-                                        threads=self.config.runtime.threads)
+                candidate = self._load(artifact, slot)
             except LeptonError as exc:
                 report = HealthReport(False, f"cannot load: {exc}", "load", False, None, budget)
             else:
@@ -201,8 +200,7 @@ class Agent:
             self.metrics.count_activation("rolled_back")
             log.warning("slot %s failed its health check (%s); rolled back to %s", slot, report.reason,
                         back or "no model")
-            if self._served is None or self._served.slot != back:
-                self.load_active()
+            self._after_rollback(back)
             return report
 
     def load_active(self) -> None:
@@ -210,13 +208,43 @@ class Agent:
         store = self._require_store()
         try:
             active = store.active()
-            served = None if active is None else load_served(
-                active.artifact, active.slot, backend=self.backend, profile=self.config.device.profile,
-                threads=self.config.runtime.threads)
+            served = None if active is None else self._load(active.artifact, active.slot)
         except LeptonError as exc:
             log.error("cannot serve the active model: %s", exc)
             served = None
         self._set_served(served)
+
+    # --- what a gateway does differently (lepton_edge.gateway.daemon.Gateway overrides these) ---------
+
+    def _resolve_backend(self, config: AgentConfig) -> str:
+        return choose_backend(config.runtime.backend, config.device.profile.runtime)
+
+    def _load(self, artifact: Artifact, slot: str) -> ServedModel:
+        """Open a verified artifact in this process's interpreter."""
+        return load_served(artifact, slot, backend=self.backend, profile=self.config.device.profile,
+                           threads=self.config.runtime.threads)
+
+    def _after_rollback(self, back: str | None) -> None:
+        """The candidate never replaced the served model here: only a crash-recovered store needs loading."""
+        if self._served is None or self._served.slot != back:
+            self.load_active()
+
+    def check_update(self, manifest: dict[str, Any]) -> None:
+        """Refuse, from its manifest alone, an update this device cannot run (before any byte is fetched)."""
+        check_ram(manifest, manifest["model"]["size"], self.config.device.profile, self.backend, "update model")
+
+    def offline_reason(self) -> str | None:
+        """Why the device cannot take work although this process is connected (None: it can)."""
+        return None
+
+    def software(self) -> str:
+        return f"lepton-edge {__version__}"
+
+    def telemetry_extra(self) -> dict[str, Any]:
+        """Figures only this kind of fleet member has, added to each telemetry sample."""
+        served = self._served
+        arena = None if served is None else served.runner.arena_bytes
+        return {"arena_bytes": arena} if isinstance(arena, int) else {}
 
     def _set_served(self, served: ServedModel | None) -> None:
         # The old runner is not closed here: requests that already hold it finish on it.
@@ -232,7 +260,7 @@ class Agent:
         old = self.config
         try:
             new = load_config(old.path)
-            backend = choose_backend(new.runtime.backend, new.device.profile.runtime)
+            backend = self._resolve_backend(new)
         except LeptonError as exc:
             log.error("reload: %s; keeping the current configuration", exc)
             return False

@@ -20,9 +20,8 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from lepton_edge import __version__
 from lepton_edge.agent.ota import OtaClient, OtaOptions
 from lepton_edge.agent.telemetry import TelemetrySampler
 from lepton_edge.mqtt import (DeviceTopics, ModelInfo, SessionOptions, Status, Will, offline_will_payload,
@@ -32,6 +31,23 @@ from lepton_edge.mqtt_client import MqttClient
 log = logging.getLogger("lepton_edge.agent.mqtt")
 
 DEFAULT_TELEMETRY_INTERVAL_S = 10.0
+
+
+class FleetMember(Protocol):
+    """What the MQTT side needs of the process it speaks for: the agent (:class:`lepton_edge.agent.daemon.Agent`)
+    or the serial gateway (:class:`lepton_edge.gateway.daemon.Gateway`)."""
+
+    config: Any            # AgentConfig: [device] and [mqtt]
+    backend: str           # the runtime the model runs on: "tflm" or "litert"
+    store: Any             # ModelStore, None until opened
+    metrics: Any           # AgentMetrics
+
+    def current(self) -> Any: ...                           # the ServedModel, or None
+    def activate(self, slot: str) -> Any: ...               # health check, then confirm or roll back: HealthReport
+    def check_update(self, manifest: dict) -> None: ...     # CheckFailed: refused from the manifest alone
+    def offline_reason(self) -> str | None: ...
+    def software(self) -> str: ...
+    def telemetry_extra(self) -> dict: ...
 
 
 @dataclass(frozen=True)
@@ -45,7 +61,7 @@ class LinkOptions:
 class MqttLink:
     """Owns the agent's MQTT client, its OTA worker and its telemetry thread."""
 
-    def __init__(self, agent: Any, options: LinkOptions | None = None) -> None:
+    def __init__(self, agent: FleetMember, options: LinkOptions | None = None) -> None:
         cfg = agent.config.mqtt
         if cfg is None:
             raise ValueError("the agent's configuration has no [mqtt] section")
@@ -87,7 +103,10 @@ class MqttLink:
     def _status(self, online: bool, reason: str | None = None) -> bytes:
         served = self.agent.current()
         model = None if served is None else ModelInfo(served.name, served.version, served.sha256, served.slot)
-        return Status(online, model, f"lepton-edge {__version__}", time.time(), reason).to_bytes()
+        if online:
+            reason = self.agent.offline_reason()  # a gateway whose serial device does not answer
+            online = reason is None
+        return Status(online, model, self.agent.software(), time.time(), reason).to_bytes()
 
     def _on_connect(self) -> None:  # loop thread
         log.info("MQTT: connected")
@@ -109,7 +128,7 @@ def options_from_config(cfg: Any) -> LinkOptions:
                        ota=OtaOptions(block_size=cfg.ota_block_size, max_bytes_per_s=cfg.ota_max_bytes_per_s))
 
 
-def start_mqtt(agent: Any, options: LinkOptions | None = None) -> MqttLink | None:
+def start_mqtt(agent: FleetMember, options: LinkOptions | None = None) -> MqttLink | None:
     """The daemon's hook: start the MQTT side when the configuration has an ``[mqtt]`` section."""
     if agent.config.mqtt is None:
         return None

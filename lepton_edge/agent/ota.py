@@ -2,13 +2,15 @@
 
 Every check that needs no model bytes runs before the first block is asked for: the signature
 against the trusted keys, the version against the confirmed one, the model's size against the flash
-budget (:meth:`ModelStore.open_partial`) and the arena against the RAM budget. Blocks are asked for
-``window`` at a time, paced by the device (and by ``max_bytes_per_s`` when set), re-asked after
-``request_timeout_s`` and after every reconnect. They are written in order into the store's partial
-file (a block that arrives early waits in memory), so after a disconnect, a restart or a SIGKILL the
-download resumes from the bytes on disk. Then :meth:`ModelStore.commit_partial` checks size, sha256
-and fit and writes the inactive slot, and :meth:`Agent.activate` runs the health check and confirms
-or rolls back, while the current model keeps serving. Each step goes to ``ota/progress``.
+budget (:meth:`ModelStore.open_partial`) and the arena against the RAM budget
+(``agent.check_update``). Blocks are asked for ``window`` at a time, paced by the device (and by
+``max_bytes_per_s`` when set), re-asked after ``request_timeout_s`` and after every reconnect. They
+are written in order into the store's partial file (a block that arrives early waits in memory), so
+after a disconnect, a restart or a SIGKILL the download resumes from the bytes on disk. Then
+:meth:`ModelStore.commit_partial` checks size, sha256 and fit and writes the inactive slot, and
+``agent.activate`` runs the health check and confirms or rolls back, while the current model keeps
+serving. Each step goes to ``ota/progress``. ``agent`` is a :class:`lepton_edge.agent.mqtt_link.FleetMember`:
+the agent, or the serial gateway.
 
 One worker thread owns the download; the MQTT loop thread only hands messages over.
 
@@ -29,7 +31,6 @@ from lepton_edge.agent.store import PartialDownload
 from lepton_edge.artifact import verify_manifest
 from lepton_edge.errors import BadInput, CheckFailed
 from lepton_edge.mqtt import (BLOCK_OK, Block, BlockRequest, DeviceTopics, ModelInfo, OtaJob, PayloadError, Progress)
-from lepton_edge.runtime.factory import artifact_arena_bytes
 
 log = logging.getLogger("lepton_edge.agent.ota")
 
@@ -161,7 +162,7 @@ class OtaClient:
             if (served is not None and served.sha256 == manifest["model"]["sha256"]
                     and served.version == manifest["version"] and not store.state().pending):
                 return self._progress(job, "healthy", manifest["model"]["size"])
-            self._check_ram(manifest)
+            self.agent.check_update(manifest)  # RAM and the like: what the manifest alone tells
             if dl is not None:  # a newer job replaces the one in progress
                 log.info("update %s replaced by %s", dl.job.job[:8], job.job[:8])
                 if dl.job.manifest_bytes != job.manifest_bytes:
@@ -184,24 +185,6 @@ class OtaClient:
         if received >= part.size:
             return self._finish(dl)
         self._pump(dl)
-
-    def _check_ram(self, manifest: dict[str, Any]) -> None:
-        """The RAM half of the store's fit check, which needs only the manifest (the operator check needs
-        the model's bytes and runs at commit)."""
-        profile, backend = self.agent.config.device.profile, self.agent.backend
-        size = manifest["model"]["size"]
-        if backend == "tflm":
-            needed = artifact_arena_bytes(manifest)
-            if needed is None:
-                raise CheckFailed("update manifest: no arena size, which TFLite Micro needs")
-        elif backend == "litert":
-            head = (manifest.get("arena") or {}).get("head_bytes")
-            needed = (head if isinstance(head, int) and not isinstance(head, bool) else 0) + size
-        else:
-            return
-        if needed > profile.ram_budget_bytes:
-            raise CheckFailed(f"update model: needs {needed} bytes of RAM on {backend}, {profile.name}'s budget is "
-                              f"{profile.ram_budget_bytes} bytes")
 
     def _pump(self, dl: _Download) -> None:
         rate = self.options.max_bytes_per_s

@@ -48,16 +48,29 @@ def check_fits(manifest: dict[str, Any], model_bytes: bytes, policy: InstallPoli
     if len(model_bytes) > profile.flash_budget_bytes:
         raise CheckFailed(f"{source}: model of {len(model_bytes)} bytes exceeds {profile.name}'s flash budget "
                           f"of {profile.flash_budget_bytes} bytes")
-    if policy.backend == "tflm":
+    check_ram(manifest, len(model_bytes), profile, policy.backend, source)
+
+
+def ram_needed(manifest: dict[str, Any], model_size: int, backend: str | None, source: str = "model") -> int | None:
+    """Bytes of RAM the model takes on ``backend``: the whole arena on TFLite Micro; activations plus the
+    model on LiteRT. None for an unknown backend (nothing to check)."""
+    if backend == "tflm":
         arena = artifact_arena_bytes(manifest)
         if arena is None:
             raise CheckFailed(f"{source}: the manifest gives no arena size, which TFLite Micro needs")
-        needed = arena
-    elif policy.backend == "litert":
+        return arena
+    if backend == "litert":
         head = (manifest.get("arena") or {}).get("head_bytes")
-        needed = (head if isinstance(head, int) and not isinstance(head, bool) else 0) + len(model_bytes)
-    else:
+        return (head if isinstance(head, int) and not isinstance(head, bool) else 0) + model_size
+    return None
+
+
+def check_ram(manifest: dict[str, Any], model_size: int, profile: Profile | None, backend: str | None,
+              source: str = "model") -> None:
+    """The RAM half of :func:`check_fits`; it needs only the manifest, so an update is checked before download."""
+    if profile is None:
         return
-    if needed > profile.ram_budget_bytes:
-        raise CheckFailed(f"{source}: needs {needed} bytes of RAM on {policy.backend}, {profile.name}'s budget is "
+    needed = ram_needed(manifest, model_size, backend, source)
+    if needed is not None and needed > profile.ram_budget_bytes:
+        raise CheckFailed(f"{source}: needs {needed} bytes of RAM on {backend}, {profile.name}'s budget is "
                           f"{profile.ram_budget_bytes} bytes")

@@ -40,6 +40,11 @@ def load_served(artifact: Artifact, slot: str, *, backend: str, profile: Profile
     """Open ``artifact`` (already verified) on ``backend`` with the arena its manifest plans."""
     runner = open_artifact_runner(artifact.manifest, artifact.model_bytes, backend=backend, profile=profile,
                                   threads=threads, source=f"slot {slot} ({artifact.name} v{artifact.version})")
+    return served_model(artifact, slot, runner)
+
+
+def served_model(artifact: Artifact, slot: str, runner: Runner) -> ServedModel:
+    """``artifact`` served through ``runner`` (one in this process, or the serial device's)."""
     sizes = ",".join(str(s.nbytes) for s in runner.outputs)
     headers = f"X-Output-Bytes: {sizes}\r\nX-Model-Version: {artifact.version}\r\n".encode()
     return ServedModel(artifact, slot, runner, headers)

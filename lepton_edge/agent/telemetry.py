@@ -53,20 +53,18 @@ class TelemetrySampler:
         self.seq = 0
         self._last_wall = time.monotonic()
         self._last_cpu = _cpu_seconds()
-        self._last_count = agent.metrics.inference_count
+        self._last_count: int | None = None  # a gateway's device may have counted before we started
 
     def sample(self) -> Telemetry:
         agent, metrics = self.agent, self.agent.metrics
-        now, cpu, count = time.monotonic(), _cpu_seconds(), metrics.inference_count
+        now, cpu = time.monotonic(), _cpu_seconds()
         elapsed = max(1e-6, now - self._last_wall)
         values: dict[str, Any] = {
             "uptime_s": round(metrics.uptime_s(), 3),
-            "inferences": count,
-            "inferences_per_s": round((count - self._last_count) / elapsed, 3),
+            "inferences": metrics.inference_count,
             "errors": metrics.error_count,
             "cpu_percent": round(100.0 * (cpu - self._last_cpu) / elapsed, 2),
         }
-        self._last_wall, self._last_cpu, self._last_count = now, cpu, count
         latency = metrics.latency_percentiles()
         for key, name in (("p50", "latency_p50_ms"), ("p99", "latency_p99_ms"), ("max", "latency_max_ms")):
             if isinstance(latency.get(key), (int, float)):
@@ -74,9 +72,12 @@ class TelemetrySampler:
         served = agent.current()
         if served is not None:
             values["model_name"], values["model_version"] = served.name, served.version
-            arena = getattr(served.runner, "arena_bytes", None)
-            if isinstance(arena, int):
-                values["arena_bytes"] = arena
+        values.update(agent.telemetry_extra())  # a gateway counts the device's own inferences
+        count = values["inferences"]
+        if self._last_count is not None:  # the device restarted when its count went down: rate from 0
+            values["inferences_per_s"] = round((count - self._last_count if count >= self._last_count else count)
+                                               / elapsed, 3)
+        self._last_wall, self._last_cpu, self._last_count = now, cpu, count
         for name, value in (("rss_bytes", rss_bytes()), ("temperature_c", temperature_c())):
             if value is not None:
                 values[name] = value

@@ -18,13 +18,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _log_to_stderr() -> None:
+def log_to_stderr(command: str, loggers: tuple[str, ...] = ("lepton_edge.agent",)) -> None:
+    """A daemon's log lines on stderr, prefixed with the command's name."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("lepton-edge agent: %(message)s"))
-    logger = logging.getLogger("lepton_edge.agent")
-    logger.handlers[:] = [handler]
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
+    handler.setFormatter(logging.Formatter(f"lepton-edge {command}: %(message)s"))
+    for name in loggers:
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from lepton_edge.agent.daemon import Agent
 
     config = load_config(args.config)
-    _log_to_stderr()
+    log_to_stderr("agent")
     agent = Agent(config)
 
     def ready(url: str) -> None:
