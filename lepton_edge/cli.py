@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "validate",
     "device_sim",
     "agent",
+    "gateway",
     "fleet",
     "deploy",
     "demo",

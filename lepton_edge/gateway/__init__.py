@@ -1,0 +1,1 @@
+"""The serial gateway: a microcontroller on a serial line as a member of the fleet (``lepton-edge gateway``)."""

@@ -1,0 +1,256 @@
+"""``lepton-edge gateway``: a simulated microcontroller joins the fleet through a serial gateway.
+
+Everything real and in its own process where a user would have one: Mosquitto, the controller and its
+HTTP API (this process), ``lepton-edge device-sim`` (TFLite Micro behind a TCP serial port, so that it
+can be killed and started again on the same address) and ``lepton-edge gateway``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agent_helpers import AgentProcess, make_artifact, signing, write_config  # noqa: F401 - fixtures
+from bridge_helpers import SimProcess
+from conftest import REPO, assert_one_line_error, run_cli
+from fleet_helpers import DEVICE, Fleet
+from lepton_edge.artifact import load_artifact
+from lepton_edge.runtime.factory import open_runner
+from mosquitto import Broker
+
+PROFILE = "arduino-nano-33-ble"
+
+
+@pytest.fixture
+def broker(tmp_path):
+    with Broker(tmp_path) as b:
+        yield b
+
+
+@pytest.fixture
+def fleet(tmp_path, broker):
+    f = Fleet(tmp_path, broker)
+    yield f
+    f.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Bench:
+    """A simulated board on a fixed TCP port and the gateway that speaks for it."""
+
+    def __init__(self, tmp: Path, broker: Broker, signing, profile: str = PROFILE,
+                 gateway_profile: str | None = None) -> None:
+        self.tmp, self.broker, self.signing, self.profile = tmp, broker, signing, profile
+        self.listen = f"127.0.0.1:{free_port()}"
+        self.sim: SimProcess | None = None
+        self.gateway: AgentProcess | None = None
+        self.config = write_config(tmp / "gateway.toml", store=tmp / "gateway-store", trusted_keys=[signing[1]],
+                                   profile=gateway_profile or profile, backend="tflm",
+                                   extra=f'\n[mqtt]\nbroker = "{broker.url()}"\nkeepalive = 10\n'
+                                         "telemetry_interval_s = 0.3\n")
+
+    def start_sim(self, state: str = "board") -> SimProcess:
+        self.sim = SimProcess(self.tmp / state, "--baud", "0", "--listen", self.listen, profile=self.profile)
+        return self.sim
+
+    def start_gateway(self, *extra: str) -> AgentProcess:
+        self.gateway = AgentProcess.start(self.config, command="gateway",
+                                          extra=("--port", f"socket://{self.listen}", "--hello-timeout", "2", *extra))
+        return self.gateway
+
+    def stop_gateway(self) -> str:
+        code, _out, err = self.gateway.terminate()
+        assert code == 0, err
+        return err
+
+    def close(self) -> None:
+        if self.gateway is not None and self.gateway.proc.poll() is None:
+            self.gateway.kill()
+        if self.sim is not None:
+            self.sim.stop()
+
+
+@pytest.fixture
+def bench(tmp_path, broker, signing):
+    made = []
+
+    def make(**kw) -> Bench:
+        b = Bench(tmp_path, broker, signing, **kw)
+        made.append(b)
+        return b
+    yield make
+    for b in made:
+        b.close()
+
+
+def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def device_record(fleet: Fleet) -> dict:
+    fleet.controller.wait_idle()
+    (dev,) = fleet.controller.devices()
+    return dev
+
+
+def test_a_serial_device_joins_the_fleet_and_takes_signed_updates(bench, fleet, make_artifact):
+    b = bench()
+    b.start_sim()
+    gw = b.start_gateway()
+    fleet.wait_online()
+    dev = device_record(fleet)
+    assert dev["model"] is None and "lepton-edge gateway" in dev["agent"] and PROFILE in dev["agent"]
+
+    kws = make_artifact("kws", 1, profile=PROFILE)
+    d = fleet.wait_done(fleet.deploy(kws)["deployment"])
+    assert d["state"] == "healthy", d
+    states = [e["state"] for e in fleet.controller.db.job_events(d["job"])]
+    assert states[-3:] == ["verifying", "activating", "healthy"]
+    status = gw.get("/v1/status").json()
+    assert status["model"]["version"] == 1 and status["serial"]["connected"]
+    assert status["last_health_check"]["ok"] and status["last_health_check"]["digest_checked"]
+
+    # The local API runs the model on the device: bit-exact with TFLite Micro in this process.
+    artifact = load_artifact(kws, (), require_signature=False)
+    host = open_runner(artifact.model_bytes, backend="tflm", arena_bytes=artifact.manifest["arena"]["total_bytes"])
+    x = np.random.default_rng(3).integers(-128, 128, host.inputs[0].shape, dtype=np.int8)
+    reply = gw.post("/v1/infer", x.tobytes())
+    assert reply.status == 200, reply.body
+    assert reply.body == host.run([x])[0].tobytes()
+
+    # Telemetry carries the device's own figures (STATS).
+    def telemetry():
+        t = device_record(fleet)["telemetry"] or {}
+        return t if t.get("inferences", 0) >= 7 and t.get("model_version") == 1 else None
+    t = wait_for(telemetry, 10, "telemetry with the device's invocations")
+    assert t["arena_bytes"] == artifact.manifest["arena"]["recommended_bytes"]
+    assert 0 < t["arena_head_bytes"] <= t["arena_bytes"] and t["device_uptime_s"] > 0
+    assert t["serial_bad_frames"] == 0
+
+    # A second model replaces the first on the device.
+    ad = make_artifact("ad", 2, profile=PROFILE)
+    d = fleet.wait_done(fleet.deploy(ad)["deployment"])
+    assert d["state"] == "healthy", d
+    assert wait_for(lambda: (device_record(fleet)["model"] or {}).get("version") == 2, 10, "status with v2")
+    b.stop_gateway()
+    stats, info = b.sim.stats()
+    flashed = load_artifact(ad, (), require_signature=False)
+    assert info.active.sha256 == flashed.sha256
+    assert info.active.version == 2 and info.active.name == flashed.name
+
+
+def test_refusals_happen_before_any_byte_reaches_the_device(bench, fleet, make_artifact, tmp_path):
+    # The board reports 39,321 B of RAM for the arena; the gateway's copy of its profile claims 1 MiB, so
+    # only the device's own HELLO figures can refuse IC (60 KB of arena) before the download.
+    text = (REPO / "device_profiles" / f"{PROFILE}.toml").read_text().replace(f'name = "{PROFILE}"',
+                                                                             'name = "tiny-board"')
+    board = tmp_path / "board" / "tiny-board.toml"
+    board.parent.mkdir()
+    board.write_text(re.sub(r"(?m)^ram_bytes = \d+", "ram_bytes = 65536", text))
+    claimed = tmp_path / "claimed" / "tiny-board.toml"
+    claimed.parent.mkdir()
+    claimed.write_text(re.sub(r"(?m)^ram_bytes = \d+", "ram_bytes = 1048576", text))
+    b = bench(profile=str(board), gateway_profile=str(claimed))
+    b.start_sim()
+    b.start_gateway()
+    fleet.wait_online()
+
+    too_big = fleet.wait_done(fleet.deploy(make_artifact("ic", 1, profile=PROFILE))["deployment"])
+    assert too_big["state"] == "failed" and too_big["blocks_served"] == 0, too_big
+    assert "does not fit tiny-board" in too_big["reason"] and "39,321 B of RAM" in too_big["reason"]
+
+    tampered = tmp_path / "tampered"
+    original = make_artifact("kws", 2, profile=PROFILE)
+    tampered.mkdir()
+    for f in original.iterdir():
+        (tampered / f.name).write_bytes(f.read_bytes())
+    manifest = json.loads((tampered / "manifest.json").read_bytes())
+    manifest["version"] = 3  # what a tamperer would do; the signature no longer covers these bytes
+    (tampered / "manifest.json").write_text(json.dumps(manifest))
+    d = fleet.wait_done(fleet.deploy(tampered)["deployment"])
+    assert d["state"] == "failed" and d["blocks_served"] == 0 and "signature" in d["reason"], d
+
+    unsigned = fleet.wait_done(fleet.deploy(make_artifact("kws", 4, signed=False, profile=PROFILE))["deployment"])
+    assert unsigned["state"] == "failed" and unsigned["blocks_served"] == 0, unsigned
+
+    b.stop_gateway()
+    stats, info = b.sim.stats()
+    assert stats.model_bytes_received == 0 and info.active is None and info.transfer_xfer == 0
+
+
+def test_a_failed_health_check_on_the_device_rolls_back_to_the_confirmed_model(bench, fleet, make_artifact):
+    b = bench()
+    b.start_sim()
+    gw = b.start_gateway()
+    fleet.wait_online()
+    good = make_artifact("kws", 1, profile=PROFILE)
+    assert fleet.wait_done(fleet.deploy(good)["deployment"])["state"] == "healthy"
+    # Signed, fits, but its self-test digest is not what TFLite Micro on the device computes.
+    bad = make_artifact("kws", 2, profile=PROFILE, digests={"tflm": "00" * 32})
+    d = fleet.wait_done(fleet.deploy(bad)["deployment"])
+    assert d["state"] == "rolled_back" and "self-test" in d["reason"], d
+    status = gw.get("/v1/status").json()
+    assert status["model"]["version"] == 1 and status["store"] == {"active": "a", "pending": False,
+                                                                   "confirmed_version": 1}
+    err = b.stop_gateway()
+    assert "rolled back to a" in err
+    _stats, info = b.sim.stats()
+    assert info.active.sha256 == load_artifact(good, (), require_signature=False).sha256  # flashed back
+
+
+def test_the_gateway_outlives_its_device_and_a_replaced_board_gets_the_fleet_model(bench, fleet, make_artifact):
+    b = bench()
+    b.start_sim()
+    gw = b.start_gateway()
+    fleet.wait_online()
+    kws = make_artifact("kws", 1, profile=PROFILE)
+    assert fleet.wait_done(fleet.deploy(kws)["deployment"])["state"] == "healthy"
+
+    b.sim.proc.kill()  # the board is unplugged
+    b.sim.stop()
+    wait_for(lambda: not fleet.controller.is_online(DEVICE), 15, "the device to be reported offline")
+    reply = gw.post("/v1/infer", bytes(490))
+    assert reply.status == 503 and "device" in reply.json()["error"], reply.body
+    assert gw.proc.poll() is None
+
+    # A new, empty board on the same port: the gateway gives it the model the fleet confirmed.
+    b.start_sim(state="new-board")
+    wait_for(lambda: fleet.controller.is_online(DEVICE), 30, "the device to be back online")
+    status = wait_for(lambda: (s := gw.get("/v1/status").json())["serial"]["connects"] >= 2 and s, 10, "reconnect")
+    assert status["model"]["version"] == 1
+    reply = gw.post("/v1/infer", bytes(490))
+    assert reply.status == 200, reply.body
+    b.stop_gateway()
+    _stats, info = b.sim.stats()
+    assert info.active.sha256 == load_artifact(kws, (), require_signature=False).sha256
+
+
+def test_bad_configurations_are_one_line_errors(bench, tmp_path, signing):
+    b = bench()
+    b.start_sim()
+    wrong = write_config(tmp_path / "rp2040.toml", store=tmp_path / "s1", trusted_keys=[signing[1]],
+                         profile="rp2040", backend="tflm",
+                         extra=f'\n[mqtt]\nbroker = "{b.broker.url()}"\n')
+    line = assert_one_line_error(run_cli("gateway", "--config", wrong, "--port", f"socket://{b.listen}"), 2)
+    assert "reports profile arduino-nano-33-ble, the configuration says rp2040" in line
+    no_mqtt = write_config(tmp_path / "no-mqtt.toml", store=tmp_path / "s2", trusted_keys=[signing[1]],
+                           profile=PROFILE, backend="tflm")
+    line = assert_one_line_error(run_cli("gateway", "--config", no_mqtt, "--port", f"socket://{b.listen}"), 2)
+    assert "needs an [mqtt] section" in line
