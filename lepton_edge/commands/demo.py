@@ -2,15 +2,15 @@
 
 Train a small keyword spotter, convert it for a microcontroller (int8, planned arena, signed), flash
 it to a simulated board over a pseudo-terminal and validate it bit for bit; then start Mosquitto, the
-fleet controller and an agent, deploy the model over the air, query the agent, watch telemetry,
-and deploy a second version.
+fleet controller, an agent (a Linux board) and a gateway (a simulated microcontroller on a serial
+line), deploy the model over the air to both, query the agent, watch telemetry, and deploy a second
+version.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -22,6 +22,7 @@ from pathlib import Path
 DEFAULT_PROFILE = "stm32l4r5"
 FLEET = "demo"
 DEVICE = "demo-pi"
+MCU = "demo-mcu"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -86,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
 
     profile = load_profile(args.profile)  # fail early, with one line, on a wrong name
     out = Path(args.out).resolve()
-    for stale in ("kws-v1", "kws-v2", "fleet", "agent-store", "sim-state", "logs"):
+    for stale in ("kws-v1", "kws-v2", "fleet", "agent-store", "gateway-store", "sim-state", "mcu-state", "logs"):
         shutil.rmtree(out / stale, ignore_errors=True)
     logs = out / "logs"
     logs.mkdir(parents=True)
@@ -125,12 +126,22 @@ def run(args: argparse.Namespace) -> int:
         http = f"127.0.0.1:{free_port()}"
         _daemon(stack, logs, "controller", ["fleet", "serve", "--broker", broker_url, "--fleet", FLEET,
                                             "--store", str(out / "fleet"), "--http", http], ready="fleet controller")
-        agent_config = _write_agent_config(out, broker_url, f"127.0.0.1:{free_port()}", keys / "signing.pub")
+        agent_config = _write_agent_config(out / "agent.toml", DEVICE, "raspberry-pi-4", "litert", out / "agent-store",
+                                           broker_url, f"127.0.0.1:{free_port()}", keys / "signing.pub")
         lines = _daemon(stack, logs, "agent", ["agent", "--config", str(agent_config)], ready="listening on")
         agent_url = lines[-1].split()[-1]
+        lines = _daemon(stack, logs, "mcu", ["device-sim", "--profile", profile.name, "--print-port",
+                                             "--baud", "921600", "--state-dir", str(out / "mcu-state")], ready="/")
+        gateway_config = _write_agent_config(out / "gateway.toml", MCU, profile.name, "tflm", out / "gateway-store",
+                                             broker_url, f"127.0.0.1:{free_port()}", keys / "signing.pub")
+        lines = _daemon(stack, logs, "gateway", ["gateway", "--config", str(gateway_config), "--port",
+                                                 lines[-1].split()[-1]], ready="listening on")
+        gateway_url = lines[-1].split()[-1]
+        devices = ["--device", DEVICE, "--device", MCU]
 
-        _cli("deploy", v1, "--controller", f"http://{http}", "--device", DEVICE, "--wait", "--timeout", "60")
+        _cli("deploy", v1, "--controller", f"http://{http}", *devices, "--wait", "--timeout", "60")
         _infer(agent_url, x[128:], y[128:])
+        _infer(gateway_url, x[128:160], y[128:160])  # run on the microcontroller, over the serial line
         time.sleep(2.5)  # a couple of telemetry intervals
         _cli("fleet", "watch", "--broker", broker_url, "--fleet", FLEET, "--once", "--wait", "2")
 
@@ -138,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
         _cli("convert", keras_model, "--profile", profile.name, "-o", v2, "--name", "kws", "--version", "2",
              "--calibration", out / "calibration.npy", "--eval", out / "eval.npz", "--prune", "0.5",
              "--train", out / "train.npz", "--sign-key", keys / "signing.key")
-        _cli("deploy", v2, "--controller", f"http://{http}", "--device", DEVICE, "--wait", "--timeout", "60")
+        _cli("deploy", v2, "--controller", f"http://{http}", *devices, "--wait", "--timeout", "60")
         _infer(agent_url, x[128:], y[128:])
         time.sleep(2.5)
         _cli("fleet", "watch", "--broker", broker_url, "--fleet", FLEET, "--once", "--wait", "2")
@@ -147,19 +158,20 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_agent_config(out: Path, broker_url: str, listen: str, public_key: Path) -> Path:
-    path = out / "agent.toml"
+def _write_agent_config(path: Path, device: str, profile: str, backend: str, store: Path, broker_url: str,
+                        listen: str, public_key: Path) -> Path:
+    """The configuration of the agent or of the gateway (they take the same file)."""
     path.write_text(f"""# written by lepton-edge demo
 [device]
-id = "{DEVICE}"
+id = "{device}"
 fleet = "{FLEET}"
-profile = "raspberry-pi-4"
+profile = "{profile}"
 
 [runtime]
-backend = "litert"
+backend = "{backend}"
 
 [store]
-dir = {json.dumps(str(out / "agent-store"))}
+dir = {json.dumps(str(store))}
 
 [api]
 listen = "{listen}"
