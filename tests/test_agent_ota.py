@@ -21,7 +21,7 @@ import pytest
 from agent_helpers import (child_env, connect, make_artifact, request, signing,  # noqa: F401 - fixtures
                            write_config)
 from conftest import REPO
-from fleet_helpers import DEVICE, Fleet, api
+from fleet_helpers import DEVICE, api, broker, fleet  # noqa: F401 - fixtures
 from lepton_edge.agent.config import load_config
 from lepton_edge.agent.daemon import Agent
 from lepton_edge.agent.mqtt_link import LinkOptions, start_mqtt
@@ -31,19 +31,6 @@ from lepton_edge.mqtt_client import MqttClient
 from mosquitto import Broker
 
 FAST = SessionOptions(max_queued=1000, min_backoff_s=0.1, max_backoff_s=1.0)
-
-
-@pytest.fixture
-def broker(tmp_path):
-    with Broker(tmp_path, max_queued_messages=100000) as b:
-        yield b
-
-
-@pytest.fixture
-def fleet(tmp_path, broker):
-    f = Fleet(tmp_path, broker)
-    yield f
-    f.close()
 
 
 def agent_config(tmp: Path, broker: Broker, signing, mqtt_extra: str = "", **kw) -> Path:

@@ -19,25 +19,12 @@ import pytest
 from agent_helpers import AgentProcess, make_artifact, signing, write_config  # noqa: F401 - fixtures
 from bridge_helpers import SimProcess
 from conftest import REPO, assert_one_line_error, run_cli
-from fleet_helpers import DEVICE, Fleet
+from fleet_helpers import DEVICE, Fleet, broker, fleet  # noqa: F401 - fixtures
 from lepton_edge.artifact import load_artifact
 from lepton_edge.runtime.factory import open_runner
 from mosquitto import Broker
 
 PROFILE = "arduino-nano-33-ble"
-
-
-@pytest.fixture
-def broker(tmp_path):
-    with Broker(tmp_path) as b:
-        yield b
-
-
-@pytest.fixture
-def fleet(tmp_path, broker):
-    f = Fleet(tmp_path, broker)
-    yield f
-    f.close()
 
 
 def free_port() -> int:
@@ -245,12 +232,23 @@ def test_the_gateway_outlives_its_device_and_a_replaced_board_gets_the_fleet_mod
 def test_bad_configurations_are_one_line_errors(bench, tmp_path, signing):
     b = bench()
     b.start_sim()
-    wrong = write_config(tmp_path / "rp2040.toml", store=tmp_path / "s1", trusted_keys=[signing[1]],
-                         profile="rp2040", backend="tflm",
-                         extra=f'\n[mqtt]\nbroker = "{b.broker.url()}"\n')
-    line = assert_one_line_error(run_cli("gateway", "--config", wrong, "--port", f"socket://{b.listen}"), 2)
-    assert "reports profile arduino-nano-33-ble, the configuration says rp2040" in line
-    no_mqtt = write_config(tmp_path / "no-mqtt.toml", store=tmp_path / "s2", trusted_keys=[signing[1]],
-                           profile=PROFILE, backend="tflm")
-    line = assert_one_line_error(run_cli("gateway", "--config", no_mqtt, "--port", f"socket://{b.listen}"), 2)
-    assert "needs an [mqtt] section" in line
+    mqtt = f'\n[mqtt]\nbroker = "{b.broker.url()}"\n'
+    cases = [("rp2040", mqtt, "reports profile arduino-nano-33-ble, the configuration says rp2040"),
+             (PROFILE, "", "needs an [mqtt] section")]
+    for n, (profile, extra, expected) in enumerate(cases):
+        config = write_config(tmp_path / f"bad{n}.toml", store=tmp_path / f"store{n}", trusted_keys=[signing[1]],
+                              profile=profile, backend="tflm", extra=extra)
+        line = assert_one_line_error(run_cli("gateway", "--config", config, "--port", f"socket://{b.listen}"), 2)
+        assert expected in line
+
+
+def test_a_gateway_started_before_its_device_waits_for_it(bench, fleet, make_artifact):
+    b = bench()
+    gw = b.start_gateway()
+    status = wait_for(lambda: fleet.controller.devices(), 10, "a status")[0]
+    assert not status["online"] and "no device answers" in (status["offline_reason"] or ""), status
+    assert gw.get("/v1/status").json()["serial"]["connected"] is False
+    b.start_sim()
+    wait_for(lambda: fleet.controller.is_online(DEVICE), 30, "the device to come online")
+    d = fleet.wait_done(fleet.deploy(make_artifact("kws", 1, profile=PROFILE))["deployment"])
+    assert d["state"] == "healthy", d
