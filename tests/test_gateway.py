@@ -252,3 +252,32 @@ def test_a_gateway_started_before_its_device_waits_for_it(bench, fleet, make_art
     wait_for(lambda: fleet.controller.is_online(DEVICE), 30, "the device to come online")
     d = fleet.wait_done(fleet.deploy(make_artifact("kws", 1, profile=PROFILE))["deployment"])
     assert d["state"] == "healthy", d
+
+
+def test_a_board_lost_in_the_middle_of_flashing_keeps_its_model(bench, fleet, make_artifact, tmp_path):
+    b = bench()
+    b.sim = SimProcess(tmp_path / "board", "--baud", "115200", "--listen", b.listen, profile=PROFILE)
+    gw = b.start_gateway()
+    fleet.wait_online()
+    kws = make_artifact("kws", 1, profile=PROFILE)
+    assert fleet.wait_done(fleet.deploy(kws)["deployment"])["state"] == "healthy"
+
+    dep = fleet.deploy(make_artifact("ic", 2, profile=PROFILE))  # 97 KB: about 9 s on the line
+    job = wait_for(lambda: fleet.state(dep["deployment"])["devices"][0].get("job"), 10, "the job")
+    wait_for(lambda: "activating" in [e["state"] for e in fleet.controller.db.job_events(job)], 20, "flashing")
+    time.sleep(1.5)
+    b.sim.proc.kill()  # the board resets (or is unplugged) with part of the new model on it
+    b.sim.stop()
+    d = fleet.wait_done(dep["deployment"], 60)
+    assert d["state"] == "rolled_back" and "cannot load" in d["reason"], d
+
+    b.sim = SimProcess(tmp_path / "board", "--baud", "115200", "--listen", b.listen, profile=PROFILE)
+    wait_for(lambda: fleet.controller.is_online(DEVICE), 30, "the board to be back")
+    assert wait_for(lambda: (s := gw.get("/v1/status").json())["serial"]["connected"] and s, 10, "reconnect")
+    reply = gw.post("/v1/infer", bytes(490))  # KWS's input: the board still runs version 1
+    assert reply.status == 200, reply.body
+    status = gw.get("/v1/status").json()
+    assert status["model"]["version"] == 1 and status["store"]["confirmed_version"] == 1
+    b.stop_gateway()
+    _stats, info = b.sim.stats()
+    assert info.active.sha256 == load_artifact(kws, (), require_signature=False).sha256
