@@ -50,6 +50,7 @@ class Gateway(Agent):
         super().__init__(config)
         self.port = port
         self.session = SerialSession(port, expect_profile=config.device.profile.name, options=session)
+        self._device_counts: dict[str, int] = {}  # the device's last inference and error counts (telemetry)
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -80,6 +81,13 @@ class Gateway(Agent):
         link = self.mqtt
         if link is not None:
             link.publish_status()
+
+    def reload(self) -> bool:
+        """SIGHUP: as the agent; a changed ``[device] profile`` applies from the next connection."""
+        ok = super().reload()
+        if ok:
+            self.session.expect_profile = self.config.device.profile.name
+        return ok
 
     # --- what differs from the agent -------------------------------------------------------------
 
@@ -136,10 +144,11 @@ class Gateway(Agent):
         try:
             stats = self.session.call(lambda device: device.stats(), what="STATS", wait_s=STATS_WAIT_S)
         except LeptonError:
-            return {}  # busy flashing, or gone: the status says so
-        return {"inferences": stats.invocations, "errors": stats.invoke_errors, "arena_bytes": stats.arena_bytes,
-                "arena_head_bytes": stats.arena_head_bytes, "arena_tail_bytes": stats.arena_tail_bytes,
-                "device_uptime_s": round(stats.uptime_ms / 1000.0, 3),
+            # Busy flashing, or gone (the status says so): the last counts, so that rates stay the device's.
+            return dict(self._device_counts)
+        self._device_counts = {"inferences": stats.invocations, "errors": stats.invoke_errors}
+        return {**self._device_counts, "arena_bytes": stats.arena_bytes, "arena_head_bytes": stats.arena_head_bytes,
+                "arena_tail_bytes": stats.arena_tail_bytes, "device_uptime_s": round(stats.uptime_ms / 1000.0, 3),
                 "serial_bad_frames": stats.frames_bad + stats.crc_errors}
 
     def status(self) -> dict[str, Any]:
