@@ -177,7 +177,8 @@ class DeviceCore:
                 slots.append(p.SlotInfo(False))
             else:
                 slots.append(p.SlotInfo(True, len(record.model), record.arena_bytes, record.version,
-                                        record.sha256, record.name))
+                                        record.sha256, record.name,
+                                        index == active_index and self.store.confirmed()))
         t = self.transfer
         return p.DeviceInfo(
             active_index, tuple(slots),
@@ -275,11 +276,10 @@ class DeviceCore:
             name, version = str(parsed["name"]), int(parsed["version"])
             if not arena:
                 arena = int(parsed.get("arena", {}).get("recommended_bytes") or 0)
-            if self.active is not None and self.active.name == name and self.active.version is not None \
-                    and version < self.active.version:
+            floor = self.store.floor(name)
+            if floor is not None and version < floor:
                 self.transfer = None
-                raise _Refuse(Nak.VERSION, f"version {version} is older than the active {self.active.version}",
-                              self.active.version)
+                raise _Refuse(Nak.VERSION, f"version {version} is older than the confirmed {floor}", floor)
         elif self.trusted_keys:
             self.transfer = None
             raise _Refuse(Nak.SIGNATURE, "this device only takes signed artifacts")
@@ -350,6 +350,12 @@ class DeviceCore:
         room = max(1, min(max_len, self.host_payload - 4))
         return p.pack_output_chunk(offset, self.last_output[offset:offset + room])
 
+    def _model_confirm(self, payload: bytes) -> bytes:
+        if self.active is None:
+            raise _Refuse(Nak.NO_MODEL, "no model to confirm")
+        self.store.confirm(self.active.name, self.active.version)
+        return p.pack_u8(self.active.index)
+
     def _reset(self, payload: bytes) -> bytes:
         self.reset_requested = True
         return b""
@@ -374,6 +380,7 @@ _HANDLERS: dict[int, Callable[[DeviceCore, bytes], bytes]] = {
     Msg.MODEL_BEGIN: DeviceCore._model_begin,
     Msg.MODEL_DATA: DeviceCore._model_data,
     Msg.MODEL_COMMIT: DeviceCore._model_commit,
+    Msg.MODEL_CONFIRM: DeviceCore._model_confirm,
     Msg.INPUT_DATA: DeviceCore._input_data,
     Msg.INVOKE: DeviceCore._invoke,
     Msg.OUTPUT_READ: DeviceCore._output_read,

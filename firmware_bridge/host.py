@@ -261,11 +261,26 @@ class Device:
         return check_sizes(self._require_hello(), payload.source, len(payload.model), payload.arena_bytes,
                            payload.margin_bytes)
 
+    def confirm(self) -> bool:
+        """MODEL_CONFIRM: the active model passed the host's checks; its version becomes the device's floor.
+        False when the firmware predates the request (it answers UNSUPPORTED and keeps no floors)."""
+        try:
+            self.request(Msg.MODEL_CONFIRM, what="MODEL_CONFIRM")
+        except DeviceRefused as refusal:
+            if refusal.nak.code == Nak.UNSUPPORTED:
+                return False
+            raise
+        return True
+
     def flash(self, model, *, progress: ProgressFn | None = None, force: bool = False,
-              attempts: int = 3) -> FlashResult:
+              attempts: int = 3, confirm: bool = True) -> FlashResult:
         """Send a model to the inactive slot, have the device verify and activate it, then check.
 
-        ``model``: a :class:`ModelPayload`, or an :class:`lepton_edge.artifact.Artifact`.
+        ``model``: a :class:`ModelPayload`, or an :class:`lepton_edge.artifact.Artifact`. Nothing is sent
+        (``already_active``) when the device runs these bytes already, with the same version for an
+        artifact, unless ``force``. With ``confirm`` the model is confirmed once it is verified (and
+        its self-test passed); a gateway confirms only after its health check, so that until then the
+        device takes the previous model back (MODEL_CONFIRM in PROTOCOL.md).
         """
         payload = model if isinstance(model, ModelPayload) else ModelPayload.from_artifact(model)
         fit = self.check_fit(payload)
@@ -279,8 +294,12 @@ class Device:
 
         if not force:
             info = self.info()
-            if info.active is not None and info.active.sha256 == payload.sha256:
-                return result(info.active_slot, None, True, "none")
+            active = info.active
+            if active is not None and active.sha256 == payload.sha256 and \
+                    (payload.version is None or active.version == payload.version):
+                if confirm and not active.confirmed:
+                    self.confirm()
+                return result(info.active_slot, None, True, "none")  # a new version of the same bytes is sent
         blob = (payload.manifest or b"") + (payload.signature or b"") + payload.model
         stats: UploadStats | None = None
         slot: int | None = None
@@ -312,6 +331,8 @@ class Device:
             got = info.active.sha256[:16] if info.active else "no model"
             raise CheckFailed(f"after the commit the device runs {got}, not {payload.sha256[:16]}")
         self_test = self._self_test(payload)
+        if confirm:
+            self.confirm()
         return result(info.active_slot if slot is None else slot, stats, False, self_test)
 
     def _self_test(self, payload: ModelPayload) -> str:

@@ -19,6 +19,7 @@ class Msg(enum.IntEnum):
     MODEL_BEGIN = 0x10
     MODEL_DATA = 0x11
     MODEL_COMMIT = 0x12
+    MODEL_CONFIRM = 0x13
     INPUT_DATA = 0x20
     INVOKE = 0x21
     OUTPUT_READ = 0x22
@@ -136,11 +137,13 @@ class SlotInfo:
     version: int | None = None
     sha256: str = ""
     name: str = ""
+    confirmed: bool = False  # the active slot's model was confirmed (MODEL_CONFIRM)
 
     def pack(self) -> bytes:
         digest = bytes.fromhex(self.sha256) if self.sha256 else bytes(32)
         version = NO_VERSION if self.version is None else self.version
-        return _SLOT.pack(1 if self.valid else 0, self.size, self.arena_bytes, version, digest) + _pstr(self.name)
+        flags = (1 if self.valid else 0) | (2 if self.confirmed else 0)
+        return _SLOT.pack(flags, self.size, self.arena_bytes, version, digest) + _pstr(self.name)
 
     @classmethod
     def unpack_from(cls, data: bytes, offset: int) -> tuple["SlotInfo", int]:
@@ -148,7 +151,7 @@ class SlotInfo:
         name, at = _read_pstr(data, offset + _SLOT.size, "INFO slot name")
         valid = bool(flags & 1)
         return cls(valid, size, arena, None if version == NO_VERSION else version,
-                   digest.hex() if valid else "", name), at
+                   digest.hex() if valid else "", name, bool(flags & 2)), at
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
 """Two model slots on disk for the simulated device, as a board keeps them in flash.
 
 A new model is written whole into the inactive slot, then one small file names the active slot;
-both writes are atomic, so a restart at any moment finds the previous model or the new one.
+both writes are atomic, so a restart at any moment finds the previous model or the new one. The same
+file says whether the active model is confirmed, and keeps the highest confirmed version of each
+model name (the floor below which no version is taken).
 """
 
 from __future__ import annotations
@@ -42,12 +44,25 @@ class SlotStore:
     def _slot_dir(self, index: int) -> Path:
         return self.directory / f"slot{index}"
 
-    def active_index(self) -> int | None:
+    def _pointer(self) -> dict:
         try:
-            value = json.loads((self.directory / _ACTIVE_FILE).read_text())["active"]
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
+            value = json.loads((self.directory / _ACTIVE_FILE).read_text())
+        except (OSError, ValueError):
+            return {}
+        return value if isinstance(value, dict) else {}
+
+    def active_index(self) -> int | None:
+        value = self._pointer().get("active")
         return value if isinstance(value, int) and 0 <= value < SLOT_COUNT else None
+
+    def confirmed(self) -> bool:
+        """Whether the active model was confirmed (MODEL_CONFIRM) since it was committed."""
+        return self._pointer().get("confirmed") is True
+
+    def floor(self, name: str) -> int | None:
+        """The highest confirmed version of models called ``name``: nothing older is taken."""
+        value = self._pointer().get("floors", {}).get(name)
+        return value if isinstance(value, int) else None
 
     def read(self, index: int) -> SlotRecord | None:
         """The slot's record if it is whole and its model matches its hash, else None."""
@@ -84,4 +99,16 @@ class SlotStore:
                 "name": record.name, "version": record.version}))
 
     def activate(self, index: int) -> None:
-        atomic_write_text(self.directory / _ACTIVE_FILE, json.dumps({"active": index}))
+        """Point at ``index``, unconfirmed (the version floors stay)."""
+        self._write_pointer({**self._pointer(), "active": index, "confirmed": False})
+
+    def confirm(self, name: str, version: int | None) -> None:
+        """The active model passed the host's checks: it is confirmed, and its version is the floor."""
+        pointer = self._pointer()
+        floors = dict(pointer.get("floors") or {})
+        if version is not None and (floors.get(name) is None or version > floors[name]):
+            floors[name] = version
+        self._write_pointer({**pointer, "confirmed": True, "floors": floors})
+
+    def _write_pointer(self, pointer: dict) -> None:
+        atomic_write_text(self.directory / _ACTIVE_FILE, json.dumps(pointer, sort_keys=True))

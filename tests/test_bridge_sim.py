@@ -183,6 +183,28 @@ def test_signed_artifact_self_test_and_version_rollback(tmp_path, payload):
         assert device.info().active.version == 2
 
 
+def test_an_unconfirmed_model_can_be_replaced_by_the_confirmed_version_and_a_confirmed_one_cannot(tmp_path, payload):
+    """MODEL_CONFIRM: the version floor is the highest confirmed version, so a host whose health check
+    fails can flash the previous model back; after a restart the floors are still there."""
+    kws, ic = payload("kws"), payload("ic")
+    v1 = make_artifact(tmp_path / "v1", kws, version=1, name="keywords")
+    v2 = make_artifact(tmp_path / "v2", ic, version=2, name="keywords")
+    with simulator(tmp_path / "state") as sim, connect(PortOptions(sim.port)) as device:
+        device.flash(v1)
+        assert device.info().active.confirmed
+        device.flash(v2, confirm=False)
+        assert device.info().active.version == 2 and not device.info().active.confirmed
+        back = device.flash(v1)  # the health check of v2 failed: v1 goes back
+        assert not back.already_active and device.info().active.sha256 == v1.sha256
+        device.flash(v2)  # this time it passes and is confirmed
+        assert device.info().active.confirmed
+    with simulator(tmp_path / "state") as sim, connect(PortOptions(sim.port)) as device:
+        with pytest.raises(DeviceRefused) as older:
+            device.flash(v1, force=True)
+        assert older.value.nak.code == Nak.VERSION and older.value.nak.detail == 2
+        assert device.info().active.version == 2
+
+
 def test_artifact_signed_by_another_key_is_refused(tmp_path, payload):
     from lepton_edge.artifact import generate_keypair, load_private_key, load_public_key
 
