@@ -5,8 +5,9 @@
 Part 1, delivery: the controller (this process) sends a signed artifact of 100 KB, 1 MB and 4 MB to a
 simulated device (``lepton_edge.fleet.devsim``, its own process, the real protocol: job, verification
 of the signature, blocks requested on ota/get with 4 in flight, sha256, activation). Time runs from
-the deployment's creation to the device's ``healthy`` on ota/progress. The agent's own numbers (with
-its A/B store and health check) will come from the agent once it speaks MQTT.
+the deployment's creation to the device's ``healthy`` on ota/progress. Then the same to the real agent
+(MLPerf's 1.07 MB AD model, A/B store and health check) and to a simulated microcontroller behind the
+serial gateway (MLPerf's KWS int8, flashed at 115 200 and 921 600 baud).
 
 Part 2, telemetry ingest: 100 and 1000 simulated devices spread over several processes (paho's
 select() loop cannot hold >1024 sockets; ours can, but one Python process is one core) publish at
@@ -147,6 +148,77 @@ def bench_delivery(tmp: Path, sizes: list[int], runs: int, broker_conf: dict, la
     return records
 
 
+def time_deployments(controller: Controller, device: str, artifacts: list[Path], timeout: float = 120) -> list[float]:
+    """Deploy each artifact in turn; seconds from the deployment's creation to ``healthy``."""
+    times = []
+    for art in artifacts:
+        stored = controller.upload_artifact((art / "manifest.json").read_bytes(), (art / "manifest.sig").read_bytes(),
+                                            (art / "model.tflite").read_bytes())
+        started = time.perf_counter()
+        dep = controller.create_deployment(stored["artifact"], [device])
+        job = dep["devices"][0]["job"]
+        deadline = time.monotonic() + timeout
+        state = None
+        while time.monotonic() < deadline:
+            state = controller.job(job).get("state")
+            if state in ("healthy", "failed", "rolled_back"):
+                break
+            time.sleep(0.005)
+        if state != "healthy":
+            raise SystemExit(f"delivery to {device} failed: {controller.job(job)}")
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def bench_gateway_delivery(tmp: Path, runs: int, broker_conf: dict, baud: int) -> list[dict]:
+    """A simulated microcontroller (``device-sim``, its own process, a pseudo-terminal limited to ``baud``)
+    behind the gateway (this process) receiving MLPerf's KWS int8 model: job verified, blocks into the
+    gateway's store, flashed over serial, sha256 and self-test on the device, health check, healthy."""
+    from agent_helpers import build_artifact, write_config
+    from conftest import MLPERF_INT8
+
+    from firmware_bridge.link import PortOptions
+    from lepton_edge.agent.config import load_config
+    from lepton_edge.agent.mqtt_link import LinkOptions, start_mqtt
+    from lepton_edge.gateway.daemon import Gateway
+
+    model = MLPERF_INT8["kws"]
+    if not model.exists():
+        return []
+    profile = "arduino-nano-33-ble"
+    priv_path, pub_path = generate_keypair(tmp / "keys")
+    key = load_private_key(priv_path)
+    sim = subprocess.Popen([sys.executable, "-m", "lepton_edge", "device-sim", "--profile", profile, "--print-port",
+                            "--baud", str(baud), "--state-dir", str(tmp / "sim")], stdout=subprocess.PIPE, text=True)
+    try:
+        port = sim.stdout.readline().strip()
+        with Broker(tmp, **broker_conf) as broker:
+            controller = controller_for(tmp, broker)
+            config = write_config(tmp / "gateway.toml", store=tmp / "store", trusted_keys=[pub_path],
+                                  device_id="mcu-0000", profile=profile, backend="tflm",
+                                  extra=f'\n[mqtt]\nbroker = "{broker.url()}"\n')
+            config.write_text(config.read_text().replace('fleet = "test-fleet"', 'fleet = "default"'))
+            gateway = Gateway(load_config(config), PortOptions(port, baud))
+            gateway.start()
+            gateway.mqtt = start_mqtt(gateway, LinkOptions(telemetry_interval_s=5.0))
+            try:
+                while not controller.is_online("mcu-0000"):
+                    time.sleep(0.01)
+                arts = [build_artifact(tmp / f"kws-{run}", model, version=run + 1, private_key=key, profile=profile)
+                        for run in range(runs)]
+                size = (arts[0] / "model.tflite").stat().st_size
+                times = time_deployments(controller, "mcu-0000", arts)
+            finally:
+                gateway.stop()
+                controller.stop()
+    finally:
+        sim.terminate()
+        sim.wait(10)
+    med = statistics.median(times)
+    return [{"broker": f"tuned, gateway, serial {baud:,} baud", "size_bytes": size, "runs": runs,
+             "median_s": round(med, 4), "best_s": round(min(times), 4), "median_mb_s": round(size / med / 1e6, 3)}]
+
+
 def bench_agent_delivery(tmp: Path, runs: int, broker_conf: dict) -> list[dict]:
     """The real agent (in this process, LiteRT) receiving MLPerf's 1.07 MB float anomaly-detection model:
     deployment created -> job verified, blocks fetched into the inactive slot, sha256, health check, healthy."""
@@ -175,25 +247,9 @@ def bench_agent_delivery(tmp: Path, runs: int, broker_conf: dict) -> list[dict]:
         try:
             while not controller.is_online("agent-0000"):
                 time.sleep(0.01)
-            times = []
-            for run in range(runs):
-                art = build_artifact(tmp / f"ad-{run}", model, version=run + 1, private_key=key)
-                size = (art / "model.tflite").stat().st_size
-                stored = controller.upload_artifact((art / "manifest.json").read_bytes(),
-                                                    (art / "manifest.sig").read_bytes(),
-                                                    (art / "model.tflite").read_bytes())
-                started = time.perf_counter()
-                dep = controller.create_deployment(stored["artifact"], ["agent-0000"])
-                job = dep["devices"][0]["job"]
-                deadline = time.monotonic() + 60
-                while time.monotonic() < deadline:
-                    state = controller.job(job).get("state")
-                    if state in ("healthy", "failed", "rolled_back"):
-                        break
-                    time.sleep(0.005)
-                if state != "healthy":
-                    raise SystemExit(f"agent delivery failed: {controller.job(job)}")
-                times.append(time.perf_counter() - started)
+            arts = [build_artifact(tmp / f"ad-{run}", model, version=run + 1, private_key=key) for run in range(runs)]
+            size = (arts[0] / "model.tflite").stat().st_size
+            times = time_deployments(controller, "agent-0000", arts)
             med = statistics.median(times)
             records.append({"broker": "tuned, real agent", "size_bytes": size, "runs": runs,
                             "median_s": round(med, 4), "best_s": round(min(times), 4),
@@ -309,6 +365,8 @@ def main() -> int:
             result["delivery"] = bench_delivery(tmp_path / "delivery", [100_000, 1_000_000, 4_000_000], args.runs,
                                                 TUNED, "tuned")
             result["delivery"] += bench_agent_delivery(tmp_path / "agent-delivery", args.runs, TUNED)
+            for baud in (115_200, 921_600):
+                result["delivery"] += bench_gateway_delivery(tmp_path / f"gateway-{baud}", args.runs, TUNED, baud)
             if args.default_broker:
                 result["delivery"] += bench_delivery(tmp_path / "delivery-default", [100_000, 1_000_000, 4_000_000],
                                                      args.runs, {}, "defaults")
@@ -328,10 +386,11 @@ def main() -> int:
         print_json(result)
         return 0
     if "delivery" in result:
-        print("OTA delivery (controller -> simulated device or the real agent, loopback; deployment created -> healthy)")
+        print("OTA delivery (controller -> simulated device, the real agent, or a simulated microcontroller behind "
+              "the gateway; loopback; deployment created -> healthy)")
         print(render_table(("broker", "artifact", "runs", "median s", "best s", "MB/s"),
-                           [(r["broker"], f"{r['size_bytes'] / 1e6:g} MB", r["runs"], f"{r['median_s']:.3f}", f"{r['best_s']:.3f}",
-                             f"{r['median_mb_s']:.1f}") for r in result["delivery"]]))
+                           [(r["broker"], f"{r['size_bytes'] / 1e6:.3g} MB", r["runs"], f"{r['median_s']:.3f}", f"{r['best_s']:.3f}",
+                             f"{r['median_mb_s']:.3g}") for r in result["delivery"]]))
         print()
     if "ingest" in result:
         print("Telemetry ingest (QoS 1, simulated devices -> Mosquitto -> controller -> SQLite)")

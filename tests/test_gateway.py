@@ -187,11 +187,16 @@ def test_a_failed_health_check_on_the_device_rolls_back_to_the_confirmed_model(b
     b.start_sim()
     gw = b.start_gateway()
     fleet.wait_online()
-    good = make_artifact("kws", 1, profile=PROFILE)
+    good = make_artifact("kws", 1, profile=PROFILE, name="keywords")
     assert fleet.wait_done(fleet.deploy(good)["deployment"])["state"] == "healthy"
-    # Signed, fits, but its self-test digest is not what TFLite Micro on the device computes.
-    bad = make_artifact("kws", 2, profile=PROFILE, digests={"tflm": "00" * 32})
-    d = fleet.wait_done(fleet.deploy(bad)["deployment"])
+    # Signed, fits, the same model name, other bytes, a right self-test; but slower on the device than its
+    # manifest allows. The device holds it unconfirmed, so it takes version 1 back.
+    slow = make_artifact("ic", 2, profile=PROFILE, name="keywords", latency_budget_ms=0.001)
+    d = fleet.wait_done(fleet.deploy(slow)["deployment"])
+    assert d["state"] == "rolled_back" and "exceeds the budget of 0.001 ms" in d["reason"], d
+    # Its self-test digest is not what TFLite Micro on the device computes: refused at flashing.
+    wrong = make_artifact("ic", 3, profile=PROFILE, name="keywords", digests={"tflm": "00" * 32})
+    d = fleet.wait_done(fleet.deploy(wrong)["deployment"])
     assert d["state"] == "rolled_back" and "self-test" in d["reason"], d
     status = gw.get("/v1/status").json()
     assert status["model"]["version"] == 1 and status["store"] == {"active": "a", "pending": False,
@@ -200,6 +205,7 @@ def test_a_failed_health_check_on_the_device_rolls_back_to_the_confirmed_model(b
     assert "rolled back to a" in err
     _stats, info = b.sim.stats()
     assert info.active.sha256 == load_artifact(good, (), require_signature=False).sha256  # flashed back
+    assert info.active.version == 1 and info.active.confirmed
 
 
 def test_the_gateway_outlives_its_device_and_a_replaced_board_gets_the_fleet_model(bench, fleet, make_artifact):

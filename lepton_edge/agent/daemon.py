@@ -183,11 +183,13 @@ class Agent:
             artifact = store.activate(slot)
             budget = health.latency_budget_ms
             try:
-                candidate = self._load(artifact, slot)
+                candidate = self._load(artifact, slot, candidate=True)
             except LeptonError as exc:
                 report = HealthReport(False, f"cannot load: {exc}", "load", False, None, budget)
             else:
                 report = check_health(candidate.runner, artifact.manifest, default_budget_ms=budget, runs=health.runs)
+                if report.ok:
+                    report = self._accept(candidate, report)
             self.last_health = report
             if report.ok:
                 store.confirm()
@@ -219,10 +221,15 @@ class Agent:
     def _resolve_backend(self, config: AgentConfig) -> str:
         return choose_backend(config.runtime.backend, config.device.profile.runtime)
 
-    def _load(self, artifact: Artifact, slot: str) -> ServedModel:
-        """Open a verified artifact in this process's interpreter."""
+    def _load(self, artifact: Artifact, slot: str, *, candidate: bool = False) -> ServedModel:
+        """Open a verified artifact in this process's interpreter (``candidate``: it is yet to pass its
+        health check)."""
         return load_served(artifact, slot, backend=self.backend, profile=self.config.device.profile,
                            threads=self.config.runtime.threads)
+
+    def _accept(self, candidate: ServedModel, report: HealthReport) -> HealthReport:
+        """The candidate passed its health check; last word before it is confirmed."""
+        return report
 
     def _after_rollback(self, back: str | None) -> None:
         """The candidate never replaced the served model here: only a crash-recovered store needs loading."""

@@ -21,6 +21,7 @@ Device-side code (it runs on the Linux board the microcontroller is plugged into
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from firmware_bridge.payload import ModelPayload, manifest_arena
 from lepton_edge import __version__
 from lepton_edge.agent.config import AgentConfig
 from lepton_edge.agent.daemon import Agent
+from lepton_edge.agent.health import HealthReport
 from lepton_edge.agent.served import ServedModel, served_model
 from lepton_edge.artifact import Artifact
 from lepton_edge.errors import BadInput, LeptonError
@@ -94,10 +96,13 @@ class Gateway(Agent):
     def _resolve_backend(self, config: AgentConfig) -> str:
         return "tflm"  # whatever this board has installed, the microcontroller runs TFLite Micro
 
-    def _load(self, artifact: Artifact, slot: str) -> ServedModel:
-        """Flash ``artifact`` unless the device already runs it; serve it through the device."""
+    def _load(self, artifact: Artifact, slot: str, *, candidate: bool = False) -> ServedModel:
+        """Flash ``artifact`` unless the device already runs it; serve it through the device. A candidate
+        stays unconfirmed on the device until its health check passes (:meth:`_accept`), so that the
+        device takes the confirmed model back if it fails."""
         payload = ModelPayload.from_artifact(artifact)
-        result = self.session.call(lambda device: device.flash(payload), what=f"flashing {artifact.name}")
+        result = self.session.call(lambda device: device.flash(payload, confirm=not candidate),
+                                   what=f"flashing {artifact.name}")
         if result.already_active:
             log.info("the device runs %s v%d already (sha256 %s)", artifact.name, artifact.version, result.sha256[:12])
         else:
@@ -109,6 +114,14 @@ class Gateway(Agent):
         runner = SerialRunner(backend="tflm", inputs=inputs, outputs=outputs, arena_bytes=payload.arena_bytes,
                               session=self.session, package=package)
         return served_model(artifact, slot, runner)
+
+    def _accept(self, candidate: ServedModel, report: HealthReport) -> HealthReport:
+        """Confirm the model on the device too (its version becomes the device's floor)."""
+        try:
+            self.session.call(lambda device: device.confirm(), what="MODEL_CONFIRM")
+        except LeptonError as exc:
+            return replace(report, ok=False, reason=f"cannot confirm it on the device: {exc}")
+        return report
 
     def _after_rollback(self, back: str | None) -> None:
         """The device holds the candidate that failed: put the confirmed model back on it."""
