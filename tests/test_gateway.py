@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import time
 from pathlib import Path
 
@@ -21,16 +20,11 @@ from bridge_helpers import SimProcess
 from conftest import REPO, assert_one_line_error, run_cli
 from fleet_helpers import DEVICE, Fleet, broker, fleet  # noqa: F401 - fixtures
 from lepton_edge.artifact import load_artifact
+from lepton_edge.fleet.mosquitto import free_port
 from lepton_edge.runtime.factory import open_runner
 from mosquitto import Broker
 
 PROFILE = "arduino-nano-33-ble"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Bench:
