@@ -281,3 +281,16 @@ def test_a_board_lost_in_the_middle_of_flashing_keeps_its_model(bench, fleet, ma
     b.stop_gateway()
     _stats, info = b.sim.stats()
     assert info.active.sha256 == load_artifact(kws, (), require_signature=False).sha256
+
+
+def test_the_gateway_outlives_a_broker_restart(bench, fleet, broker, make_artifact):
+    b = bench()
+    b.start_sim()
+    gw = b.start_gateway()
+    fleet.wait_online()
+    broker.restart(down_s=1.0)
+    wait_for(lambda: fleet.controller.is_online(DEVICE), 30, "the gateway to be back on the broker")
+    d = fleet.wait_done(fleet.deploy(make_artifact("kws", 1, profile=PROFILE))["deployment"])
+    assert d["state"] == "healthy", d
+    assert gw.proc.poll() is None
+    assert "lost the broker" in b.stop_gateway()
