@@ -294,3 +294,24 @@ def test_the_gateway_outlives_a_broker_restart(bench, fleet, broker, make_artifa
     assert d["state"] == "healthy", d
     assert gw.proc.poll() is None
     assert "lost the broker" in b.stop_gateway()
+
+
+def test_sigterm_in_the_middle_of_flashing_stops_at_once_and_nothing_is_lost(bench, fleet, make_artifact, tmp_path):
+    b = bench()
+    b.sim = SimProcess(tmp_path / "board", "--baud", "115200", "--listen", b.listen, profile=PROFILE)
+    b.start_gateway()
+    fleet.wait_online()
+    kws = make_artifact("kws", 1, profile=PROFILE)
+    assert fleet.wait_done(fleet.deploy(kws)["deployment"])["state"] == "healthy"
+    dep = fleet.deploy(make_artifact("ic", 2, profile=PROFILE))  # about 9 s on the line
+    job = wait_for(lambda: fleet.state(dep["deployment"])["devices"][0].get("job"), 10, "the job")
+    wait_for(lambda: "activating" in [e["state"] for e in fleet.controller.db.job_events(job)], 20, "flashing")
+    time.sleep(1.0)
+    started = time.monotonic()
+    b.stop_gateway()  # exit 0
+    assert time.monotonic() - started < 5
+    _stats, info = b.sim.stats()
+    assert info.active.sha256 == load_artifact(kws, (), require_signature=False).sha256 and info.transfer_xfer != 0
+    gw = b.start_gateway()  # the store is whole: it serves version 1, and the update can be sent again
+    status = gw.get("/v1/status").json()
+    assert status["model"]["version"] == 1 and status["store"]["pending"] is False

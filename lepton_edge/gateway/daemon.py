@@ -71,8 +71,8 @@ class Gateway(Agent):
         return url
 
     def stop(self) -> None:
+        self.session.stop()  # first: a flash in progress is cut short, and rolled back, rather than waited for
         super().stop()
-        self.session.stop()
 
     def _device_changed(self, connected: bool) -> None:
         """The session's thread: a device answered again (make it run the active model), or was lost."""

@@ -100,14 +100,17 @@ class SerialSession:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop reconnecting and close the port. A transfer in progress fails at once (the device keeps its
+        previous model) instead of holding the shutdown for the rest of the transfer."""
         self._stop.set()
         self._wake.set()
+        device = self._device
+        if device is not None:
+            device.close()  # without the lock, which a caller on the line holds: its next read or write fails
         if self._thread.is_alive():
             self._thread.join(10)
         with self._lock:
-            device, self._device = self._device, None
-        if device is not None:
-            device.close()
+            self._device = None
 
     # --- using the device ------------------------------------------------------------------------
 
@@ -137,6 +140,8 @@ class SerialSession:
 
     def _lost(self, reason: str) -> None:
         self.last_error = reason
+        if self._stop.is_set():
+            return  # stop() closed the port
         log.warning("lost the device on %s: %s; reconnecting", self.port.url, reason)
         self._wake.set()
         self._notify(False)
