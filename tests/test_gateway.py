@@ -240,6 +240,8 @@ def test_bad_configurations_are_one_line_errors(bench, tmp_path, signing):
                               profile=profile, backend="tflm", extra=extra)
         line = assert_one_line_error(run_cli("gateway", "--config", config, "--port", f"socket://{b.listen}"), 2)
         assert expected in line
+    line = assert_one_line_error(run_cli("gateway", "--config", config, "--port", "usb://ttyACM0"), 2)
+    assert "--port usb://ttyACM0: invalid URL, protocol 'usb' not known" in line
 
 
 def test_a_gateway_started_before_its_device_waits_for_it(bench, fleet, make_artifact):

@@ -25,4 +25,10 @@ def port_options(args: argparse.Namespace):
         raise BadInput(f"--baud must be > 0, got {args.baud}")
     if args.hello_timeout <= 0:
         raise BadInput(f"--hello-timeout must be > 0, got {args.hello_timeout}")
+    import serial
+
+    try:  # a URL pyserial cannot handle is bad input; a port that is not there (yet) is not
+        serial.serial_for_url(args.port, do_not_open=True)
+    except (ValueError, serial.SerialException) as exc:
+        raise BadInput(f"--port {args.port}: {exc}") from None
     return PortOptions(args.port, args.baud, args.dtr == "on", args.rts == "on", args.reset)
