@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, assert_one_line_error, run_cli
-from fleet_helpers import api, keypair, make_artifact, upload_body
+from fleet_helpers import api, broker, keypair, make_artifact, upload_body  # noqa: F401 - broker: fixture
 from lepton_edge.fleet.devsim import SimDevice, SimOptions
 from lepton_edge.mqtt import SessionOptions, parse_broker_url
 from mosquitto import Broker, free_port
@@ -53,12 +53,6 @@ class Serve:
         self.proc.stdout.close()
         self.proc.stderr.close()
         return rc, err
-
-
-@pytest.fixture
-def broker(tmp_path):
-    with Broker(tmp_path, max_queued_messages=100000) as b:
-        yield b
 
 
 @pytest.fixture
