@@ -21,9 +21,10 @@ Device-side code (it runs on the Linux board the microcontroller is plugged into
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from firmware_bridge.host import check_sizes
 from firmware_bridge.link import PortOptions
@@ -101,7 +102,8 @@ class Gateway(Agent):
         stays unconfirmed on the device until its health check passes (:meth:`_accept`), so that the
         device takes the confirmed model back if it fails."""
         payload = ModelPayload.from_artifact(artifact)
-        result = self.session.call(lambda device: device.flash(payload, confirm=not candidate),
+        progress = _quarter_logger(f"flashing {artifact.name} v{artifact.version}")
+        result = self.session.call(lambda device: device.flash(payload, confirm=not candidate, progress=progress),
                                    what=f"flashing {artifact.name}")
         if result.already_active:
             log.info("the device runs %s v%d already (sha256 %s)", artifact.name, artifact.version, result.sha256[:12])
@@ -173,3 +175,16 @@ class Gateway(Agent):
                          "arena_ram_bytes": hello.arena_ram_bytes if hello else None,
                          "slot_bytes": hello.slot_bytes if hello else None}
         return out
+
+
+def _quarter_logger(what: str, quiet_s: float = 2.0) -> Callable[[int, int], None]:
+    """A flash progress callback that logs at 25, 50 and 75 %, once the flash has taken ``quiet_s`` (a slow
+    line takes minutes for a big model; a quick flash stays one line)."""
+    started, logged = time.monotonic(), [0]
+
+    def progress(done: int, total: int) -> None:
+        quarter = 4 * done // total if total else 0
+        if 0 < quarter < 4 and quarter > logged[0] and time.monotonic() - started >= quiet_s:
+            logged[0] = quarter
+            log.info("%s: %d%% (%s of %s B)", what, 25 * quarter, f"{done:,}", f"{total:,}")
+    return progress
