@@ -195,9 +195,8 @@ def bench_gateway_delivery(tmp: Path, runs: int, broker_conf: dict, baud: int) -
         with Broker(tmp, **broker_conf) as broker:
             controller = controller_for(tmp, broker)
             config = write_config(tmp / "gateway.toml", store=tmp / "store", trusted_keys=[pub_path],
-                                  device_id="mcu-0000", profile=profile, backend="tflm",
+                                  device_id="mcu-0000", fleet="default", profile=profile, backend="tflm",
                                   extra=f'\n[mqtt]\nbroker = "{broker.url()}"\n')
-            config.write_text(config.read_text().replace('fleet = "test-fleet"', 'fleet = "default"'))
             gateway = Gateway(load_config(config), PortOptions(port, baud))
             gateway.start()
             gateway.mqtt = start_mqtt(gateway, LinkOptions(telemetry_interval_s=5.0))
@@ -239,8 +238,7 @@ def bench_agent_delivery(tmp: Path, runs: int, broker_conf: dict) -> list[dict]:
         controller = controller_for(tmp, broker)
         extra = f'\n[mqtt]\nbroker = "{broker.url()}"\n'
         config = write_config(tmp / "agent.toml", store=tmp / "store", trusted_keys=[pub_path],
-                              device_id="agent-0000", extra=extra)
-        config.write_text(config.read_text().replace('fleet = "test-fleet"', 'fleet = "default"'))  # the controller's
+                              device_id="agent-0000", fleet="default", extra=extra)  # the controller's fleet
         agent = Agent(load_config(config))
         agent.start()
         link = start_mqtt(agent, LinkOptions(telemetry_interval_s=5.0))

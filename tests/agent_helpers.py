@@ -119,12 +119,13 @@ def build_artifact(out_dir: Path, model_path: Path, *, version: int, private_key
 
 def write_config(path: Path, *, store: Path, trusted_keys: list[Path] | tuple = (), listen: str = "127.0.0.1:0",
                  backend: str = "litert", profile: str = "raspberry-pi-4", require_signature: bool = True,
-                 device_id: str = "test-device", api_options: str = "", extra: str = "") -> Path:
+                 device_id: str = "test-device", fleet: str = "test-fleet", api_options: str = "",
+                 extra: str = "") -> Path:
     keys = ", ".join(json.dumps(str(k)) for k in trusted_keys)
     path.write_text(f"""
 [device]
 id = "{device_id}"
-fleet = "test-fleet"
+fleet = "{fleet}"
 profile = "{profile}"
 
 [runtime]

@@ -52,22 +52,18 @@ class Gateway(Agent):
             raise BadInput(f"{config.path}: a gateway needs an [mqtt] section (the broker it reports to)")
         super().__init__(config)
         self.port = port
-        self.session = SerialSession(port, expect_profile=config.device.profile.name, options=session)
+        # Read at each connection: a SIGHUP that changes [device] profile applies from the next one.
+        self.session = SerialSession(port, expect_profile=lambda: self.config.device.profile.name, options=session)
         self._device_counts: dict[str, int] = {}  # the device's last inference and error counts (telemetry)
 
     # --- lifecycle -------------------------------------------------------------------------------
 
     def start(self, model_path: str | Path | None = None) -> str:
-        """Open the store, meet the device (BadInput if it is another profile), deploy ``model_path`` if
-        given, make the device run the active model, listen; then keep the device connected."""
-        self.open_store()
+        """Meet the device (BadInput if it is another profile), then start as the agent does (the device
+        gets the active model if it answered); then keep the device connected."""
         if not self.session.connect_once():
             log.warning("no device on %s yet (%s); waiting for it", self.port.url, self.session.last_error)
-        if model_path is not None:
-            self.deploy_path(Path(model_path))
-        if self._served is None and self.session.connected:
-            self.load_active()
-        url = self.start_api()
+        url = super().start(model_path)
         self.session.start(self._device_changed)
         return url
 
@@ -84,13 +80,6 @@ class Gateway(Agent):
         link = self.mqtt
         if link is not None:
             link.publish_status()
-
-    def reload(self) -> bool:
-        """SIGHUP: as the agent; a changed ``[device] profile`` applies from the next connection."""
-        ok = super().reload()
-        if ok:
-            self.session.expect_profile = self.config.device.profile.name
-        return ok
 
     # --- what differs from the agent -------------------------------------------------------------
 
@@ -180,11 +169,12 @@ class Gateway(Agent):
 def _quarter_logger(what: str, quiet_s: float = 2.0) -> Callable[[int, int], None]:
     """A flash progress callback that logs at 25, 50 and 75 %, once the flash has taken ``quiet_s`` (a slow
     line takes minutes for a big model; a quick flash stays one line)."""
-    started, logged = time.monotonic(), [0]
+    started, logged = time.monotonic(), 0
 
     def progress(done: int, total: int) -> None:
+        nonlocal logged
         quarter = 4 * done // total if total else 0
-        if 0 < quarter < 4 and quarter > logged[0] and time.monotonic() - started >= quiet_s:
-            logged[0] = quarter
+        if logged < quarter < 4 and time.monotonic() - started >= quiet_s:
+            logged = quarter
             log.info("%s: %d%% (%s of %s B)", what, 25 * quarter, f"{done:,}", f"{total:,}")
     return progress

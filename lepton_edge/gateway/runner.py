@@ -9,7 +9,8 @@ Device-side code: numpy and the project's device-side modules.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -27,7 +28,9 @@ INVOKE_WAIT_S = 10.0  # how long a request waits while the line is busy (flashin
 class SerialRunner(Runner):
     session: SerialSession | None = None
     package: str = "serial"        # shown as the agent's "interpreter"
-    _device_us: int = 0
+    # The device's time of this thread's last invoke: the API runs requests on several threads, and
+    # run_timed reads it after the Runner's lock is released.
+    _device_us: threading.local = field(default_factory=threading.local, repr=False)
 
     def _invoke(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         data = b"".join(np.ascontiguousarray(a).tobytes() for a in inputs)
@@ -35,7 +38,7 @@ class SerialRunner(Runner):
             result = self.session.call(lambda device: device.invoke(data), what="INVOKE", wait_s=INVOKE_WAIT_S)
         except BridgeError as exc:
             raise Unavailable(f"the device did not run the model: {exc}") from None
-        self._device_us = result.device_us
+        self._device_us.value = result.device_us
         try:
             return split_tensor_bytes(result.outputs, self.outputs)
         except ValueError as exc:
@@ -43,4 +46,4 @@ class SerialRunner(Runner):
 
     def run_timed(self, inputs: Sequence[np.ndarray]) -> tuple[list[np.ndarray], float]:
         outputs, _round_trip_ms = super().run_timed(inputs)
-        return outputs, self._device_us / 1000.0
+        return outputs, self._device_us.value / 1000.0

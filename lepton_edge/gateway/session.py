@@ -1,6 +1,6 @@
 """The gateway's serial device: one connection, kept up with backoff, used by one caller at a time.
 
-    session = SerialSession(PortOptions("/dev/ttyACM0"), expect_profile="stm32h743")
+    session = SerialSession(PortOptions("/dev/ttyACM0"), expect_profile=lambda: "stm32h743")
     session.connect_once()          # at start-up: False when nobody answers (the thread keeps trying)
     session.start(on_change)        # reconnects with backoff; polls an idle device; on_change(connected)
     session.call(lambda d: d.info(), what="INFO")   # Unavailable when the device is not there
@@ -49,7 +49,8 @@ class DeviceUnavailable(Unavailable):
 
 
 class SerialSession:
-    def __init__(self, port: PortOptions, *, expect_profile: str, options: SessionOptions = SessionOptions()) -> None:
+    def __init__(self, port: PortOptions, *, expect_profile: Callable[[], str],
+                 options: SessionOptions = SessionOptions()) -> None:
         self.port, self.expect_profile, self.options = port, expect_profile, options
         self.last_error: str | None = "not connected yet"
         self.connects = 0
@@ -79,12 +80,11 @@ class SerialSession:
         except BridgeError as exc:
             self.last_error = str(exc)
             return False
-        hello = device.hello
-        if hello is None or hello.profile != self.expect_profile:
+        hello, expected = device.hello, self.expect_profile()
+        if hello is None or hello.profile != expected:
             device.close()
             got = hello.profile if hello else "nothing"
-            self.last_error = (f"the device on {self.port.url} reports profile {got}, the configuration says "
-                               f"{self.expect_profile}")
+            self.last_error = f"the device on {self.port.url} reports profile {got}, the configuration says {expected}"
             raise BadInput(self.last_error)
         with self._lock:
             self._device = device
