@@ -6,10 +6,10 @@ TensorFlow, only the plain model of :mod:`lepton_edge.tflite.model`.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, Sequence
 
-from lepton_edge.runtime.op_support import unsupported_ops, unsupported_types
+from lepton_edge.runtime.op_support import unsupported_ops, unsupported_reason, unsupported_types
 from lepton_edge.tflite.macs import subgraph_macs
 from lepton_edge.tflite.model import Subgraph, Tensor, TFLiteModel
 
@@ -60,6 +60,7 @@ class ProfileCheck:
     unsupported_ops: list[str]
     unsupported_types: list[str]
     latency_ms_estimate: float | None
+    unsupported_reasons: list[str] = field(default_factory=list)  # one line per unsupported operator
 
     @property
     def supported(self) -> bool:
@@ -154,6 +155,8 @@ def check_profile(model: TFLiteModel, total_macs: int, profile: ProfileLike) -> 
         unsupported_ops=unsupported_ops(opcodes, profile.runtime),
         unsupported_types=unsupported_types(dtypes, profile.tensor_types),
         latency_ms_estimate=estimate_latency_ms(total_macs, profile.clock_mhz, profile.macs_per_cycle),
+        unsupported_reasons=[unsupported_reason(op, profile.runtime)
+                             for op in unsupported_ops(opcodes, profile.runtime)],
     )
 
 

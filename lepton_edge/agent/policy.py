@@ -14,7 +14,7 @@ from typing import Any
 from lepton_edge.errors import BadInput, CheckFailed
 from lepton_edge.profiles import Profile
 from lepton_edge.runtime.factory import artifact_arena_bytes
-from lepton_edge.runtime.op_support import unsupported_ops
+from lepton_edge.runtime.op_support import TFLM_WHEEL, unsupported_ops
 from lepton_edge.tflite.reader import parse_model
 
 
@@ -40,7 +40,8 @@ def check_fits(manifest: dict[str, Any], model_bytes: bytes, policy: InstallPoli
     profile = policy.profile
     if policy.backend is not None:
         opcodes = [op.opcode for sg in model.subgraphs for op in sg.operators]
-        missing = unsupported_ops(opcodes, policy.backend)
+        # The agent runs TFLite Micro's Python wheel (every upstream kernel), not the MCU firmware.
+        missing = unsupported_ops(opcodes, TFLM_WHEEL if policy.backend == "tflm" else policy.backend)
         if missing:
             raise CheckFailed(f"{source}: the {policy.backend} runtime lacks operator(s) {', '.join(missing)}")
     if profile is None:

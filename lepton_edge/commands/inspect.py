@@ -82,5 +82,7 @@ def _print_human(r) -> None:
             [(p.profile, f"{p.runtime} ({p.kernel_library})", ", ".join(p.unsupported_ops) or "none",
               ", ".join(p.unsupported_types) or "none", latency)],
             align="lllll"))
+        for why in p.unsupported_reasons:
+            print(f"not run on {p.profile}: {why}")
         print("latency is an estimate: total MACs / (clock x MACs per cycle), no memory stalls, "
               "non-MAC operators free")

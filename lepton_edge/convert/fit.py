@@ -14,7 +14,7 @@ from lepton_edge.errors import BadInput
 from lepton_edge.inspection import data_types
 from lepton_edge.plan.planner import ArenaPlan, FitVerdict, plan_model
 from lepton_edge.profiles import Profile
-from lepton_edge.runtime.op_support import unsupported_ops, unsupported_types
+from lepton_edge.runtime.op_support import unsupported_ops, unsupported_reason, unsupported_types
 from lepton_edge.tflite.model import align_up
 from lepton_edge.tflite.reader import parse_model
 
@@ -41,7 +41,9 @@ def fit_to_profile(model_bytes: bytes, source: str, profile: Profile) -> FitResu
     reasons = []
     bad_ops = unsupported_ops(opcodes, profile.runtime)
     if bad_ops:
-        reasons.append(f"runtime: {profile.runtime} has no kernel for {', '.join(bad_ops)}")
+        what = f"{profile.name}'s firmware (tflm, core/ops.h)" if profile.runtime == "tflm" else profile.runtime
+        reasons.append(f"runtime: {what} has no kernel for "
+                       + "; ".join(unsupported_reason(op, profile.runtime) for op in bad_ops))
     bad_types = unsupported_types(dtypes, profile.tensor_types)
     if bad_types:
         reasons.append(f"tensor types: {profile.name} runs {', '.join(profile.tensor_types)}, "
