@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "flash",
     "validate",
     "device_sim",
+    "firmware",
     "agent",
     "gateway",
     "fleet",
