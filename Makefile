@@ -4,12 +4,19 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test setup mosquitto bench clean
+# The reference firmware boards `make test` runs or links (firmware_bridge/firmware/boards/).
+FIRMWARE_BOARDS := host qemu-m4 qemu-m7 nucleo-l4r5zi
+TOOLCHAIN_PKGS  := gcc-arm-none-eabi libnewlib-arm-none-eabi libstdc++-arm-none-eabi-newlib qemu-system-arm
 
+.PHONY: demo test setup mosquitto toolchain firmware bench clean
+
+# The demo never builds firmware: it runs the qemu-m4 board when its build is cached, else the simulator.
 demo: setup
 	@$(PY) -m lepton_edge demo
 
-test: setup
+# The firmware is built before pytest starts (no test builds it): cached by its inputs in
+# ~/.cache/lepton-edge/firmware, so a second run only checks the keys.
+test: setup firmware
 	@$(PY) -m pytest -q
 
 bench: setup
@@ -32,6 +39,27 @@ mosquitto:
 	  echo "installing mosquitto with apt-get"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq mosquitto >/dev/null; }
+
+# The ARM toolchain (newlib, libstdc++) and QEMU, installed with apt-get when missing.
+toolchain:
+	@ok=1; \
+	command -v arm-none-eabi-g++ >/dev/null 2>&1 || ok=0; \
+	command -v qemu-system-arm >/dev/null 2>&1 || ok=0; \
+	command -v g++ >/dev/null 2>&1 || ok=0; \
+	if [ $$ok = 1 ]; then \
+	  case "$$(arm-none-eabi-gcc -print-file-name=nano.specs)" in /*) ;; *) ok=0;; esac; \
+	  case "$$(arm-none-eabi-g++ -mthumb -mcpu=cortex-m4 -mfloat-abi=hard -mfpu=fpv4-sp-d16 -print-file-name=libstdc++_nano.a)" in /*) ;; *) ok=0;; esac; \
+	fi; \
+	if [ $$ok = 0 ]; then \
+	  echo "installing the firmware toolchain with apt-get: $(TOOLCHAIN_PKGS) g++"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(TOOLCHAIN_PKGS) g++ make >/dev/null; \
+	fi
+
+# `lepton-edge firmware build` per board: the first run compiles TFLite Micro (minutes), later runs
+# find every build in the cache.
+firmware: setup toolchain
+	@for b in $(FIRMWARE_BOARDS); do $(PY) -m lepton_edge firmware build --board $$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache demo-out

@@ -111,10 +111,9 @@ def run(args: argparse.Namespace) -> int:
          "--calibration", out / "calibration.npy", "--eval", out / "eval.npz", "--sign-key", keys / "signing.key")
     _cli("plan", v1 / "model.tflite", "--profile", profile.name, "--plot", out / "kws-v1.plan.png")
 
+    device = _microcontroller(profile.name)
     with ExitStack() as stack:
-        lines = _daemon(stack, logs, "device-sim", ["device-sim", "--profile", profile.name, "--print-port",
-                                                    "--baud", "921600", "--state-dir", str(out / "sim-state")],
-                        ready="/")
+        lines = _daemon(stack, logs, "device-sim", device.args(out / "sim-state"), ready="/")
         port = lines[-1].split()[-1]
         _cli("flash", v1, "--port", port)
         _cli("validate", v1 / "model.tflite", "--port", port, "--samples", "5")
@@ -130,8 +129,7 @@ def run(args: argparse.Namespace) -> int:
                                            broker_url, f"127.0.0.1:{free_port()}", keys / "signing.pub")
         lines = _daemon(stack, logs, "agent", ["agent", "--config", str(agent_config)], ready="listening on")
         agent_url = lines[-1].split()[-1]
-        lines = _daemon(stack, logs, "mcu", ["device-sim", "--profile", profile.name, "--print-port",
-                                             "--baud", "921600", "--state-dir", str(out / "mcu-state")], ready="/")
+        lines = _daemon(stack, logs, "mcu", device.args(out / "mcu-state"), ready="/")
         gateway_config = _write_agent_config(out / "gateway.toml", MCU, profile.name, "tflm", out / "gateway-store",
                                              broker_url, f"127.0.0.1:{free_port()}", keys / "signing.pub")
         lines = _daemon(stack, logs, "gateway", ["gateway", "--config", str(gateway_config), "--port",
@@ -156,6 +154,42 @@ def run(args: argparse.Namespace) -> int:
 
     print(f"\nDone. The arena plan's picture: {out / 'kws-v1.plan.png'}; logs of the daemons: {logs}")
     return 0
+
+
+class _Device:
+    """What plays the microcontroller: the reference firmware on an emulated board, or the Python simulator."""
+
+    def __init__(self, profile: str, board: str | None) -> None:
+        self.profile, self.board = profile, board
+
+    def args(self, state: Path) -> list[str]:
+        if self.board:
+            return ["device-sim", "--board", self.board, "--print-port", "--state", str(state / "slots.bin")]
+        return ["device-sim", "--profile", self.profile, "--print-port", "--baud", "921600", "--state-dir",
+                str(state)]
+
+
+def _microcontroller(profile: str) -> _Device:
+    """The board that plays ``profile`` when its firmware build is cached and QEMU is here; say which."""
+    from lepton_edge.firmware_build.boards import board_for_profile
+    from lepton_edge.firmware_build.build import cached_build
+
+    board = board_for_profile(profile)
+    if board is None:
+        print(f"\nthe microcontroller: the Python simulator playing {profile} (no emulated board plays it)",
+              flush=True)
+        return _Device(profile, None)
+    fw = cached_build(board.name)
+    if fw is not None and shutil.which("qemu-system-arm"):
+        print(f"\nthe microcontroller: the reference firmware on {board.name} ({board.core}, {board.kernels}, "
+              f"under QEMU {board.machine}; it plays {fw.profile}), from the cached build {fw.executable}",
+              flush=True)
+        return _Device(profile, board.name)
+    why = "QEMU is not installed" if fw is not None else f"no cached {board.name} firmware build"
+    print(f"\nthe microcontroller: the Python simulator playing {profile} ({why}); "
+          f"`lepton-edge firmware build --board {board.name}` builds the firmware, then the demo runs it under "
+          f"QEMU (make test builds it too)", flush=True)
+    return _Device(profile, None)
 
 
 def _write_agent_config(path: Path, device: str, profile: str, backend: str, store: Path, broker_url: str,
