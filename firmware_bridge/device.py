@@ -148,7 +148,7 @@ class DeviceCore:
         handler = _HANDLERS.get(frame.type)
         try:
             if handler is None:
-                raise _Refuse(Nak.UNSUPPORTED, f"unknown request type 0x{frame.type:02x}")
+                raise _Refuse(Nak.UNSUPPORTED, f"unknown request type 0x{frame.type:02x}", PROTOCOL_VERSION)
             reply = encode_frame(Msg.ACK, frame.seq, handler(self, frame.payload))
         except _Refuse as refusal:
             reply = self._nak(frame.seq, frame.type, refusal.code, refusal.message, refusal.detail)

@@ -64,6 +64,9 @@ def load_model(model_bytes: bytes, arena_bytes: int, ram_budget_bytes: int) -> L
     """Load into TFLite Micro with exactly ``arena_bytes``; TFLite Micro's own log is kept off stderr."""
     if arena_bytes > ram_budget_bytes:
         raise LoadError(f"arena of {arena_bytes} bytes exceeds the {ram_budget_bytes} bytes of RAM", arena=True)
+    missing = _missing_ops(model_bytes)
+    if missing:
+        raise LoadError(f"operator {', '.join(missing)} is not in the firmware's op list (core/ops.h)")
     with captured_fd2() as log:
         try:
             runner = load_tflm(model_bytes, arena_bytes, ram_budget_bytes=ram_budget_bytes, source="model")
@@ -78,6 +81,18 @@ def load_model(model_bytes: bytes, arena_bytes: int, ram_budget_bytes: int) -> L
         last = [line.strip() for line in log.text.splitlines() if line.strip()][-1:]
         raise LoadError("; ".join([why] + last), arena=arena)
     return LoadedModel(runner, arena_bytes, head, tail)
+
+
+def _missing_ops(model_bytes: bytes) -> list[str]:
+    """Operators the reference firmware's op resolver lacks (its core/ops.h): a device refuses the model."""
+    from lepton_edge.runtime.op_support import unsupported_ops
+    from lepton_edge.tflite.reader import parse_model
+
+    try:
+        model = parse_model(bytes(model_bytes))
+    except LeptonError:
+        return []  # not a model at all: TFLite Micro says why
+    return unsupported_ops((op.opcode for sg in model.subgraphs for op in sg.operators), "tflm")
 
 
 def _allocations(model_bytes: bytes, arena_bytes: int, runner: TflmRunner) -> tuple[int, int]:

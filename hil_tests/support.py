@@ -44,6 +44,7 @@ class Simulator:
     proc: subprocess.Popen | None = None
     port: str = ""
     log: Path = field(init=False)
+    extra_args: tuple = ()  # more device-sim options (--trusted-key ...)
 
     def __post_init__(self) -> None:
         self.log = self.state_dir.parent / "device-sim.log"
@@ -51,7 +52,7 @@ class Simulator:
     def start(self, timeout: float = 30.0) -> str:
         self.stop()
         cmd = [sys.executable, "-m", "lepton_edge", "device-sim", "--profile", self.profile, "--print-port",
-               "--baud", str(self.baud), "--state-dir", str(self.state_dir)]
+               "--baud", str(self.baud), "--state-dir", str(self.state_dir), *self.extra_args]
         err = open(self.log, "ab")
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=err)
         err.close()
