@@ -16,6 +16,7 @@ from typing import Callable
 
 from firmware_bridge import protocol as p
 from firmware_bridge.engine import LoadedModel, LoadError, load_model
+from firmware_bridge.payload import host_arena_bytes
 from firmware_bridge.frame import PROTOCOL_VERSION, Frame, FrameError, FrameReader, encode_frame
 from firmware_bridge.protocol import Msg, Nak
 from firmware_bridge.ranges import RangeSet
@@ -96,7 +97,8 @@ class DeviceCore:
         if record is None:
             return
         try:
-            self.model = load_model(record.model, record.arena_bytes, self.identity.arena_ram_bytes)
+            self.model = load_model(record.model, record.arena_bytes, self.identity.arena_ram_bytes,
+                                    host_arena_bytes=host_arena_bytes(record.manifest, record.arena_bytes))
             self.active = record
         except LoadError as exc:
             self.boot_error = f"slot {record.index}: {exc}"
@@ -236,7 +238,8 @@ class DeviceCore:
             raise _Refuse(Nak.INCOMPLETE, f"bytes from {gap} missing", gap)
         record = self._verify(t)
         try:
-            model = load_model(record.model, record.arena_bytes, self.identity.arena_ram_bytes)
+            model = load_model(record.model, record.arena_bytes, self.identity.arena_ram_bytes,
+                               host_arena_bytes=host_arena_bytes(record.manifest, record.arena_bytes))
         except LoadError as exc:
             self.transfer = None
             raise _Refuse(Nak.ARENA_TOO_SMALL if exc.arena else Nak.MODEL_INVALID, str(exc),

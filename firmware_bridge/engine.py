@@ -60,17 +60,23 @@ class LoadedModel:
         return b"".join(np.ascontiguousarray(o).tobytes() for o in outputs), int(elapsed_us)
 
 
-def load_model(model_bytes: bytes, arena_bytes: int, ram_budget_bytes: int) -> LoadedModel:
-    """Load into TFLite Micro with exactly ``arena_bytes``; TFLite Micro's own log is kept off stderr."""
+def load_model(model_bytes: bytes, arena_bytes: int, ram_budget_bytes: int, *,
+               host_arena_bytes: int | None = None) -> LoadedModel:
+    """Load into TFLite Micro with exactly ``arena_bytes``; TFLite Micro's own log is kept off stderr.
+
+    ``host_arena_bytes`` (:func:`firmware_bridge.payload.host_arena_bytes`): the interpreter here is
+    x86-64 TFLite Micro, which may need more than a figure measured on the 32-bit target; it then gets
+    the host's own figure while the device's arena stays ``arena_bytes`` (what INFO and STATS report)."""
     if arena_bytes > ram_budget_bytes:
         raise LoadError(f"arena of {arena_bytes} bytes exceeds the {ram_budget_bytes} bytes of RAM", arena=True)
     missing = _missing_ops(model_bytes)
     if missing:
         raise LoadError(f"operator {', '.join(missing)} is not in the firmware's op list (core/ops.h)")
+    own = max(arena_bytes, host_arena_bytes or 0)
     with captured_fd2() as log:
         try:
-            runner = load_tflm(model_bytes, arena_bytes, ram_budget_bytes=ram_budget_bytes, source="model")
-            head, tail = _allocations(model_bytes, arena_bytes, runner)
+            runner = load_tflm(model_bytes, own, ram_budget_bytes=max(ram_budget_bytes, own), source="model")
+            head, tail = _allocations(model_bytes, own, runner)
         except LeptonError as exc:
             failure = exc
         else:

@@ -295,8 +295,10 @@ class Device:
         if not force:
             info = self.info()
             active = info.active
+            # The same bytes (and version) with another arena size is a new flash: the arena is the slot's.
             if active is not None and active.sha256 == payload.sha256 and \
-                    (payload.version is None or active.version == payload.version):
+                    (payload.version is None or active.version == payload.version) and \
+                    (not payload.arena_bytes or active.arena_bytes == payload.arena_bytes):
                 if confirm and not active.confirmed:
                     self.confirm()
                 return result(info.active_slot, None, True, "none")  # a new version of the same bytes is sent

@@ -28,6 +28,16 @@ class ModelPayload:
     version: int | None = None
     self_test: dict | None = None
 
+    def with_arena(self, arena_bytes: int) -> "ModelPayload":
+        """The same model with the device's arena set to exactly ``arena_bytes`` (``flash --arena-bytes``):
+        no kernel margin on top, since the figure is the caller's own."""
+        from dataclasses import replace
+
+        if arena_bytes < 16:
+            raise BadInput(f"--arena-bytes {arena_bytes}: must be at least 16")
+        return replace(self, arena_bytes=int(arena_bytes), margin_bytes=0,
+                       arena_note=f"given (--arena-bytes {arena_bytes}; the manifest says {self.arena_bytes})")
+
     @property
     def sha256(self) -> str:
         return hashlib.sha256(self.model).hexdigest()
@@ -55,6 +65,30 @@ def manifest_arena(manifest: dict, source: str) -> tuple[int, int | None]:
     return recommended, None if margin is None else int(margin)
 
 
+def host_arena_bytes(manifest: dict | bytes | None, arena_bytes: int) -> int | None:
+    """The arena an x86-64 TFLite Micro here (the simulated device, validate's reference) gives a model
+    whose device arena is ``arena_bytes``: the manifest's host figure when the device's arena is at least
+    the manifest's recommendation (measured on a 32-bit target, it can be smaller than x86-64 needs);
+    None when the manifest has no host figure or the device's arena is below the recommendation (then
+    the device's own arena is what to try, and an arena too small should fail here as there)."""
+    if isinstance(manifest, (bytes, bytearray)):
+        import json
+
+        try:
+            manifest = json.loads(bytes(manifest))
+        except ValueError:
+            return None
+    arena = (manifest or {}).get("arena") if isinstance(manifest, dict) else None
+    if not isinstance(arena, dict):
+        return None
+    host, recommended = arena.get("host_recommended_bytes"), arena.get("recommended_bytes")
+    if not isinstance(host, int) or isinstance(host, bool) or host <= 0:
+        return None
+    if isinstance(recommended, int) and arena_bytes < recommended:
+        return None
+    return max(host, arena_bytes)
+
+
 def ram_needed(arena_bytes: int, margin_bytes: int | None, profile_margin: int | None) -> tuple[int, int, str]:
     """(bytes of RAM the arena needs, margin counted, where the margin comes from)."""
     if margin_bytes is not None:
@@ -65,12 +99,31 @@ def ram_needed(arena_bytes: int, margin_bytes: int | None, profile_margin: int |
 
 
 def plan_for_device(model_bytes: bytes, source: str) -> tuple[bytes, int, str]:
-    """(planned model, arena bytes, how the arena was found) for a bare .tflite."""
+    """(planned model, arena bytes, how the arena was found) for a bare .tflite.
+
+    A model that already carries an ``OfflineMemoryAllocation`` plan is kept byte for byte (its plan is
+    its author's); only its arena is measured. A model without one is planned here."""
+    from lepton_edge.plan.embed import embedded_plan
     from lepton_edge.plan.planner import plan_model
 
+    if embedded_plan(model_bytes) is not None:
+        return (model_bytes, *_arena_as_is(model_bytes, source))
     plan = plan_model(model_bytes, source, measure=True, search_seconds=0.0)
     note = plan.measured.get("recommended_arena_bytes", "")
     return plan.planned_model, int(plan.recommended_arena_bytes), note
+
+
+def _arena_as_is(model_bytes: bytes, source: str) -> tuple[int, str]:
+    """The smallest arena x86-64 TFLite Micro runs the model with, its own plan untouched."""
+    from lepton_edge.plan.measure import measure_with_tflm, tflm_available
+    from lepton_edge.plan.planner import plan_model
+
+    guess = plan_model(model_bytes, source, measure=False, search_seconds=0.0)
+    kept = "the model's own OfflineMemoryAllocation plan kept"
+    if not tflm_available():
+        return int(guess.recommended_arena_bytes), f"estimated (tflite-micro not installed); {kept}"
+    measured = measure_with_tflm(model_bytes, guess.recommended_arena_bytes, source)
+    return measured.smallest_arena_bytes, f"measured (TFLite Micro, x86-64 reference kernels); {kept}"
 
 
 def load_payload(path: str | Path) -> ModelPayload:
@@ -101,14 +154,27 @@ def read_model(path: Path) -> bytes:
 
 def device_model_for(path: str | Path, active_sha256: str) -> bytes | None:
     """The bytes the device runs if they are ``path``'s model (as is, or as ``flash`` planned it), else None."""
+    found = reference_for(path, active_sha256)
+    return None if found is None else found[0]
+
+
+def reference_for(path: str | Path, active_sha256: str) -> tuple[bytes, int | None] | None:
+    """(the bytes the device runs, the arena the host's reference interpreter takes for them) if they are
+    ``path``'s model, else None. The arena is the HOST measurement (the manifest's
+    ``host_recommended_bytes``, or the x86-64 figure ``flash`` planned a bare .tflite with), never the
+    device's: a figure measured on a 32-bit target can be smaller than x86-64 TFLite Micro needs."""
     target = Path(path)
     if target.is_dir():
         from lepton_edge.artifact import load_artifact
+        from lepton_edge.runtime.factory import artifact_arena_bytes
 
-        model = load_artifact(target, (), require_signature=False).model_bytes
-        return model if hashlib.sha256(model).hexdigest() == active_sha256 else None
+        artifact = load_artifact(target, (), require_signature=False)
+        model = artifact.model_bytes
+        if hashlib.sha256(model).hexdigest() != active_sha256:
+            return None
+        return model, artifact_arena_bytes(artifact.manifest)
     model = read_model(target)
+    planned, arena, _note = plan_for_device(model, str(target))
     if hashlib.sha256(model).hexdigest() == active_sha256:
-        return model
-    planned, _arena, _note = plan_for_device(model, str(target))
-    return planned if hashlib.sha256(planned).hexdigest() == active_sha256 else None
+        return model, arena
+    return (planned, arena) if hashlib.sha256(planned).hexdigest() == active_sha256 else None

@@ -38,6 +38,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="refuse to write an artifact that loses more accuracy (or top-1 agreement) than this")
     p.add_argument("--sign-key", metavar="KEY", help="Ed25519 private key (lepton-edge keys generate) to sign with")
     p.add_argument("--force", action="store_true", help="replace a non-empty OUTDIR")
+    p.add_argument("--measure", choices=("auto", "host", "target"), default="auto",
+                   help="where the arena is measured: target = the emulated core that plays the profile, with its "
+                        "kernel library (needs QEMU and a cached firmware build; no margin added), host = x86-64 "
+                        "TFLite Micro plus the profile's margin; auto (default): target when both are there")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
@@ -49,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
                           version=args.version, calibration=args.calibration, eval=args.eval,
                           quantize=args.quantize, io=args.io, prune=args.prune, prune_channels=args.prune_channels,
                           train=args.train, epochs=args.epochs, learning_rate=args.learning_rate,
-                          auto_fit=args.auto_fit, sign_key=args.sign_key, max_drop=args.max_drop, force=args.force)
+                          auto_fit=args.auto_fit, sign_key=args.sign_key, max_drop=args.max_drop, force=args.force,
+                          measure=args.measure)
     result = convert(opts, announce=(lambda _m: None) if args.json else step)
     if args.json:
         print_json(result.to_dict())
@@ -114,6 +119,9 @@ def print_report(result) -> None:
     arena = chosen.fit.arena
     print(f"\narena: recommended {arena['recommended_bytes']:,} B + margin {arena['margin_bytes']:,} B = "
           f"kTensorArenaSize {arena['total_bytes']:,} B ({arena['measured']['recommended_bytes']})")
+    if arena.get("host_recommended_bytes") and arena.get("measured_on", "").startswith("cortex"):
+        print(f"arena measured on {arena['measured_on']}; on the host (x86-64) it is "
+              f"{arena['host_recommended_bytes']:,} B")
     print(f"model: {len(chosen.model_bytes):,} B ({human_bytes(len(chosen.model_bytes))}), "
           f"{chosen.compressed_bytes:,} B compressed")
     for note in result.notes:

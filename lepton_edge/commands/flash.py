@@ -17,6 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("target", metavar="ARTIFACT_DIR|MODEL.tflite")
     add_port_arguments(p)
     p.add_argument("--force", action="store_true", help="send the model even if the device already runs it")
+    p.add_argument("--arena-bytes", type=int, metavar="N",
+                   help="the arena the device gives this model (default: the manifest's recommended arena, or the "
+                        "planned one for a .tflite); the same model with another arena is a new flash")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
@@ -28,6 +31,8 @@ def run(args: argparse.Namespace) -> int:
     options = port_options(args)
     step(f"reading {args.target}")
     payload = load_payload(args.target)
+    if args.arena_bytes is not None:
+        payload = payload.with_arena(args.arena_bytes)
     with connect(options, hello_timeout=args.hello_timeout) as device:
         hello = device.hello
         fit = device.check_fit(payload)

@@ -21,6 +21,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--embed", metavar="OUT.tflite", help="write a copy of the model with the plan embedded")
     p.add_argument("--plot", metavar="PLAN.png", help="draw the plan")
     p.add_argument("--no-measure", action="store_true", help="estimate tail and arena instead of running TFLite Micro")
+    p.add_argument("--measure", choices=("auto", "host", "target"), default="auto",
+                   help="where to measure the tail and the recommended arena: target = the emulated core that "
+                        "plays --profile with its kernel library (needs QEMU and a cached firmware build), host = "
+                        "x86-64 TFLite Micro; auto (default): target when both are there")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
@@ -28,6 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from lepton_edge.profiles import load_optional_profile
     from lepton_edge.plan.planner import plan_model
+    from lepton_edge.plan.target import resolve_measure
     from lepton_edge.tflite.reader import read_model_file
 
     profile = load_optional_profile(args.profile)
@@ -35,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
     read_model_file(source)  # one-line errors for missing, unreadable and corrupt files
     if args.embed and _same_file(source, Path(args.embed)):
         raise BadInput(f"--embed {args.embed}: would overwrite the input model; choose another path")
-    plan = plan_model(source.read_bytes(), str(source), profile=profile, measure=not args.no_measure)
+    target = None if args.no_measure else resolve_measure(args.measure, profile)
+    plan = plan_model(source.read_bytes(), str(source), profile=profile, measure=not args.no_measure, target=target)
     if args.embed:
         atomic_write_bytes(args.embed, plan.planned_model)
     if args.plot:
@@ -77,6 +83,10 @@ def _print_human(plan, args: argparse.Namespace) -> None:
         ("recommended arena", f"{plan.recommended_arena_bytes:,} B ({human_bytes(plan.recommended_arena_bytes)})",
          plan.measured["recommended_arena_bytes"]),
     ]
+    if plan.on_target and plan.host_recommended_arena_bytes is not None:
+        rows.append(("recommended arena (host)", f"{plan.host_recommended_arena_bytes:,} B",
+                     "measured (TFLite Micro, x86-64 reference kernels; sizes the host's own interpreters)"))
+    rows.append(("measured on", plan.measured_on, ""))
     print(render_table(["figure", "value", "source"], rows, align="lrl"))
     if plan.fit is not None:
         f = plan.fit

@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from firmware_bridge.host import connect
-    from firmware_bridge.payload import device_model_for
+    from firmware_bridge.payload import reference_for
     from firmware_bridge.validation import DEFAULT_ATOL, DEFAULT_RTOL, validate_on_device
 
     if args.samples < 1:
@@ -41,20 +41,23 @@ def run(args: argparse.Namespace) -> int:
         active = info.active
         if active is None:
             raise CheckFailed(f"{device.hello.profile} on {options.url} has no model; flash {args.model} first")
-        model = device_model_for(args.model, active.sha256)
-        if model is None:
+        found = reference_for(args.model, active.sha256)
+        if found is None:
             raise CheckFailed(f"{device.hello.profile} on {options.url} runs {active.name or 'another model'} "
                               f"(sha256 {active.sha256[:16]}), not {args.model}; flash it first")
+        model, host_arena = found
+        # The host reference sizes its own arena from the host measurement, never from the device's.
+        reference_arena = host_arena or active.arena_bytes
         bar = Progress("validating", args.samples)
         try:
-            report = validate_on_device(device, model, active.arena_bytes, samples=args.samples, seed=args.seed,
+            report = validate_on_device(device, model, reference_arena, samples=args.samples, seed=args.seed,
                                         atol=atol, rtol=rtol, progress=lambda done, total: bar.update(done))
         finally:
             bar.close()
         hello = device.hello
     out = report.to_dict()
     out.update(model=str(args.model), sha256=active.sha256, profile=hello.profile, firmware=hello.firmware,
-               arena_bytes=active.arena_bytes)
+               arena_bytes=active.arena_bytes, reference_arena_bytes=reference_arena)
     if args.json:
         print_json(out)
     else:

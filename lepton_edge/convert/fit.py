@@ -9,6 +9,7 @@ board (the planner's figures become estimates); on a ``tflm`` board that is a re
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from lepton_edge.errors import BadInput
 from lepton_edge.inspection import data_types
@@ -17,6 +18,9 @@ from lepton_edge.profiles import Profile
 from lepton_edge.runtime.op_support import unsupported_ops, unsupported_reason, unsupported_types
 from lepton_edge.tflite.model import align_up
 from lepton_edge.tflite.reader import parse_model
+
+if TYPE_CHECKING:
+    from lepton_edge.plan.target import TargetMeasurer
 
 
 @dataclass
@@ -33,8 +37,12 @@ class FitResult:
         return self.verdict.fits
 
 
-def fit_to_profile(model_bytes: bytes, source: str, profile: Profile) -> FitResult:
-    """Plan ``model_bytes`` for ``profile`` and check it against the profile's budgets."""
+def fit_to_profile(model_bytes: bytes, source: str, profile: Profile, target: "TargetMeasurer | None" = None
+                   ) -> FitResult:
+    """Plan ``model_bytes`` for ``profile`` and check it against the profile's budgets.
+
+    With ``target`` the tail and the recommended arena are measured on the emulated core that plays
+    the profile (its kernels' scratch included: no margin on top); the host's figures stay alongside."""
     model = parse_model(model_bytes, source)
     opcodes = [op.opcode for sg in model.subgraphs for op in sg.operators]
     dtypes = data_types(model)
@@ -50,7 +58,7 @@ def fit_to_profile(model_bytes: bytes, source: str, profile: Profile) -> FitResu
                        f"not {', '.join(bad_types)}")
     notes: list[str] = []
     try:
-        plan = plan_model(model_bytes, source, profile=profile)
+        plan = plan_model(model_bytes, source, profile=profile, target=target)
     except BadInput as exc:
         why = str(exc).split(": ", 1)[-1]
         if profile.runtime == "tflm":
@@ -71,8 +79,10 @@ def fit_to_profile(model_bytes: bytes, source: str, profile: Profile) -> FitResu
 
 
 def arena_figures(plan: ArenaPlan, profile: Profile) -> dict:
-    """The manifest's ``arena`` object: each figure with whether it was measured or estimated."""
-    margin = profile.arena_margin_bytes
+    """The manifest's ``arena`` object: each figure with whether it was measured or estimated, and where
+    (``measured_on``). ``host_recommended_bytes`` is the x86-64 figure the host's own interpreters
+    (validate's reference, the Python simulator, the self-test) size their arena with."""
+    margin = 0 if plan.on_target else profile.arena_margin_bytes
     measured_run = plan.measured.get("recommended_arena_bytes", "").startswith("measured")
     head_label = (f"measured (TFLite Micro ran the embedded plan; its head was {plan.tflm_head_bytes} bytes)"
                   if measured_run and plan.tflm_head_bytes is not None
@@ -84,12 +94,17 @@ def arena_figures(plan: ArenaPlan, profile: Profile) -> dict:
         "recommended_bytes": plan.recommended_arena_bytes,
         "margin_bytes": margin,
         "total_bytes": align_up(plan.recommended_arena_bytes + margin),
+        "measured_on": plan.measured_on,
+        "host_recommended_bytes": plan.host_recommended_arena_bytes,
+        "host_tail_bytes": plan.host_tail_bytes,
         "measured": {
             "head_bytes": head_label,
             "tail_bytes": _label(plan.measured.get("tail_bytes", "estimated")),
             "lower_bound_bytes": "measured (computed from the tensors' lifetimes: no plan uses less)",
             "recommended_bytes": _label(plan.measured.get("recommended_arena_bytes", "estimated")),
-            "margin_bytes": f"estimated (profile {profile.name}: scratch of the {profile.kernel_library} kernels)",
+            "margin_bytes": (f"measured (0: {plan.measured_on} includes the {profile.kernel_library} kernels' scratch)"
+                             if plan.on_target else
+                             f"estimated (profile {profile.name}: scratch of the {profile.kernel_library} kernels)"),
             "total_bytes": "estimated (recommended + margin, rounded up to 16)" if margin or not measured_run
             else _label(plan.measured.get("recommended_arena_bytes", "estimated")),
         },
@@ -125,5 +140,6 @@ def _unplanned_arena(model, profile: Profile) -> dict:
     return {"head_bytes": activations, "tail_bytes": 0, "lower_bound_bytes": 0, "recommended_bytes": activations,
             "margin_bytes": profile.arena_margin_bytes,
             "total_bytes": align_up(activations + profile.arena_margin_bytes),
+            "measured_on": "estimated", "host_recommended_bytes": None, "host_tail_bytes": None,
             "measured": {k: why for k in ("head_bytes", "tail_bytes", "lower_bound_bytes", "recommended_bytes",
                                           "margin_bytes", "total_bytes")}}

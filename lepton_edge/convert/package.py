@@ -41,7 +41,9 @@ def self_test(attempt: Attempt, data: Dataset, profile: Profile) -> dict:
     runners = []
     plan = attempt.fit.plan
     if attempt.fit.tflm_runs and plan is not None and attempt.settings.quantize not in LITERT_ONLY_MODES:
-        runners.append(("tflm", lambda: load_tflm(model_bytes, plan.recommended_arena_bytes, source="artifact")))
+        # The host's own interpreter: sized from the host measurement, never the target's (smaller) figure.
+        host_arena = plan.host_recommended_arena_bytes or plan.recommended_arena_bytes
+        runners.append(("tflm", lambda: load_tflm(model_bytes, host_arena, source="artifact")))
     runners.append(("litert", lambda: load_litert(model_bytes, source="artifact")))
     for name, opener in runners:
         with quiet():  # interpreters print banners on fd 2

@@ -55,6 +55,7 @@ class ConvertOptions:
     sign_key: str | None = None
     max_drop: float | None = None
     force: bool = False
+    measure: str = "auto"  # where the arena is measured: auto, host or target (lepton_edge.plan.target)
 
 
 @dataclass(frozen=True)
@@ -204,15 +205,20 @@ def convert(opts: ConvertOptions, announce: Announce = lambda _m: None) -> Conve
     started = time.perf_counter()
     profile, fmt = check_options(opts)
     from lepton_edge.convert.load import load_source
+    from lepton_edge.plan.target import resolve_measure
 
+    target = resolve_measure(opts.measure, profile)  # before TensorFlow: --measure target fails fast
+    if target is not None:
+        announce(f"the arena will be measured on {target.label} ({target.board.name} firmware under QEMU)")
     announce(f"loading {opts.model} ({fmt})")
     with load_source(opts.model) as source:
-        result = _convert_loaded(opts, profile, source, announce)
+        result = _convert_loaded(opts, profile, source, announce, target)
     result.seconds = time.perf_counter() - started
     return result
 
 
-def _convert_loaded(opts: ConvertOptions, profile: Profile, source: SourceModel, announce: Announce) -> ConversionResult:
+def _convert_loaded(opts: ConvertOptions, profile: Profile, source: SourceModel, announce: Announce,
+                    target: Any = None) -> ConversionResult:
     result = ConversionResult(opts, profile, source.format, source.layout, source.source_layout, [])
     result.notes += source.notes
     calibration, evaluation, train = _load_data(opts, source, result)
@@ -223,7 +229,7 @@ def _convert_loaded(opts: ConvertOptions, profile: Profile, source: SourceModel,
     for settings in _candidates(opts, calibration is not None, keras_model is not None, result):
         announce(f"converting: {settings.label}")
         attempt = _attempt(opts, profile, source, settings, calibration, train, keras_model, flavor,
-                           fid_data, reference, announce)
+                           fid_data, reference, announce, target)
         result.attempts.append(attempt)
         if attempt.fit.fits:
             break
@@ -341,7 +347,8 @@ def _candidates(opts: ConvertOptions, have_calibration: bool, have_keras: bool, 
 
 def _attempt(opts: ConvertOptions, profile: Profile, source: SourceModel, settings: Settings,
              calibration: Dataset | None, train: Dataset | None, keras_model: Any, flavor: str | None,
-             fid_data: Dataset, reference: tuple[str, list[np.ndarray]], announce: Announce) -> Attempt:
+             fid_data: Dataset, reference: tuple[str, list[np.ndarray]], announce: Announce,
+             target: Any = None) -> Attempt:
     from lepton_edge.convert.quantize import convert_to_tflite
 
     started = time.perf_counter()
@@ -352,7 +359,7 @@ def _attempt(opts: ConvertOptions, profile: Profile, source: SourceModel, settin
     mode = settings.quantize
     model_bytes = convert_to_tflite(source, mode, opts.io if mode == "int8" else "float", calibration, keras_model=model)
     announce(f"planning the arena and checking the fit to {profile.name}")
-    fit = fit_to_profile(model_bytes, f"{Path(opts.model).name} ({settings.label})", profile)
+    fit = fit_to_profile(model_bytes, f"{Path(opts.model).name} ({settings.label})", profile, target)
     fidelity = None
     if fid_data is not None:
         announce(f"measuring fidelity on {fid_data.origin}")

@@ -6,16 +6,18 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
-from lepton_edge.errors import BadInput
+from lepton_edge.errors import BadInput, CheckFailed
 from lepton_edge.plan.assign import assign_offsets, find_conflicts
 from lepton_edge.plan.embed import embed_plan
 from lepton_edge.plan.lifetimes import Lifetime, check_plannable, live_bytes_per_op, lower_bound, tensor_lifetimes
 from lepton_edge.plan.scratch import scratch_requests
 from lepton_edge.plan.measure import estimate_tail, measure_with_tflm, tflm_available
+from lepton_edge.plan.target import HOST_LABEL
 from lepton_edge.tflite.model import TFLiteModel, align_up
 from lepton_edge.tflite.reader import parse_model
 
 if TYPE_CHECKING:
+    from lepton_edge.plan.target import TargetMeasurer
     from lepton_edge.profiles import Profile
 
 
@@ -69,7 +71,20 @@ class ArenaPlan:
     fit: FitVerdict | None = None
     notes: list[str] = field(default_factory=list)
     tflm_error: str | None = None  # why TFLite Micro cannot run the model, when it cannot
+    # Where tail_bytes and recommended_arena_bytes were measured: "host x86-64 tflite-micro",
+    # "cortex-m4 (qemu mps2-an386), cmsis-nn" (the target: no kernel margin on top), or "estimated".
+    measured_on: str = "estimated"
+    host_tail_bytes: int | None = None  # the host's figures, kept when the target's replace them
+    host_recommended_arena_bytes: int | None = None
+    target_head_bytes: int | None = None  # TFLite Micro's head on the target (non-persistent)
+    target_used_bytes: int | None = None  # head + tail on the target, at the full arena
+    target_error: str | None = None  # why the target could not measure the model, when it could not
     planned_model: bytes = b""  # the model with the plan embedded
+
+    @property
+    def on_target(self) -> bool:
+        """The arena figures come from the target's own kernels (no kernel-library margin to add)."""
+        return self.target_used_bytes is not None
 
     def to_dict(self) -> dict:
         d = {k: v for k, v in asdict(self).items() if k not in ("planned_model", "placements", "fit")}
@@ -81,8 +96,12 @@ class ArenaPlan:
 
 
 def plan_model(model_bytes: bytes, source: str = "model", *, profile: "Profile | None" = None,
-               measure: bool = True, search_seconds: float = 1.0) -> ArenaPlan:
-    """Plan ``model_bytes``. Raises :class:`BadInput` for models that cannot be planned statically."""
+               measure: bool = True, search_seconds: float = 1.0,
+               target: "TargetMeasurer | None" = None) -> ArenaPlan:
+    """Plan ``model_bytes``. Raises :class:`BadInput` for models that cannot be planned statically.
+
+    With ``target`` (:func:`lepton_edge.plan.target.resolve_measure`) the tail and the recommended
+    arena are measured on the emulated core with the profile's kernels; the host's stay alongside."""
     model = parse_model(model_bytes, source)
     subgraph = check_plannable(model, source)
     n_ops = len(subgraph.operators)
@@ -118,6 +137,8 @@ def plan_model(model_bytes: bytes, source: str = "model", *, profile: "Profile |
         planned_model=planned_model,
     )
     _fill_arena_figures(plan, model, model_bytes, measure=measure, pointer_bytes=profile.pointer_bytes if profile else 8)
+    if target is not None and measure and plan.tflm_error is None:
+        _measure_on_target(plan, target)
     if profile is not None:
         plan.fit = check_fit(plan, len(planned_model), profile)
     return plan
@@ -158,15 +179,33 @@ def _fill_arena_figures(plan: ArenaPlan, model: TFLiteModel, original: bytes, *,
             plan.strategy = "tflite-micro (run-time plan)"
             plan.head_bytes = theirs.head_bytes
             ours = theirs
-        plan.tail_bytes = ours.tail_bytes
-        plan.recommended_arena_bytes = ours.smallest_arena_bytes
+        plan.tail_bytes = plan.host_tail_bytes = ours.tail_bytes
+        plan.recommended_arena_bytes = plan.host_recommended_arena_bytes = ours.smallest_arena_bytes
         plan.tflm_head_bytes = ours.head_bytes
+        plan.measured_on = HOST_LABEL
         note = "measured (TFLite Micro, x86-64 reference kernels; a 32-bit MCU's tail is smaller)"
         plan.measured.update(tail_bytes=note, recommended_arena_bytes=note, tflm_head_bytes=note,
                              tflm_default_head_bytes=note)
     else:
         _estimate(plan, model, pointer_bytes,
                   "estimated (tflite-micro not installed)" if measure else "estimated (measurement skipped)")
+
+
+def _measure_on_target(plan: ArenaPlan, target: "TargetMeasurer") -> None:
+    """Replace the tail and the recommended arena with the target's (the host's stay in host_*)."""
+    try:
+        fig = target.measure(plan.planned_model)
+    except CheckFailed as exc:
+        plan.target_error = str(exc)
+        plan.notes.append(f"{exc}; the figures are the host's")
+        return
+    plan.tail_bytes = fig.tail_bytes
+    plan.recommended_arena_bytes = fig.min_arena_bytes
+    plan.target_head_bytes = fig.head_bytes
+    plan.target_used_bytes = fig.used_bytes
+    plan.measured_on = target.label
+    note = f"measured (TFLite Micro on the target: {target.label}; its kernels' scratch included)"
+    plan.measured.update(tail_bytes=note, recommended_arena_bytes=note, target_head_bytes=note)
 
 
 def _estimate(plan: ArenaPlan, model: TFLiteModel, pointer_bytes: int, why: str) -> None:
@@ -179,8 +218,12 @@ def check_fit(plan: ArenaPlan, model_size: int, profile: "Profile") -> FitVerdic
     reasons = []
     if profile.runtime == "tflm" and plan.tflm_error:
         reasons.append(f"runtime: TFLite Micro cannot run this model ({plan.tflm_error})")
+    # Measured on the target, the recommended arena holds the kernels' scratch: no margin on top.
+    margin = 0 if plan.on_target else profile.arena_margin_bytes
+    if profile.runtime == "tflm" and plan.target_error:
+        reasons.append(f"runtime: {plan.target_error}")
     if profile.runtime == "tflm":
-        ram_needed = plan.recommended_arena_bytes + profile.arena_margin_bytes
+        ram_needed = plan.recommended_arena_bytes + margin
         ram_estimated = not plan.measured.get("recommended_arena_bytes", "").startswith("measured")
     else:
         # LiteRT allocates activations itself and keeps the model in memory: an estimate.
@@ -199,7 +242,7 @@ def check_fit(plan: ArenaPlan, model_size: int, profile: "Profile") -> FitVerdic
         ram_needed_bytes=ram_needed,
         ram_budget_bytes=profile.ram_budget_bytes,
         ram_estimated=ram_estimated,
-        arena_margin_bytes=profile.arena_margin_bytes if profile.runtime == "tflm" else 0,
+        arena_margin_bytes=margin if profile.runtime == "tflm" else 0,
         flash_needed_bytes=model_size,
         flash_budget_bytes=profile.flash_budget_bytes,
         reasons=tuple(reasons),

@@ -42,11 +42,16 @@ def open_runner(model_bytes: bytes, *, backend: str = "auto", profile_runtime: s
 
 def artifact_arena_bytes(manifest: dict) -> int | None:
     """The arena a TFLite Micro runner gets for an artifact: ``total_bytes`` (recommended + the
-    profile's kernel margin), else ``recommended_bytes``; None when the manifest gives neither."""
+    profile's kernel margin), else ``recommended_bytes``; None when the manifest gives neither.
+    When the figures were measured on a 32-bit target, the runner here (x86-64 TFLite Micro) gets at
+    least the host's own figure, ``host_recommended_bytes``."""
     arena = manifest.get("arena") or {}
     for key in ("total_bytes", "recommended_bytes"):
         value = arena.get(key)
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            host = arena.get("host_recommended_bytes")
+            if isinstance(host, int) and not isinstance(host, bool) and host > value:
+                return host
             return value
     return None
 
