@@ -21,6 +21,9 @@
 #error LEPTON_SLOT_BYTES must be defined (board.mk SLOT_BYTES)
 #endif
 
+// PSRAM (mps2-sections.ld): the storage mirror, and the probe's model buffer.
+extern "C" uint8_t lepton_storage[], lepton_probe_model[];
+
 namespace {
 
 namespace sh = lepton::semihost;
@@ -53,10 +56,9 @@ volatile uint32_t g_ms = 0;
 constexpr uint32_t kPageBytes = 4096;
 constexpr uint32_t kStorageBytes = 2 * kPageBytes + 2 * LEPTON_SLOT_BYTES;
 static_assert(LEPTON_SLOT_BYTES % kPageBytes == 0, "slots must be page aligned");
-__attribute__((section(".psram.lepton_storage"), aligned(16))) uint8_t lepton_storage[kStorageBytes];
+static_assert(kStorageBytes <= 4u << 20, "the storage mirror has 4 MB of PSRAM (mps2-sections.ld)");
 // The probe's copy of the model (the largest model a slot holds, and more).
 constexpr uint32_t kProbeBytes = 8u << 20;
-__attribute__((section(".psram.lepton_probe_model"), aligned(16))) uint8_t lepton_probe_model[kProbeBytes];
 
 int32_t g_state = -1;  // semihosting handle of STATEFILE
 
