@@ -372,7 +372,7 @@ def cached_build(board: str) -> FirmwareBuild | None:
     try:
         tree = tflm_tree(lay_out=False)
         keys = build_keys(spec.name, tree)
-    except LeptonError:
+    except (LeptonError, OSError):  # no tree, no make, a Makefile that does not parse: nothing cached
         return None
     return _load(_build_dir(spec.name, keys.build))
 

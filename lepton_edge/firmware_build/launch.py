@@ -4,7 +4,8 @@
   its slots live in the file ``state`` (created when missing), so a restart keeps its models.
   QEMU: ``qemu-system-arm -M mps2-an386 -display none -monitor none -serial pty -semihosting-config
   enable=on,target=native,arg=firmware,arg=STATE[,arg=--trusted-key,arg=HEX] -kernel firmware.elf``,
-  the port read from QEMU's ``char device redirected to /dev/pts/N`` line. Host:
+  the port read from QEMU's ``char device redirected to /dev/pts/N`` line (no spaces in STATE: the
+  guest splits its command line at spaces). Host:
   ``firmware --state STATE [--trusted-key HEX]``, whose first stdout line is the port.
 - ``run_probe(fw, model)``: the arena the model needs, measured by the firmware on its own core with
   its own kernels (``--probe MODEL [--arena-capacity N]``; one JSON line).
@@ -80,6 +81,10 @@ def board_command(fw: FirmwareBuild, firmware_args: Sequence[str], *, serial: bo
         raise LeptonError(f"board {fw.board} does not run here (a real board: flash it; see "
                           f"firmware_bridge/firmware/boards/{fw.board}/README.md)")
     qemu = check_qemu()
+    spaced = [a for a in firmware_args if any(c.isspace() for c in str(a))]
+    if spaced:  # the guest splits its semihosting command line at spaces
+        raise LeptonError(f"{spaced[0]}: a path with spaces cannot reach the {fw.board} firmware (QEMU semihosting "
+                          "command line); use another path")
     semihosting = ",".join(["enable=on", "target=native", "arg=firmware",
                             *(f"arg={_qemu_escape(str(a))}" for a in firmware_args)])
     return [qemu, "-M", spec.machine, "-display", "none", "-monitor", "none",
@@ -109,7 +114,8 @@ class RunningBoard:
 
     @property
     def command(self) -> list[str]:
-        args = ["--state", str(self.state)]
+        # host: firmware --state FILE ...; QEMU: the semihosting command line "firmware FILE ...".
+        args = ["--state", str(self.state)] if get_board(self.fw.board).is_host else [str(self.state)]
         for key in self.trusted_keys:
             args += ["--trusted-key", key]
         return board_command(self.fw, args)
