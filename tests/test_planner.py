@@ -164,8 +164,9 @@ def test_chain_lower_bound_by_hand():
 
 def test_profile_verdict_with_numbers(tmp_path):
     model = require_shared(MLPERF_INT8["kws"])
-    plan = plan_json(model, "--profile", "stm32l4r5")
+    plan = plan_json(model, "--profile", "stm32l4r5", "--measure", "host")  # the host figure + the margin
     fit = plan["fit"]
+    assert plan["measured_on"] == "host x86-64 tflite-micro"
     assert plan["fits"] is True and fit["fits"] is True
     assert fit["ram_needed_bytes"] == plan["recommended_arena_bytes"] + fit["arena_margin_bytes"]
     assert fit["arena_margin_bytes"] > 0 and fit["ram_budget_bytes"] > fit["ram_needed_bytes"]
