@@ -172,9 +172,30 @@ size_t nak_payload(uint8_t* buf, uint8_t code, uint8_t request, uint32_t detail,
   w.u8(code);
   w.u8(request);
   w.u32(detail);
-  size_t len = strlen(message);
-  if (len > kNakMessageMax) len = kNakMessageMax;
-  w.bytes(message, len);
+  // Valid UTF-8 of at most kNakMessageMax bytes: whole characters only, '?' for stray bytes.
+  const uint8_t* m = reinterpret_cast<const uint8_t*>(message);
+  size_t used = 0;
+  while (*m != 0) {
+    const uint8_t c = *m;
+    size_t n = c < 0x80 ? 1 : (c >= 0xC2 && c <= 0xDF) ? 2 : (c >= 0xE0 && c <= 0xEF) ? 3 : (c >= 0xF0 && c <= 0xF4) ? 4 : 0;
+    for (size_t k = 1; k < n; ++k) {
+      if ((m[k] & 0xC0) != 0x80) {  // also stops at the terminating NUL
+        n = 0;
+        break;
+      }
+    }
+    if (n == 3 && ((c == 0xE0 && m[1] < 0xA0) || (c == 0xED && m[1] >= 0xA0))) n = 0;
+    if (n == 4 && ((c == 0xF0 && m[1] < 0x90) || (c == 0xF4 && m[1] >= 0x90))) n = 0;
+    const size_t take = n == 0 ? 1 : n;
+    if (used + take > kNakMessageMax) break;
+    if (n == 0) {
+      w.u8('?');
+    } else {
+      w.bytes(m, n);
+    }
+    used += take;
+    m += take;
+  }
   return w.n;
 }
 
