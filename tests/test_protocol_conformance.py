@@ -431,8 +431,8 @@ def test_nak_incomplete(raw, kws):
     nak = raw.nak(Msg.INVOKE, invoke_payload(inputs, xfer=3802, inline=False), Nak.INCOMPLETE)
     assert nak.detail == 200
     raw.data(3802, inputs, 200, type_=Msg.INPUT_DATA)
-    answer, out = raw.invoke(inputs)
     staged = p.InvokeAnswer.unpack(raw.ack(Msg.INVOKE, invoke_payload(inputs, xfer=3802, inline=False)))
+    answer, out = raw.invoke(inputs)  # the same input inline
     assert staged.inline == out and staged.output_crc == answer.output_crc
 
 
