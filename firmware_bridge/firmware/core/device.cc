@@ -792,7 +792,7 @@ void request(const lf_frame& f) {
   size_t len = 0;
   Handler h = handler_for(f.type);
   if (h == nullptr) {
-    refuse(&r, kUnsupported, 0, "unknown request type 0x%02x", f.type);
+    refuse(&r, kUnsupported, LF_PROTOCOL_VERSION, "unknown request type 0x%02x", f.type);
   } else {
     len = h(f.payload, f.length, &r);
   }
