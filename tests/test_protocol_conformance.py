@@ -584,3 +584,28 @@ def test_nak_unsupported(raw):
     raw.link.send(Msg.ANNOUNCE, 4203, b"")
     assert not [f for f in raw.quiet(0.5) if f.seq in (4202, 4203)]
     assert raw.info().slots
+
+
+def test_a_window_of_data_frames_in_flight_in_any_order(raw, kws):
+    """``window`` MODEL_DATA frames sent back to back, the later ranges first: every one is answered, in
+    the order sent, and the device holds the whole model (it takes data in any order)."""
+    window = raw.hello.window
+    xfer = 4301
+    raw.begin(xfer, kws.model, kws.arena_bytes)
+    offsets = list(range(0, len(kws.model), raw.chunk))
+    sent = 0
+    while sent < len(offsets):
+        group = offsets[sent:sent + window][::-1]
+        seqs = []
+        for offset in group:
+            seqs.append(raw.next_seq())
+            raw.link.send(Msg.MODEL_DATA, seqs[-1], p.pack_data(xfer, offset, kws.model[offset:offset + raw.chunk]))
+        answers = [raw.answer(seq) for seq in seqs]
+        assert all(a.type == Msg.ACK for a in answers), answers
+        acks = [p.DataAck.unpack(a.payload) for a in answers]
+        assert [a.offset for a in acks] == group
+        sent += len(group)
+    assert acks[-1].contiguous == len(kws.model)
+    raw.ack(Msg.MODEL_COMMIT, p.pack_xfer(xfer), timeout=120)
+    raw.ack(Msg.MODEL_CONFIRM)
+    assert raw.info().active.sha256 == kws.sha256
