@@ -50,6 +50,7 @@ QEMU_PACKAGE = "qemu-system-arm"
 INSTALL_COMMAND = f"sudo apt-get install {ARM_PACKAGES} {QEMU_PACKAGE}"
 BUILD_JSON = "build.json"
 FORMAT = 1  # of build.json; a new format is a new build
+KEEP_BUILDS = 3  # per board: the newest builds stay in the cache, older ones are removed
 
 Progress = Callable[[str], None]
 
@@ -215,7 +216,7 @@ def _make_env() -> dict[str, str]:
 
 def _make_args(board: str, firmware_dir: Path, tree: Path, lib_dir: Path, build_dir: Path) -> list[str]:
     return ["make", "-C", str(firmware_dir), "--no-print-directory", f"BOARD={board}", f"TFLM_DIR={tree}",
-            f"LIB_DIR={lib_dir}", f"BUILD_DIR={build_dir}"]
+            f"LIB_DIR={lib_dir}", f"BUILD_DIR={build_dir}", f"THIRD_PARTY_DIR={THIRD_PARTY}"]
 
 
 def board_vars(board: str, tree: Path, firmware_dir: Path = FIRMWARE_DIR) -> dict[str, str]:
@@ -353,16 +354,26 @@ def _load(directory: Path, cached: bool = True) -> FirmwareBuild | None:
     return build if build.executable.exists() else None
 
 
-def _save(fw: FirmwareBuild) -> None:
+def _prune(board: str, keep: Path, builds: int = KEEP_BUILDS) -> None:
+    """Drop all but the newest ``builds`` builds of ``board`` (each source edit makes one)."""
+    others = sorted((p for p in keep.parent.glob(f"{board}-*") if p.is_dir() and p != keep
+                     and re.fullmatch(rf"{re.escape(board)}-[0-9a-f]{{16}}", p.name)),
+                    key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in others[builds - 1:]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _save(fw: FirmwareBuild, where: Path | None = None) -> None:
     meta = {"format": FORMAT, **asdict(fw)}
     meta.pop("cached")
     meta["directory"] = str(fw.directory)
     meta["executable"] = fw.executable.name
     meta["map_file"] = fw.map_file.name
     meta["ops"] = list(fw.ops)
-    tmp = fw.directory / (BUILD_JSON + ".tmp")
+    where = where or fw.directory
+    tmp = where / (BUILD_JSON + ".tmp")
     tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(tmp, fw.directory / BUILD_JSON)
+    os.replace(tmp, where / BUILD_JSON)
 
 
 def cached_build(board: str) -> FirmwareBuild | None:
@@ -477,13 +488,14 @@ def _make(spec: Board, tree: Path, keys: Keys, final: Path, progress: Progress |
         slot = int(variables.get("SLOT_BYTES", "0"), 0)
     except ValueError as exc:
         raise BuildFailed(f"board.mk of {spec.name}: {exc}") from None
-    fw = FirmwareBuild(board=spec.name, profile=variables.get("PROFILE") or spec.profile, directory=work,
-                       executable=exe, map_file=work / "firmware.map", text_bytes=text_b, data_bytes=data_b,
+    fw = FirmwareBuild(board=spec.name, profile=variables.get("PROFILE") or spec.profile, directory=final,
+                       executable=final / exe.name, map_file=final / "firmware.map", text_bytes=text_b, data_bytes=data_b,
                        bss_bytes=bss_b, arena_capacity_bytes=arena, slot_bytes=slot, ops=firmware_ops(),
                        key=keys.build, build_seconds=seconds, compiler=keys.compiler, cached=False)
-    _save(fw)
+    _save(fw, work)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(work, final)
+    _prune(spec.name, keep=final)
     say(f"firmware {spec.name} built in {_clock(seconds)}: {final / exe.name} "
         f"(text {text_b:,} B, data {data_b:,} B, bss {bss_b:,} B)")
     return _load(final, cached=False)  # type: ignore[return-value]
