@@ -744,15 +744,14 @@ void replay(const Remembered& a) {
   if (a.kind == 0) {
     memcpy(answer, a.bytes + 1, a.len - 1u);
     send(a.bytes[0], a.seq, answer, a.len - 1u);
-  } else if (a.generation == invoke_generation && output_valid) {
+  } else {
     const size_t len = invoke_answer(answer, get_u32(a.bytes), a.len);
     send(kAck, a.seq, answer, len);
-  } else {
-    // The outputs it named are gone (a later INVOKE ran): say so rather than send other outputs.
-    const size_t len = nak_payload(answer, kBusy, a.type, 0, "answer no longer held: INVOKE again");
-    send(kNak, a.seq, answer, len);
   }
 }
+
+// A remembered INVOKE answer rebuilt from the output tensors holds only until the next INVOKE.
+bool replayable(const Remembered& a) { return a.kind == 0 || (a.generation == invoke_generation && output_valid); }
 
 void remember(uint16_t seq, uint8_t type, uint32_t crc, uint8_t answer_type, const uint8_t* payload, size_t len,
               bool invoke_ack) {
@@ -782,9 +781,12 @@ void request(const lf_frame& f) {
   const bool remembered_type = f.type == kModelCommit || f.type == kInvoke;
   const uint32_t crc = lf_crc32(0, f.payload, f.length);
   if (remembered_type) {
-    if (const Remembered* a = find_remembered(f.seq, f.type, crc)) {
-      replay(*a);
-      return;
+    if (Remembered* a = find_remembered(f.seq, f.type, crc)) {
+      if (replayable(*a)) {
+        replay(*a);
+        return;
+      }
+      a->used = false;  // its outputs are gone (a later INVOKE ran): run it again
     }
   }
   // The payload lives in the decoder's buffer, which is not touched until the next feed.
