@@ -57,9 +57,11 @@ toolchain:
 	fi
 
 # `lepton-edge firmware build` per board: the first run compiles TFLite Micro (minutes), later runs
-# find every build in the cache.
+# find every build in the cache. Without any TFLM tree (no ../shared) it skips, as the tests do,
+# unless LEPTON_REQUIRE_SHARED=1.
 firmware: setup toolchain
-	@for b in $(FIRMWARE_BOARDS); do $(PY) -m lepton_edge firmware build --board $$b || exit 1; done
+	@skip=--skip-if-no-tree; [ "$$LEPTON_REQUIRE_SHARED" = 1 ] && skip=; \
+	for b in $(FIRMWARE_BOARDS); do $(PY) -m lepton_edge firmware build --board $$b $$skip || exit 1; done
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache demo-out

@@ -37,8 +37,11 @@ def _toolchain_missing(board: str) -> str | None:
 
 
 def cached_or_skip(board: str) -> fwbuild.FirmwareBuild:
-    """The cached build ``make firmware`` made; skip only when the toolchain is absent (and not in CI)."""
+    """The cached build ``make firmware`` made; skip only when the toolchain or the TFLM tree is absent
+    (and not in CI); a missing build is a failure (make test builds it before pytest)."""
     why = _toolchain_missing(board)
+    if why is None and not fwbuild.tflm_tree_available():
+        why = f"no TFLite Micro tree ($LEPTON_TFLM_DIR unset, {fwbuild.THIRD_PARTY} missing)"
     if why is not None:
         if os.environ.get("LEPTON_REQUIRE_SHARED") == "1":
             pytest.fail(f"{board}: {why} (LEPTON_REQUIRE_SHARED=1)")

@@ -26,6 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("-o", "--out", metavar="DIR", help="also copy the firmware, its map file and build.json to DIR")
     b.add_argument("-j", "--jobs", type=int, metavar="N", help="parallel compile jobs (default: the CPU count)")
     b.add_argument("--json", action="store_true", help="print the result as JSON")
+    b.add_argument("--skip-if-no-tree", action="store_true",
+                   help="exit 0 with a note when there is no TFLite Micro tree at all (no $LEPTON_TFLM_DIR, "
+                        "no ../shared/third_party): make test's way of letting the firmware tests skip")
     b.set_defaults(func=run_build)
 
 
@@ -36,7 +39,7 @@ def _progress(message: str) -> None:
 def run_build(args: argparse.Namespace) -> int:
     from lepton_edge.errors import BadInput
     from lepton_edge.firmware_build.boards import get_board
-    from lepton_edge.firmware_build.build import build
+    from lepton_edge.firmware_build.build import THIRD_PARTY, build, tflm_tree_available
 
     board = get_board(args.board)  # unknown board: one line, exit 2, before anything else
     if args.jobs is not None and args.jobs < 1:
@@ -44,6 +47,10 @@ def run_build(args: argparse.Namespace) -> int:
     out = Path(args.out).expanduser() if args.out else None
     if out is not None and out.exists() and not out.is_dir():
         raise BadInput(f"-o {args.out}: exists and is not a directory")
+    if args.skip_if_no_tree and not tflm_tree_available():
+        _progress(f"{board.name} skipped: no TFLite Micro tree ($LEPTON_TFLM_DIR is not set and "
+                  f"{THIRD_PARTY} is missing); the firmware tests skip")
+        return 0
     fw = build(board.name, progress=_progress, out_dir=out, jobs=args.jobs)
     if args.json:
         print(json.dumps(fw.to_json(), indent=2))

@@ -154,6 +154,14 @@ def tflm_tree(*, lay_out: bool = True, progress: Progress | None = None) -> Path
     return tree
 
 
+def tflm_tree_available() -> bool:
+    """Whether a TFLM tree is set, laid out, or can be laid out here (without doing it)."""
+    if os.environ.get(ENV_TFLM):
+        return True
+    tree = default_tflm_tree()
+    return tree is not None and ((tree / ".tree-complete").exists() or (THIRD_PARTY / "tflm-tree.sh").exists())
+
+
 # ---------------------------------------------------------------- keys
 
 def _sha(*parts: bytes | str) -> str:
