@@ -105,7 +105,14 @@ def test_cache_key_changes_with_a_firmware_source_and_not_otherwise(bridge_copy)
     board_mk = firmware / "boards" / "host" / "board.mk"
     board_mk.write_text(board_mk.read_text().replace("OPT := -O1", "OPT := -O2"))
     flagged = fwbuild.build_keys("host", tree, bridge)
-    assert flagged.lib != key.lib and flagged.build != framed.build
+    assert flagged.lib != key.lib and flagged.build != framed.build and flagged.objects != key.objects
+
+    # The library's source list (one kernel less): a new library, made of the same objects.
+    tflm_mk = firmware / "tflm.mk"
+    assert " softmax " in tflm_mk.read_text()
+    tflm_mk.write_text(tflm_mk.read_text().replace(" softmax ", " ", 1))
+    listed = fwbuild.build_keys("host", tree, bridge)
+    assert listed.lib != flagged.lib and listed.objects == flagged.objects
 
     # Boards with other flags have other keys.
     assert fwbuild.build_keys("qemu-m4", tree, bridge).lib != flagged.lib

@@ -133,7 +133,7 @@ def run_board(args: argparse.Namespace) -> int:
     from lepton_edge.artifact import load_public_key
     from lepton_edge.firmware_build.boards import get_board
     from lepton_edge.firmware_build.build import build, cached_build, check_qemu
-    from lepton_edge.firmware_build.launch import BoardFailed, start_board
+    from lepton_edge.firmware_build.launch import BoardFailed, last_words, start_board
 
     board = get_board(args.board)
     if not board.runs_here:
@@ -158,6 +158,7 @@ def run_board(args: argparse.Namespace) -> int:
     if fw is None:
         log(f"no cached firmware build for {board.name}: building it (lepton-edge firmware build --board "
             f"{board.name})")
+        signal.signal(signal.SIGTERM, signal.default_int_handler)  # a SIGTERM stops make too, not only us
         fw = build(board.name, progress=log)
     stopping = []
     running = start_board(fw, state, trusted_keys=keys)
@@ -185,5 +186,5 @@ def run_board(args: argparse.Namespace) -> int:
         running.stop()
     if stopping or code in (0, None):
         return 0
-    tail = [x for x in running.log.read_text(errors="replace").splitlines() if x.strip()][-1:] or ["no output"]
-    raise BoardFailed(f"firmware {board.name} stopped with exit code {code}: {tail[0][:300]} (log: {running.log})")
+    words = last_words(running.log.read_text(errors="replace"))
+    raise BoardFailed(f"firmware {board.name} stopped with exit code {code}: {words} (log: {running.log})")

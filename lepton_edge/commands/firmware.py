@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -51,6 +52,7 @@ def run_build(args: argparse.Namespace) -> int:
         _progress(f"{board.name} skipped: no TFLite Micro tree ($LEPTON_TFLM_DIR is not set and "
                   f"{THIRD_PARTY} is missing); the firmware tests skip")
         return 0
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a SIGTERM stops make too, not only us
     fw = build(board.name, progress=_progress, out_dir=out, jobs=args.jobs)
     if args.json:
         print(json.dumps(fw.to_json(), indent=2))

@@ -8,6 +8,8 @@ and writes ``build.json`` beside the outputs; ``cached_build(board)`` only looks
   the TFLM tree's identity, the compiler's version and the exact commands make would run to build the
   library (so the flags and source list of ``tflm.mk`` and ``board.mk`` are in it, and a change to the
   firmware's own code is not: two boards with the same flags share one library).
+- ``objects/<objects key>/``: the library's object files, keyed by the compile commands without the file
+  names (``lib/<key>/obj`` points there), so a library whose source list changed compiles only what is new.
 - ``build/<board>-<key>/``: ``firmware.elf`` (or ``firmware``, the host executable), ``firmware.map``,
   ``build.json``, ``build.log``. Its key is the library's plus the contents of every file under
   ``firmware_bridge/firmware`` and ``firmware_bridge/c`` (Markdown aside).
@@ -268,9 +270,21 @@ def _compiler_version(compiler: str) -> str:
 
 @dataclass(frozen=True)
 class Keys:
-    lib: str
-    build: str
+    lib: str       # the library: tree, compiler, every command that builds it (flags and source list)
+    build: str     # the firmware: the library's key, the firmware's sources, the board's variables
     compiler: str
+    objects: str   # TFLM object files: tree, compiler, the compile commands with the file names left out
+
+
+def _object_templates(commands: str) -> str:
+    """The distinct compile commands of the library with the source and object names masked: what an
+    object file depends on besides its own source. Libraries whose source lists differ share objects."""
+    templates = set()
+    for line in commands.splitlines():
+        m = re.search(r"\s-c\s+(\S+)\s+-o\s+(\S+)", line)
+        if m:
+            templates.add(line[:m.start()] + " -c $SRC -o $OBJ" + line[m.end():])
+    return "\n".join(sorted(templates))
 
 
 def build_keys(board: str, tree: Path, bridge_dir: Path = BRIDGE_DIR) -> Keys:
@@ -278,9 +292,12 @@ def build_keys(board: str, tree: Path, bridge_dir: Path = BRIDGE_DIR) -> Keys:
     firmware_dir = Path(bridge_dir) / "firmware"
     variables = board_vars(board, tree, firmware_dir)
     compiler = _compiler_version(variables.get("CXX", ""))
-    lib = _sha(f"format {FORMAT}", tflm_identity(tree), compiler, _lib_commands(board, tree, firmware_dir))[:16]
+    commands = _lib_commands(board, tree, firmware_dir)
+    identity = tflm_identity(tree)
+    lib = _sha(f"format {FORMAT}", identity, compiler, commands)[:16]
     build = _sha(lib, sources_digest(bridge_dir), json.dumps(variables, sort_keys=True))[:16]
-    return Keys(lib, build, compiler)
+    objects = _sha(f"format {FORMAT}", identity, compiler, _object_templates(commands))[:16]
+    return Keys(lib, build, compiler, objects)
 
 
 # ---------------------------------------------------------------- ops, sizes
@@ -450,6 +467,12 @@ def _make(spec: Board, tree: Path, keys: Keys, final: Path, progress: Progress |
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     lib_dir.mkdir(parents=True, exist_ok=True)
+    # The library's objects live in a directory keyed by their compile flags only: a library with one
+    # more kernel (another source list, another lib key) compiles that kernel, not the rest again.
+    objects = cache_root() / "objects" / keys.objects
+    objects.mkdir(parents=True, exist_ok=True)
+    if not (lib_dir / "obj").exists():
+        (lib_dir / "obj").symlink_to(objects, target_is_directory=True)
     args = _make_args(spec.name, FIRMWARE_DIR, tree, lib_dir, work)
     plan = subprocess.run([*args, "-n"], capture_output=True, text=True, env=_make_env())
     total = len(re.findall(r"\s-c\s", plan.stdout)) if plan.returncode == 0 else 0

@@ -52,6 +52,18 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
     os.setpgrp()  # a Ctrl-C on the terminal goes to us; we stop the board ourselves
 
 
+def last_words(text: str) -> str:
+    """The most telling line of a board's log: QEMU's fatal error, a sanitizer report, the firmware's own
+    complaint, else the last line."""
+    lines = [x.strip() for x in text.splitlines() if x.strip()]
+    for pattern in (r"qemu: fatal|qemu-system-arm:", r"ERROR: \w+Sanitizer|runtime error:", r"^firmware:",
+                    r"\b(error|fatal|abort)\b"):
+        hits = [x for x in lines if re.search(pattern, x, re.I)]
+        if hits:
+            return hits[0][:300]
+    return lines[-1][:300] if lines else "no output"
+
+
 def _qemu_escape(value: str) -> str:
     """A value inside a QEMU option list: commas are doubled."""
     return value.replace(",", ",,")
@@ -141,9 +153,8 @@ class RunningBoard:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 code = self.proc.poll()
                 self.stop()
-                last = [x for x in text.splitlines() if x.strip()][-1:] or ["no output"]
                 state = f"exited with {code}" if code is not None else f"printed no port within {timeout:.0f} s"
-                raise BoardFailed(f"firmware {self.fw.board} {state}: {last[0][:300]} (log: {self.log})")
+                raise BoardFailed(f"firmware {self.fw.board} {state}: {last_words(text)} (log: {self.log})")
             time.sleep(0.05)
 
     def _read_log(self, offset: int) -> str:
@@ -251,9 +262,8 @@ def run_probe(fw: FirmwareBuild, model: bytes, capacity: int | None = None, time
             if isinstance(candidate, dict) and ("ok" in candidate or "head" in candidate):
                 answer = candidate
     if answer is None:
-        last = [x for x in out.splitlines() if x.strip()][-1:] or ["no output"]
         raise CheckFailed(f"the {fw.board} firmware's arena probe gave no answer (exit {run.returncode}): "
-                          f"{last[0][:300]}")
+                          f"{last_words(out)}")
     if not answer.get("ok", True):
         reason = answer.get("error") or answer.get("reason") or "the model does not run"
         raise CheckFailed(f"on {fw.board} ({spec.measured_on()}): {reason}")
