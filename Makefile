@@ -22,7 +22,7 @@ test: setup firmware
 bench: setup
 	@$(PY) bench/run_all.py
 
-setup: $(STAMP) mosquitto
+setup: $(STAMP) mosquitto toolchain
 
 # Re-installs only when pyproject.toml changes; quiet when already set up.
 $(STAMP): pyproject.toml
@@ -59,7 +59,7 @@ toolchain:
 # `lepton-edge firmware build` per board: the first run compiles TFLite Micro (minutes), later runs
 # find every build in the cache. Without any TFLM tree (no ../shared) it skips, as the tests do,
 # unless LEPTON_REQUIRE_SHARED=1.
-firmware: setup toolchain
+firmware: setup
 	@skip=--skip-if-no-tree; [ "$$LEPTON_REQUIRE_SHARED" = 1 ] && skip=; \
 	for b in $(FIRMWARE_BOARDS); do $(PY) -m lepton_edge firmware build --board $$b $$skip || exit 1; done
 
