@@ -40,20 +40,22 @@ mosquitto:
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq mosquitto >/dev/null; }
 
-# The ARM toolchain (newlib, libstdc++) and QEMU, installed with apt-get when missing.
+# The ARM toolchain (newlib, libstdc++) and QEMU, installed with apt-get when missing (g++ builds the
+# host board; patch is what ../shared/third_party/tflm-tree.sh needs to lay out the TFLM tree).
 toolchain:
 	@ok=1; \
 	command -v arm-none-eabi-g++ >/dev/null 2>&1 || ok=0; \
 	command -v qemu-system-arm >/dev/null 2>&1 || ok=0; \
 	command -v g++ >/dev/null 2>&1 || ok=0; \
+	command -v patch >/dev/null 2>&1 || ok=0; \
 	if [ $$ok = 1 ]; then \
 	  case "$$(arm-none-eabi-gcc -print-file-name=nano.specs)" in /*) ;; *) ok=0;; esac; \
 	  case "$$(arm-none-eabi-g++ -mthumb -mcpu=cortex-m4 -mfloat-abi=hard -mfpu=fpv4-sp-d16 -print-file-name=libstdc++_nano.a)" in /*) ;; *) ok=0;; esac; \
 	fi; \
 	if [ $$ok = 0 ]; then \
-	  echo "installing the firmware toolchain with apt-get: $(TOOLCHAIN_PKGS) g++"; \
+	  echo "installing the firmware toolchain with apt-get: $(TOOLCHAIN_PKGS) g++ patch"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(TOOLCHAIN_PKGS) g++ make >/dev/null; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(TOOLCHAIN_PKGS) g++ make patch >/dev/null; \
 	fi
 
 # `lepton-edge firmware build` per board: the first run compiles TFLite Micro (minutes), later runs
