@@ -1,4 +1,5 @@
-# TFLite Micro sources the firmware links: the interpreter core and the kernels of core/ops.h,
+# TFLite Micro sources the firmware links (debug_log, micro_log, micro_tensor_utils and the
+# planner shim are left out: with TF_LITE_STRIP_ERROR_STRINGS and no LSTM/SVDF nothing calls them): the interpreter core and the kernels of core/ops.h,
 # nothing else (an explicit list, not TFLM's 120 kernels). Included by the Makefile, which sets
 # TFLM_DIR and KERNELS (reference | cmsis_nn).
 
@@ -6,7 +7,6 @@ TFLM_DOWNLOADS := $(TFLM_DIR)/tensorflow/lite/micro/tools/make/downloads
 TFLM_MICRO := tensorflow/lite/micro
 
 TFLM_CORE_SRCS := \
-  $(TFLM_MICRO)/debug_log.cc \
   $(TFLM_MICRO)/flatbuffer_utils.cc \
   $(TFLM_MICRO)/memory_helpers.cc \
   $(TFLM_MICRO)/micro_allocation_info.cc \
@@ -15,7 +15,6 @@ TFLM_CORE_SRCS := \
   $(TFLM_MICRO)/micro_interpreter.cc \
   $(TFLM_MICRO)/micro_interpreter_context.cc \
   $(TFLM_MICRO)/micro_interpreter_graph.cc \
-  $(TFLM_MICRO)/micro_log.cc \
   $(TFLM_MICRO)/micro_op_resolver.cc \
   $(TFLM_MICRO)/micro_resource_variable.cc \
   $(TFLM_MICRO)/micro_utils.cc \
@@ -24,7 +23,6 @@ TFLM_CORE_SRCS := \
   $(TFLM_MICRO)/arena_allocator/single_arena_buffer_allocator.cc \
   $(TFLM_MICRO)/memory_planner/greedy_memory_planner.cc \
   $(TFLM_MICRO)/memory_planner/linear_memory_planner.cc \
-  $(TFLM_MICRO)/memory_planner/non_persistent_buffer_planner_shim.cc \
   $(TFLM_MICRO)/tflite_bridge/flatbuffer_conversions_bridge.cc \
   $(TFLM_MICRO)/tflite_bridge/micro_error_reporter.cc \
   tensorflow/lite/kernels/kernel_util.cc \
@@ -48,7 +46,7 @@ TFLM_KERNELS := activations add concatenation conv depthwise_conv dequantize exp
 TFLM_KERNEL_COMMON := activations_common add_common conv_common depthwise_conv_common \
   dequantize_common fully_connected_common hard_swish_common leaky_relu_common logistic_common \
   pooling_common reduce_common mul_common pad_common quantize_common reshape_common \
-  softmax_common strided_slice_common sub_common transpose_common kernel_util micro_tensor_utils
+  softmax_common strided_slice_common sub_common transpose_common kernel_util
 
 # Kernels CMSIS-NN replaces (kernels/cmsis_nn/<stem>.cc instead of kernels/<stem>.cc).
 TFLM_CMSIS_NN_KERNELS := add conv depthwise_conv fully_connected maximum_minimum mul pad pooling \
