@@ -24,6 +24,8 @@ struct Found {
   Scalar sha256, size, recommended;
 };
 
+void unescape(const Scalar& s, char* out, size_t cap);
+
 class Reader {
  public:
   Reader(const uint8_t* p, size_t n, Found* f) : p_(p), end_(p + n), f_(f) {}
@@ -192,7 +194,13 @@ class Reader {
   }
 
   static bool is(const Scalar& key, const char* s) {
-    return key.raw_len == strlen(s) && memcmp(key.raw, s, key.raw_len) == 0;
+    if (memchr(key.raw, '\\', key.raw_len) == nullptr) {
+      return key.raw_len == strlen(s) && memcmp(key.raw, s, key.raw_len) == 0;
+    }
+    char plain[40];  // an escaped key: compare what it means
+    if (key.raw_len >= 6 * sizeof plain) return false;
+    unescape(key, plain, sizeof plain);
+    return strcmp(plain, s) == 0;
   }
 
   void record(const Scalar* path, int n, const Scalar& v) {
@@ -306,6 +314,14 @@ void unescape(const Scalar& s, char* out, size_t cap) {
 
 bool int_field(const Scalar& s) { return s.kind == Kind::kInt && !s.int_overflow; }
 
+size_t code_points(const char* s) {
+  size_t n = 0;
+  for (; *s != '\0'; ++s) {
+    if ((static_cast<uint8_t>(*s) & 0xC0) != 0x80) ++n;
+  }
+  return n;
+}
+
 }  // namespace
 
 bool parse_manifest(const uint8_t* json, size_t len, Manifest* out, char* why, size_t cap) {
@@ -336,12 +352,19 @@ bool parse_manifest(const uint8_t* json, size_t len, Manifest* out, char* why, s
       return false;
     }
   }
-  if (f.sha256.kind != Kind::kString || f.sha256.raw_len != 64) {
+  // 64 characters once unescaped (Python counts code points); lowercase hex names a model.
+  char sha_text[4 * 64 + 2];
+  if (f.sha256.kind == Kind::kString && f.sha256.raw_len < 6 * 66) {
+    unescape(f.sha256, sha_text, sizeof sha_text);
+  } else {
+    sha_text[0] = '\0';
+  }
+  if (f.sha256.kind != Kind::kString || code_points(sha_text) != 64) {
     snprintf(why, cap, "field 'model.sha256' missing or malformed");
     return false;
   }
   for (size_t i = 0; i < 32; ++i) {
-    const uint8_t a = f.sha256.raw[2 * i], b = f.sha256.raw[2 * i + 1];
+    const uint8_t a = static_cast<uint8_t>(sha_text[2 * i]), b = static_cast<uint8_t>(sha_text[2 * i + 1]);
     const int hi = hexval(a), lo = hexval(b);
     if (hi < 0 || lo < 0 || (a >= 'A' && a <= 'F') || (b >= 'A' && b <= 'F')) {
       out->sha256_ok = false;  // kept as text by Python: it cannot match the announced hash
