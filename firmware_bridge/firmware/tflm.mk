@@ -58,8 +58,10 @@ TFLM_REF_KERNELS := $(filter-out $(TFLM_CMSIS_NN_KERNELS),$(TFLM_KERNELS))
 TFLM_KERNEL_SRCS := $(TFLM_OPT_KERNELS:%=$(TFLM_MICRO)/kernels/cmsis_nn/%.cc) \
   $(TFLM_REF_KERNELS:%=$(TFLM_MICRO)/kernels/%.cc)
 CMSIS_NN_DIR := $(TFLM_DOWNLOADS)/cmsis_nn
-# CMSIS-NN's C sources (int8/int16 kernels and their support functions), compiled as C.
-TFLM_C_SRCS := $(patsubst $(TFLM_DIR)/%,%,$(sort $(wildcard $(CMSIS_NN_DIR)/Source/*/*.c)))
+# CMSIS-NN's C sources (int8/int16 kernels and their support functions), compiled as C; the
+# float ones are left out as TFLM's ext_libs/cmsis_nn.inc leaves them out with F16/F32 disabled.
+TFLM_C_SRCS := $(filter-out %_f16.c %_f32.c %/arm_nntables_flt.c,\
+  $(patsubst $(TFLM_DIR)/%,%,$(sort $(wildcard $(CMSIS_NN_DIR)/Source/*/*.c))))
 # Without float16/float32 CMSIS-NN (ARM_NN_ENABLE_F16/F32=0), as TFLM's ext_libs/cmsis_nn.inc.
 TFLM_C_SRCS := $(filter-out %_f16.c %_f32.c %/arm_nntables_flt.c,$(TFLM_C_SRCS))
 TFLM_DEFINES += -DCMSIS_NN -DARM_NN_ENABLE_F16=0 -DARM_NN_ENABLE_F32=0
