@@ -62,8 +62,6 @@ CMSIS_NN_DIR := $(TFLM_DOWNLOADS)/cmsis_nn
 # float ones are left out as TFLM's ext_libs/cmsis_nn.inc leaves them out with F16/F32 disabled.
 TFLM_C_SRCS := $(filter-out %_f16.c %_f32.c %/arm_nntables_flt.c,\
   $(patsubst $(TFLM_DIR)/%,%,$(sort $(wildcard $(CMSIS_NN_DIR)/Source/*/*.c))))
-# Without float16/float32 CMSIS-NN (ARM_NN_ENABLE_F16/F32=0), as TFLM's ext_libs/cmsis_nn.inc.
-TFLM_C_SRCS := $(filter-out %_f16.c %_f32.c %/arm_nntables_flt.c,$(TFLM_C_SRCS))
 TFLM_DEFINES += -DCMSIS_NN -DARM_NN_ENABLE_F16=0 -DARM_NN_ENABLE_F32=0
 TFLM_INCLUDES += -I$(TFLM_DOWNLOADS)/cmsis/CMSIS/Core/Include -I$(CMSIS_NN_DIR) -I$(CMSIS_NN_DIR)/Include
 else
