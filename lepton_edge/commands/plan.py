@@ -83,6 +83,9 @@ def _print_human(plan, args: argparse.Namespace) -> None:
         ("recommended arena", f"{plan.recommended_arena_bytes:,} B ({human_bytes(plan.recommended_arena_bytes)})",
          plan.measured["recommended_arena_bytes"]),
     ]
+    if plan.on_target and plan.target_head_bytes is not None:
+        rows.insert(-2, ("head (on the target)", f"{plan.target_head_bytes:,} B",
+                         "measured (TFLite Micro's non-persistent bytes, its kernels' scratch included)"))
     if plan.on_target and plan.host_recommended_arena_bytes is not None:
         rows.append(("recommended arena (host)", f"{plan.host_recommended_arena_bytes:,} B",
                      "measured (TFLite Micro, x86-64 reference kernels; sizes the host's own interpreters)"))
@@ -94,7 +97,9 @@ def _print_human(plan, args: argparse.Namespace) -> None:
         ram_label = "RAM (estimate)" if f.ram_estimated else "RAM"
         print(render_table(
             ["profile", "check", "needed", "budget", "verdict"],
-            [(f.profile, f"{ram_label}" + (f", margin {f.arena_margin_bytes:,} B incl." if f.runtime == "tflm" else ""),
+            [(f.profile, f"{ram_label}" + (" (measured on the target, no margin)" if plan.on_target and
+                                           f.runtime == "tflm" else
+                                           f", margin {f.arena_margin_bytes:,} B incl." if f.runtime == "tflm" else ""),
               f"{f.ram_needed_bytes:,} B", f"{f.ram_budget_bytes:,} B",
               "ok" if f.ram_needed_bytes <= f.ram_budget_bytes else "TOO BIG"),
              (f.profile, "flash (model)", f"{f.flash_needed_bytes:,} B", f"{f.flash_budget_bytes:,} B",
