@@ -268,6 +268,8 @@ extern "C" RAMFUNC void LPUART1_IRQHandler() {
 
 namespace lepton::board {
 
+bool storage_flush();
+
 void init() {
   clock_init();
   RCC->APB2ENR = RCC->APB2ENR | RCC_APB2ENR_SYSCFGEN;
@@ -320,7 +322,13 @@ void reset() {
   NVIC_SystemReset();
 }
 
-const uint8_t* storage_map() { return reinterpret_cast<const uint8_t*>(g_flash_base); }
+// The flash itself. Double words still written in part are programmed first (as storage_flush),
+// so what the caller reads through this pointer is everything written so far (the core takes the
+// pointer after a transfer, to verify and load, never in the middle of one).
+const uint8_t* storage_map() {
+  storage_flush();
+  return reinterpret_cast<const uint8_t*>(g_flash_base);
+}
 
 uint32_t storage_page_bytes() { return kPageBytes; }
 
