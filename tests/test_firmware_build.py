@@ -88,6 +88,8 @@ def test_cache_key_changes_with_a_firmware_source_and_not_otherwise(bridge_copy)
         if path.is_file():
             os.utime(path, (1_000_000_000, 1_000_000_000))
     (firmware / "NOTES.md").write_text("a note\n")
+    (firmware / "build" / "host" / "obj").mkdir(parents=True)  # the Makefile's default BUILD_DIR
+    (firmware / "build" / "host" / "obj" / "main_loop.o").write_bytes(b"\x7fELF")
     (bridge / "elsewhere.py").write_text("x = 1\n")
     assert fwbuild.build_keys("host", tree, bridge) == key
 

@@ -196,15 +196,19 @@ def tflm_identity(tree: Path) -> str:
     return "stat:" + h.hexdigest()
 
 
+_NOT_SOURCES = (".md", "~", ".swp", ".pyc", ".o", ".d", ".a", ".elf", ".map", ".bin", ".log")
+
+
 def sources_digest(bridge_dir: Path = BRIDGE_DIR) -> str:
     """The contents of every file under ``firmware/`` and ``c/`` (Markdown and editor droppings aside)."""
     h = hashlib.sha256()
     for sub in ("firmware", "c"):
         root = Path(bridge_dir) / sub
         for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__pycache__")
+            # build/ is the Makefile's default BUILD_DIR (git ignores it): outputs, not sources.
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in ("__pycache__", "build"))
             for name in sorted(filenames):
-                if name.startswith(".") or name.endswith((".md", "~", ".swp", ".pyc", ".o")):
+                if name.startswith(".") or name.endswith(_NOT_SOURCES):
                     continue
                 path = Path(dirpath) / name
                 h.update(path.relative_to(bridge_dir).as_posix().encode() + b"\0")
