@@ -67,8 +67,8 @@ bool parse_key(const char* hex, uint8_t out[32]) {
 void open_pty() {
   const char* inherited = getenv("LEPTON_PTY_FDS");
   if (inherited != nullptr && sscanf(inherited, "%d,%d", &pty_master, &pty_slave) == 2 &&
-      fcntl(pty_master, F_GETFD) != -1) {
-    return;  // a reset: the same pty, already announced on stdout
+      fcntl(pty_master, F_GETFD) != -1 && ptsname(pty_master) != nullptr) {
+    return;  // a reset: the same pty (a master: ptsname knows it), already announced on stdout
   }
   pty_master = posix_openpt(O_RDWR | O_NOCTTY);
   if (pty_master < 0 || grantpt(pty_master) != 0 || unlockpt(pty_master) != 0) die("posix_openpt");
