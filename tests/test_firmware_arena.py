@@ -112,6 +112,39 @@ def test_flash_arena_bytes_on_the_simulator(sim_process, tmp_path):
     assert json.loads(validated.stdout)["bit_exact"] == 2
 
 
+def test_a_target_measured_artifact_on_the_simulator(sim_process, tmp_path):
+    """An artifact whose arena was measured on a 32-bit target (smaller than x86-64 needs): the simulator
+    and validate's host reference run it with the host's figure; the device's arena stays the target's."""
+    model = require_shared(MLPERF_INT8["kws"])
+    out = tmp_path / "kws"
+    conv = run_cli("convert", str(model), "--quantize", "none", "--profile", "stm32l4r5", "-o", str(out),
+                   "--measure", "host", timeout=600)
+    assert conv.returncode == 0, conv.stderr
+    manifest_path = out / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    arena = manifest["arena"]
+    host = arena["host_recommended_bytes"]
+    assert arena["measured_on"] == HOST_LABEL and arena["recommended_bytes"] == host
+    target = host - 1440  # what qemu-m4 measures for KWS: 22,832 of 24,272 B
+    arena.update(recommended_bytes=target, total_bytes=target, margin_bytes=0, measured_on=M4_LABEL)
+    manifest["self_test"] = None
+    manifest_path.write_text(json.dumps(manifest))  # unsigned: the manifest names the model's hash only
+
+    sim = sim_process("--baud", "0", profile="stm32l4r5")
+    flashed = run_cli("flash", str(out), "--port", sim.port, "--json", timeout=300)
+    assert flashed.returncode == 0, flashed.stderr
+    assert json.loads(flashed.stdout)["arena_bytes"] == target
+    validated = run_cli("validate", str(out), "--port", sim.port, "--samples", "3", "--json", timeout=300)
+    assert validated.returncode == 0, validated.stderr
+    report = json.loads(validated.stdout)
+    assert report["bit_exact"] == 3 and report["arena_bytes"] == target and report["reference_arena_bytes"] == host
+    stats, info = sim.stats()
+    assert info.active.arena_bytes == target and stats.arena_bytes == target
+    # below the device's own recommendation the simulator takes the arena as given, and refuses it
+    tight = run_cli("flash", str(out), "--port", sim.port, "--arena-bytes", str(target - 64), timeout=300)
+    assert "ARENA_TOO_SMALL" in assert_one_line_error(tight, 1)
+
+
 def test_flash_keeps_a_models_own_offline_plan(tmp_path):
     """A .tflite that carries an OfflineMemoryAllocation plan is flashed byte for byte; one without is planned."""
     import numpy as np
