@@ -32,6 +32,24 @@ class Board:
         self.kind, self.root, self.trusted_keys = kind, root, trusted_keys
         self.generation = 0
         self.device = make_board(kind, root / "g0", trusted_keys=trusted_keys, sim_profile=SIM_PROFILE)
+        self._session: Raw | None = None
+
+    def session(self) -> "Raw":
+        """One host session kept open across tests (QEMU notices a pty reopened only after up to a
+        second); a new HELLO for each caller, so each starts a fresh protocol session."""
+        if self._session is not None and (self._session.port != self.port or self._session.link.failure):
+            self.close_session()
+        if self._session is None:
+            self._session = Raw(self.port)
+        else:
+            self._session.link.drain()
+            self._session.handshake()
+        return self._session
+
+    def close_session(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
 
     @property
     def port(self) -> str:
@@ -42,16 +60,20 @@ class Board:
         return self.device.profile
 
     def start(self) -> str:
+        self.close_session()
         return self.device.start()
 
     def stop(self) -> None:
+        self.close_session()
         self.device.stop()
 
     def kill(self) -> None:
+        self.close_session()
         self.device.kill()
 
     def wipe(self) -> str:
         """The same kind of device with empty slots (no model, no version floors)."""
+        self.close_session()
         self.device.stop()
         self.generation += 1
         self.device = make_board(self.kind, self.root / f"g{self.generation}", trusted_keys=self.trusted_keys,
@@ -171,11 +193,12 @@ class Raw:
         return p.unpack_u32(self.ack(Msg.MODEL_BEGIN, begin.pack()))
 
     def data(self, xfer: int, blob: bytes, start: int = 0, end: int | None = None,
-             type_: int = Msg.MODEL_DATA) -> p.DataAck:
+             type_: int = Msg.MODEL_DATA, chunk: int | None = None) -> p.DataAck:
         end = len(blob) if end is None else end
+        chunk = chunk or self.chunk
         ack = None
-        for offset in range(start, end, self.chunk):
-            piece = blob[offset:min(end, offset + self.chunk)]
+        for offset in range(start, end, chunk):
+            piece = blob[offset:min(end, offset + chunk)]
             ack = p.DataAck.unpack(self.ack(type_, p.pack_data(xfer, offset, piece)))
             assert (ack.xfer, ack.offset, ack.length) == (xfer, offset, len(piece)), ack
         return ack

@@ -36,6 +36,10 @@ def available() -> bool:
     return True
 
 
+#: Below this the tflite-micro wheel segfaults instead of failing (x86-64: its allocators take ~464 bytes).
+MIN_ARENA_BYTES = 512
+
+
 def load_tflm(model_bytes: bytes, arena_bytes: int, *, ram_budget_bytes: int | None = None,
               source: str = "model") -> TflmRunner:
     """Load ``model_bytes`` into TFLite Micro with exactly ``arena_bytes`` of arena.
@@ -50,6 +54,9 @@ def load_tflm(model_bytes: bytes, arena_bytes: int, *, ram_budget_bytes: int | N
         from tflite_micro.python.tflite_micro import runtime
     except ImportError:
         raise BadInput("the tflm backend needs the 'tflite-micro' package (x86_64 Linux only)") from None
+    if arena_bytes < MIN_ARENA_BYTES:  # the wheel's interpreter crashes (SIGSEGV) when its allocator does not fit
+        raise CheckFailed(f"{source}: TFLite Micro cannot load the model with a {arena_bytes}-byte arena (its "
+                          f"allocator alone needs about {MIN_ARENA_BYTES} bytes)")
     try:
         interpreter = runtime.Interpreter.from_bytes(bytes(model_bytes), arena_size=int(arena_bytes))
     except (RuntimeError, ValueError) as exc:
