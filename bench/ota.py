@@ -41,7 +41,7 @@ from lepton_edge.console import print_json, render_table  # noqa: E402
 from lepton_edge.fleet.controller import Controller, ControllerOptions  # noqa: E402
 from lepton_edge.fsio import atomic_directory  # noqa: E402
 from lepton_edge.mqtt import DeviceTopics, Progress, SessionOptions, parse_broker_url  # noqa: E402
-from lepton_edge.mqtt_client import MqttClient  # noqa: E402
+from lepton_edge.mqtt import MqttClient  # noqa: E402
 from lepton_edge.fleet.mosquitto import Broker  # noqa: E402  (a broker on a free port with its own config)
 
 # Mosquitto's defaults drop QoS 1 messages past 1000 queued for a client, and leave Nagle's algorithm on

@@ -23,11 +23,9 @@ import importlib, pkgutil, sys
 import lepton_edge
 names = ["lepton_edge.artifact", "lepton_edge.profiles", "lepton_edge.fsio", "lepton_edge.errors",
          "lepton_edge.console", "lepton_edge.stdio", "lepton_edge.commands.agent"]
-for package in ("lepton_edge.agent", "lepton_edge.runtime", "lepton_edge.tflite"):
+for package in ("lepton_edge.agent", "lepton_edge.runtime", "lepton_edge.tflite", "lepton_edge.mqtt"):
     mod = importlib.import_module(package)
-    names += [m.name for m in pkgutil.walk_packages(mod.__path__, package + ".")]
-if importlib.util.find_spec("lepton_edge.mqtt"):
-    names.append("lepton_edge.mqtt")
+    names += [package] + [m.name for m in pkgutil.walk_packages(mod.__path__, package + ".")]
 for name in names:
     importlib.import_module(name)
 from lepton_edge.cli import build_parser

@@ -27,7 +27,7 @@ from lepton_edge.agent.daemon import Agent
 from lepton_edge.agent.mqtt_link import LinkOptions, start_mqtt
 from lepton_edge.agent.ota import OtaOptions
 from lepton_edge.mqtt import SessionOptions, Status, parse_broker_url
-from lepton_edge.mqtt_client import MqttClient
+from lepton_edge.mqtt import MqttClient
 from mosquitto import Broker
 
 FAST = SessionOptions(max_queued=1000, min_backoff_s=0.1, max_backoff_s=1.0)

@@ -302,3 +302,16 @@ def test_upload_requires_a_trusted_signature_when_the_controller_has_keys(broker
         assert status == 400 and "unsigned" in body["error"]
     finally:
         s.stop()
+
+
+def test_watch_counts_bad_payloads_as_the_controller_does():
+    from lepton_edge.fleet.watch import FleetView
+    from lepton_edge.mqtt import STATUS, TELEMETRY, Status
+
+    view = FleetView("default")
+    view.router.handler(STATUS)("lepton/v1/default/w-1/status", b"not json")
+    view.router.handler(TELEMETRY)("lepton/v1/default/w-1/telemetry", b'{"schema": 1}')  # no seq
+    view.router.handler(STATUS)("lepton/v1/default/w-1/status", b"")  # a cleared retained status: not bad
+    assert view.bad_payloads == 2 and view.snapshot() == []
+    view.router.handler(STATUS)("lepton/v1/default/w-1/status", Status(True).to_bytes())
+    assert [d["online"] for d in view.snapshot()] == [True] and view.router.messages[STATUS] == 3

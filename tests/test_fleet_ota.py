@@ -24,7 +24,7 @@ from lepton_edge.fleet.devsim import SimDevice, SimFleet, SimOptions
 from lepton_edge.fleet.http_api import HttpApi, Listen
 from lepton_edge.mqtt import (BLOCK_UNKNOWN_JOB, Block, BlockRequest, DeviceTopics, ModelInfo, SessionOptions,
                               parse_broker_url)
-from lepton_edge.mqtt_client import MqttClient
+from lepton_edge.mqtt import MqttClient
 from mosquitto import Broker
 
 FAST = SessionOptions(min_backoff_s=0.1, max_backoff_s=1.0, max_queued=1000)

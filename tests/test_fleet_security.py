@@ -17,7 +17,7 @@ from lepton_edge.fleet.devsim import SimDevice, SimOptions
 from lepton_edge.fleet.http_api import HttpApi, Listen
 from lepton_edge.mqtt import (Block, BlockRequest, DeviceTopics, OtaJob, Progress, SessionOptions, Status,
                               Telemetry, new_job_id, parse_broker_url)
-from lepton_edge.mqtt_client import MqttClient
+from lepton_edge.mqtt import MqttClient
 from mosquitto import Broker, make_ca
 
 USERS = {"controller": "ctl-secret", "dev-a": "a-secret", "dev-b": "b-secret"}

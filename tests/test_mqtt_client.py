@@ -14,7 +14,7 @@ import pytest
 
 from conftest import REPO
 from lepton_edge.mqtt import DeviceTopics, SessionOptions, Status, parse_broker_url
-from lepton_edge.mqtt_client import MqttClient
+from lepton_edge.mqtt import MqttClient
 from mosquitto import Broker, make_ca
 
 

@@ -113,7 +113,7 @@ def test_block_request_round_trip():
 def test_topic_matching_agrees_with_paho():
     import paho.mqtt.client as paho
 
-    from lepton_edge.mqtt_client import topic_matches
+    from lepton_edge.mqtt import topic_matches
 
     filters = ["#", "+", "a/#", "a/+", "a/+/c", "+/+/c", "a/b/c", "a/b", "+/#", "lepton/v1/f/+/ota/get", "a/b/#",
                "$SYS/#", "+/b"]

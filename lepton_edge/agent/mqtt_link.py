@@ -7,7 +7,7 @@
 On every connect it publishes a retained ``status`` (online, the model's name, version, sha256 and
 slot); its Last Will says offline. Telemetry goes out every ``telemetry_interval_s`` (default 10 s).
 OTA jobs run in :class:`lepton_edge.agent.ota.OtaClient`. The client reconnects with backoff and
-restores its subscriptions (:mod:`lepton_edge.mqtt_client`).
+restores its subscriptions (:mod:`lepton_edge.mqtt.client`).
 
 ``lepton-edge agent`` starts it from :meth:`Agent.run` when the configuration has ``[mqtt]``.
 
@@ -26,7 +26,7 @@ from lepton_edge.agent.ota import OtaClient, OtaOptions
 from lepton_edge.agent.telemetry import TelemetrySampler
 from lepton_edge.mqtt import (DeviceTopics, ModelInfo, SessionOptions, Status, Will, offline_will_payload,
                               parse_broker_url)
-from lepton_edge.mqtt_client import MqttClient
+from lepton_edge.mqtt import MqttClient
 
 log = logging.getLogger("lepton_edge.agent.mqtt")
 

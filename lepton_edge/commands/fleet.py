@@ -77,7 +77,7 @@ def run_serve(args: argparse.Namespace) -> int:
     keys = tuple(load_public_key(k) for k in args.trusted_key)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s fleet: %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("lepton_edge.mqtt_client").setLevel(logging.WARNING)
+    logging.getLogger("lepton_edge.mqtt.client").setLevel(logging.WARNING)
     options = ControllerOptions(fleet=args.fleet, client_id=args.client_id, trusted_keys=keys,
                                 default_expires_s=args.job_expiry, block_size=args.block_size,
                                 retention_s=args.retention_hours * 3600)

@@ -2,7 +2,7 @@
 
 Threads and who owns what:
 
-* the MQTT loop thread (:mod:`lepton_edge.mqtt_client`) runs the message handlers. They parse,
+* the MQTT loop thread (:mod:`lepton_edge.mqtt.client`) runs the message handlers. They parse,
   answer block requests straight from the artifact file (``os.pread``; the device asks for
   offset and length and paces itself), send jobs, and queue everything that must be written;
 * one ingest thread writes that queue to SQLite in batches (one transaction per batch), expires
@@ -34,9 +34,8 @@ from lepton_edge.fleet.store import (EXPIRABLE_STATES, PENDING, SENT, TERMINAL_J
                                      FleetDB, JobRow, TelemetryRecord)
 from lepton_edge.mqtt import (BLOCK_BAD_RANGE, BLOCK_EXPIRED, BLOCK_UNAVAILABLE, BLOCK_UNKNOWN_JOB, DEFAULT_BLOCK_SIZE,
                               DEFAULT_FLEET, MAX_BLOCK_SIZE, OTA_GET, OTA_PROGRESS, STATUS, TELEMETRY, Block,
-                              BlockRequest, BrokerConfig, DeviceTopics, OtaJob, PayloadError, Progress,
-                              SessionOptions, Status, Telemetry, check_name, fleet_filter, parse_topic)
-from lepton_edge.mqtt_client import MqttClient
+                              BlockRequest, BrokerConfig, DeviceTopics, MqttClient, OtaJob, Progress, Router,
+                              SessionOptions, Status, Telemetry, check_name, fleet_filter)
 
 log = logging.getLogger("lepton_edge.fleet")
 
@@ -84,11 +83,13 @@ class LiveJob:
 
 @dataclass
 class Counters:
-    messages: dict[str, int] = field(default_factory=lambda: dict.fromkeys((STATUS, TELEMETRY, OTA_GET, OTA_PROGRESS), 0))
-    bad_payloads: int = 0
     blocks_served: int = 0
     bytes_served: int = 0
     telemetry_rows: int = 0
+
+
+def _telemetry_and_text(payload: bytes) -> tuple[Telemetry, str]:
+    return Telemetry.from_bytes(payload), payload.decode("utf-8")
 
 
 class Controller:
@@ -116,11 +117,12 @@ class Controller:
         client_id = options.client_id or f"lepton-edge-controller-{options.fleet}"
         self.mqtt = MqttClient(broker, client_id, session=options.session, on_connect=self._on_connect,
                                on_disconnect=self._on_disconnect)
-        fleet = options.fleet
-        self.mqtt.subscribe(fleet_filter(fleet, STATUS), self._on_status, qos=1)
-        self.mqtt.subscribe(fleet_filter(fleet, TELEMETRY), self._on_telemetry, qos=1)
-        self.mqtt.subscribe(fleet_filter(fleet, OTA_GET), self._on_get, qos=1)
-        self.mqtt.subscribe(fleet_filter(fleet, OTA_PROGRESS), self._on_progress, qos=1)
+        self.router = Router(log)  # counts messages per kind and bad ones per reason (health())
+        self.router.on(STATUS, Status.from_bytes, self._on_status)
+        self.router.on(TELEMETRY, _telemetry_and_text, self._on_telemetry)  # the database keeps the payload as sent
+        self.router.on(OTA_GET, BlockRequest.from_bytes, self._on_get)
+        self.router.on(OTA_PROGRESS, Progress.from_bytes, self._on_progress)
+        self.router.subscribe(self.mqtt, lambda kind: fleet_filter(options.fleet, kind))
 
     # -- lifecycle --
     def start(self) -> None:
@@ -227,8 +229,8 @@ class Controller:
             active = len(self._jobs)
         return {"ok": True, "fleet": self.options.fleet, "broker": self.broker.display_url,
                 "broker_connected": self.mqtt.connected, "active_jobs": active,
-                "ingest_backlog": self._ingest.qsize(), "bad_payloads": self.counters.bad_payloads,
-                "messages": dict(self.counters.messages)}
+                "ingest_backlog": self._ingest.qsize(), "bad_payloads": self.router.bad_payloads,
+                "messages": dict(self.router.messages)}
 
     # -- MQTT handlers (loop thread) --
     def _on_connect(self) -> None:
@@ -237,23 +239,7 @@ class Controller:
     def _on_disconnect(self, reason: str) -> None:
         log.warning("lost the broker (%s); reconnecting", reason)
 
-    def _parse(self, topic: str, payload: bytes, kind: str, parser: Any) -> tuple[str, Any] | None:
-        self.counters.messages[kind] += 1
-        parts = parse_topic(topic)
-        if parts is None or not payload:
-            return None
-        try:
-            return parts.device, parser(payload)
-        except PayloadError as exc:
-            self.counters.bad_payloads += 1
-            log.debug("%s: %s", topic, exc)
-            return None
-
-    def _on_status(self, topic: str, payload: bytes) -> None:
-        parsed = self._parse(topic, payload, STATUS, Status.from_bytes)
-        if parsed is None:
-            return
-        device, status = parsed
+    def _on_status(self, device: str, status: Status) -> None:
         self._ingest.put(("status", device, status, time.time()))
         with self._lock:
             was = self._online.get(device)
@@ -264,18 +250,11 @@ class Controller:
         if status.online and job is not None:
             self._send(job)
 
-    def _on_telemetry(self, topic: str, payload: bytes) -> None:
-        parsed = self._parse(topic, payload, TELEMETRY, Telemetry.from_bytes)
-        if parsed is not None:
-            device, telemetry = parsed
-            self._ingest.put(("telemetry", TelemetryRecord(device, time.time(), telemetry,
-                                                          payload.decode("utf-8"))))
+    def _on_telemetry(self, device: str, parsed: tuple[Telemetry, str]) -> None:
+        telemetry, text = parsed
+        self._ingest.put(("telemetry", TelemetryRecord(device, time.time(), telemetry, text)))
 
-    def _on_progress(self, topic: str, payload: bytes) -> None:
-        parsed = self._parse(topic, payload, OTA_PROGRESS, Progress.from_bytes)
-        if parsed is None:
-            return
-        device, progress = parsed
+    def _on_progress(self, device: str, progress: Progress) -> None:
         self._ingest.put(("progress", device, progress, time.time()))
         with self._lock:
             job = self._jobs.get(progress.job)
@@ -288,11 +267,7 @@ class Controller:
             if progress.state in TERMINAL_JOB_STATES:
                 self._forget(job.id, BLOCK_UNKNOWN_JOB)
 
-    def _on_get(self, topic: str, payload: bytes) -> None:
-        parsed = self._parse(topic, payload, OTA_GET, BlockRequest.from_bytes)
-        if parsed is None:
-            return
-        device, req = parsed
+    def _on_get(self, device: str, req: BlockRequest) -> None:
         out = DeviceTopics(self.options.fleet, device).ota_data
         with self._lock:
             job = self._jobs.get(req.job)

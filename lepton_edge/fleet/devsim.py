@@ -12,7 +12,7 @@ A :class:`SimDevice` does what a board's agent does on the wire, without running
   verifies size and sha256 with :func:`lepton_edge.artifact.verify_model`, "activates" and reports
   ``healthy``; every step goes to ``ota/progress``, a failure with its reason.
 
-Hundreds of devices share one :class:`~lepton_edge.mqtt_client.NetworkLoop` thread; for thousands
+Hundreds of devices share one :class:`~lepton_edge.mqtt.NetworkLoop` thread; for thousands
 use several processes: ``python -m lepton_edge.fleet.devsim --broker URL --count N ...``.
 """
 
@@ -37,7 +37,7 @@ from lepton_edge.fsio import atomic_write_text
 from lepton_edge.mqtt import (BLOCK_OK, DEFAULT_FLEET, Block, BlockRequest, BrokerConfig, DeviceTopics, ModelInfo,
                               OtaJob, PayloadError, Progress, SessionOptions, Status, Telemetry, Will,
                               offline_will_payload, parse_broker_url)
-from lepton_edge.mqtt_client import MqttClient, NetworkLoop, TimerHandle
+from lepton_edge.mqtt import MqttClient, NetworkLoop, TimerHandle
 
 log = logging.getLogger("lepton_edge.fleet.devsim")
 

@@ -3,12 +3,14 @@
 It subscribes to every device's ``status`` (retained, so the list fills at once), ``telemetry`` and
 ``ota/progress``; it needs no controller. On a terminal the table is redrawn in place every
 ``interval`` seconds; piped, one table per interval; ``--once`` collects for ``--wait`` seconds and
-prints one table (or ``--json``) for scripts.
+prints one table (or ``--json``) for scripts. Payloads that do not follow the schema are counted, as
+the controller counts them, and the count is shown.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 import uuid
@@ -17,9 +19,10 @@ from typing import Any, TextIO
 
 from lepton_edge.console import human_bytes, render_table
 from lepton_edge.errors import CheckFailed
-from lepton_edge.mqtt import (OTA_PROGRESS, STATUS, TELEMETRY, BrokerConfig, PayloadError, Progress, SessionOptions,
-                              Status, Telemetry, fleet_filter, parse_topic)
-from lepton_edge.mqtt_client import MqttClient
+from lepton_edge.mqtt import (OTA_PROGRESS, STATUS, TELEMETRY, BrokerConfig, MqttClient, Progress, Router,
+                              SessionOptions, Status, Telemetry, fleet_filter)
+
+log = logging.getLogger("lepton_edge.fleet.watch")
 
 
 @dataclass
@@ -46,27 +49,24 @@ class FleetView:
         self.fleet = fleet
         self._lock = threading.Lock()
         self._devices: dict[str, DeviceView] = {}
+        self.router = Router(log)
+        self.router.on(STATUS, Status.from_bytes, self.on_status)
+        self.router.on(TELEMETRY, Telemetry.from_bytes, self.on_telemetry, qos=0)
+        self.router.on(OTA_PROGRESS, Progress.from_bytes, self.on_progress)
 
     def attach(self, client: MqttClient) -> None:
-        client.subscribe(fleet_filter(self.fleet, STATUS), self.on_status, qos=1)
-        client.subscribe(fleet_filter(self.fleet, TELEMETRY), self.on_telemetry, qos=0)
-        client.subscribe(fleet_filter(self.fleet, OTA_PROGRESS), self.on_progress, qos=1)
+        self.router.subscribe(client, lambda kind: fleet_filter(self.fleet, kind))
 
-    def _device(self, topic: str) -> DeviceView | None:
-        parts = parse_topic(topic)
-        if parts is None:
-            return None
-        return self._devices.setdefault(parts.device, DeviceView(parts.device))
+    @property
+    def bad_payloads(self) -> int:
+        return self.router.bad_payloads
 
-    def on_status(self, topic: str, payload: bytes) -> None:
-        try:
-            status = Status.from_bytes(payload)
-        except PayloadError:
-            return
+    def _device(self, device: str) -> DeviceView:
+        return self._devices.setdefault(device, DeviceView(device))
+
+    def on_status(self, device: str, status: Status) -> None:
         with self._lock:
-            dev = self._device(topic)
-            if dev is None:
-                return
+            dev = self._device(device)
             dev.online = status.online
             dev.offline_reason = None if status.online else status.reason
             if status.model is not None:
@@ -75,27 +75,15 @@ class FleetView:
             if status.ts:
                 dev.last_seen = max(dev.last_seen or 0.0, status.ts)
 
-    def on_telemetry(self, topic: str, payload: bytes) -> None:
-        try:
-            tel = Telemetry.from_bytes(payload)
-        except PayloadError:
-            return
+    def on_telemetry(self, device: str, tel: Telemetry) -> None:
         with self._lock:
-            dev = self._device(topic)
-            if dev is None:
-                return
+            dev = self._device(device)
             dev.telemetry, dev.telemetry_seq = dict(tel.values), tel.seq
             dev.last_seen = time.time()
 
-    def on_progress(self, topic: str, payload: bytes) -> None:
-        try:
-            p = Progress.from_bytes(payload)
-        except PayloadError:
-            return
+    def on_progress(self, device: str, p: Progress) -> None:
         with self._lock:
-            dev = self._device(topic)
-            if dev is None:
-                return
+            dev = self._device(device)
             dev.ota = {"job": p.job, "state": p.state, "received": p.received, "total": p.total, "reason": p.reason}
             dev.last_seen = time.time()
 
@@ -145,7 +133,8 @@ def render(view: FleetView, client: MqttClient, broker: BrokerConfig, now: float
     devices = view.snapshot()
     online = sum(1 for d in devices if d["online"])
     state = "connected" if client.connected else f"reconnecting ({client.last_error or 'connecting'})"
-    head = (f"fleet {view.fleet} on {broker.display_url} ({state}) - {len(devices)} devices, {online} online - "
+    bad = f", {view.bad_payloads} bad payloads" if view.bad_payloads else ""
+    head = (f"fleet {view.fleet} on {broker.display_url} ({state}) - {len(devices)} devices, {online} online{bad} - "
             f"{time.strftime('%H:%M:%S', time.localtime(now))}")
     body = render_table(HEADERS, table_rows(devices, now), align="lllrrrrrl") if devices else "(no devices yet)"
     return head + "\n" + body
@@ -166,7 +155,8 @@ def watch(broker: BrokerConfig, fleet: str, *, once: bool, as_json: bool, wait_s
                                                        f"within {connect_timeout_s:g} s")
             time.sleep(wait_s)
             if as_json:
-                out.write(json.dumps({"fleet": fleet, "time": time.time(), "devices": view.snapshot()}, indent=2) + "\n")
+                out.write(json.dumps({"fleet": fleet, "time": time.time(), "bad_payloads": view.bad_payloads,
+                                     "devices": view.snapshot()}, indent=2) + "\n")
             else:
                 out.write(render(view, client, broker, time.time()) + "\n")
             return 0
@@ -177,7 +167,7 @@ def watch(broker: BrokerConfig, fleet: str, *, once: bool, as_json: bool, wait_s
                 now = time.time()
                 if as_json:
                     out.write(json.dumps({"fleet": fleet, "time": now, "connected": client.connected,
-                                          "devices": view.snapshot()}) + "\n")
+                                          "bad_payloads": view.bad_payloads, "devices": view.snapshot()}) + "\n")
                 elif tty:
                     out.write("\x1b[H\x1b[J" + render(view, client, broker, now) + "\n")
                 else:

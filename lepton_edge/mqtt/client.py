@@ -28,12 +28,48 @@ import threading
 import time
 from typing import Any, Callable
 
-from lepton_edge.mqtt import BrokerConfig, SessionOptions, Will, make_paho_client
+from lepton_edge.mqtt.broker import BrokerConfig, SessionOptions, Will, tls_context
+from lepton_edge.mqtt.topics import topic_matches
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[str, bytes], None]
 MISC_INTERVAL_S = 0.5
+
+
+def make_paho_client(config: BrokerConfig, client_id: str, *, will: Will | None = None,
+                     session: SessionOptions = SessionOptions()) -> Any:
+    """A configured ``paho.mqtt.client.Client`` (not connected: :class:`MqttClient`
+    drives it). MQTT 5 by default, 3.1.1 by ``config.protocol``; callbacks use API version 2."""
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    v5 = config.protocol == "5"
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                         protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
+                         clean_session=None if v5 else session.clean_start)
+    if config.username is not None:
+        client.username_pw_set(config.username, config.password)
+    if config.tls:
+        client.tls_set_context(tls_context(config))
+    if will is not None:
+        client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
+    client.reconnect_delay_set(max(1, int(session.min_backoff_s)), max(1, int(session.max_backoff_s)))
+    client.max_inflight_messages_set(session.max_inflight)
+    client.max_queued_messages_set(session.max_queued)
+    client.connect_timeout = session.connect_timeout_s
+    properties = None
+    if v5:
+        properties = Properties(PacketTypes.CONNECT)
+        if session.session_expiry_s:
+            properties.SessionExpiryInterval = session.session_expiry_s
+        client.connect_async(config.host, config.port, config.keepalive, clean_start=session.clean_start,
+                             properties=properties)
+    else:
+        client.connect_async(config.host, config.port, config.keepalive)
+    return client
 
 
 class TimerHandle:
@@ -484,19 +520,6 @@ class MqttClient:
         if self in self._loop.clients:
             self._loop.clients.remove(self)
         self._closed.set()
-
-
-def topic_matches(filter_levels: list[str], topic_levels: list[str], topic: str) -> bool:
-    """MQTT filter matching (``+`` one level, ``#`` the rest); like paho's topic_matches_sub without
-    building a matcher per call. Topics starting with ``$`` match no leading wildcard."""
-    if topic.startswith("$") and filter_levels[0] in ("+", "#"):
-        return False
-    for i, level in enumerate(filter_levels):
-        if level == "#":
-            return True
-        if i >= len(topic_levels) or (level != "+" and level != topic_levels[i]):
-            return False
-    return len(filter_levels) == len(topic_levels)
 
 
 def _describe(exc: BaseException) -> str:

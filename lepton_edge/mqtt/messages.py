@@ -1,125 +1,50 @@
-"""MQTT in one place: topic names, payload schemas, broker URLs and the paho-mqtt client factory.
-
-Topics (one prefix per device, ``lepton/v1/<fleet>/<device>/``)::
-
-    status        device -> all     JSON, retained; the Last Will sets it offline
-    telemetry     device -> ctrl    JSON, QoS 1
-    ota/job       ctrl -> device    JSON: the manifest's exact bytes (base64) and its signature
-    ota/get       device -> ctrl    JSON: one block request {job, offset, length}; the device paces
-    ota/data      ctrl -> device    binary: a 40-byte header (:data:`BLOCK_HEADER`) then the bytes
-    ota/progress  device -> ctrl    JSON: the device's OTA state machine
+"""Message payloads: JSON with a schema version, and the binary ``ota/data`` block.
 
 Every JSON payload carries ``"schema": 1``; decoders accept unknown keys (newer senders) and
 raise :class:`PayloadError` on anything they cannot use. Model bytes never travel retained.
 
-Device-side code: standard library and paho-mqtt only (imported when a client is made).
+Device-side code: standard library only.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import enum
 import json
 import math
-import re
-import ssl
 import struct
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 from lepton_edge.errors import BadInput
 
-TOPIC_ROOT = "lepton/v1"
 PAYLOAD_SCHEMA = 1
-DEFAULT_FLEET = "default"
-# Fleet names and device ids are topic levels: no '/', '+', '#', spaces (same rule as the agent's config).
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-
-STATUS, TELEMETRY, OTA_JOB, OTA_GET, OTA_DATA, OTA_PROGRESS = (
-    "status", "telemetry", "ota/job", "ota/get", "ota/data", "ota/progress")
-KINDS = (STATUS, TELEMETRY, OTA_JOB, OTA_GET, OTA_DATA, OTA_PROGRESS)
-
-# The device's OTA state machine, as reported on ota/progress.
-OTA_STATES = ("accepted", "downloading", "verifying", "activating", "healthy", "rolled_back", "failed")
-TERMINAL_OTA_STATES = frozenset({"healthy", "rolled_back", "failed"})
-
 DEFAULT_BLOCK_SIZE = 64 * 1024
 MAX_BLOCK_SIZE = 1024 * 1024
-DEFAULT_PORT, DEFAULT_TLS_PORT = 1883, 8883
-PROTOCOLS = ("5", "3.1.1")
+
+
+class OtaState(enum.Enum):
+    """The device's OTA state machine, as reported on ``ota/progress`` (the value is the wire string)."""
+
+    ACCEPTED = "accepted"
+    DOWNLOADING = "downloading"
+    VERIFYING = "verifying"
+    ACTIVATING = "activating"
+    HEALTHY = "healthy"
+    ROLLED_BACK = "rolled_back"
+    FAILED = "failed"
+
+
+OTA_STATES = tuple(s.value for s in OtaState)
+TERMINAL_OTA_STATES = frozenset({OtaState.HEALTHY.value, OtaState.ROLLED_BACK.value, OtaState.FAILED.value})
 
 
 class PayloadError(BadInput):
     """A message that does not follow the schema (wrong JSON, missing field, bad header)."""
 
-
-# --- topics ------------------------------------------------------------------------------------
-
-def check_name(value: str, what: str = "device id") -> str:
-    if not isinstance(value, str) or not NAME_PATTERN.match(value):
-        raise BadInput(f"{what} {value!r}: use 1 to 64 letters, digits, '.', '_' or '-' (it names MQTT topics)")
-    return value
-
-
-@dataclass(frozen=True)
-class DeviceTopics:
-    """The six topics of one device."""
-
-    fleet: str
-    device: str
-
-    def __post_init__(self) -> None:
-        check_name(self.fleet, "fleet")
-        check_name(self.device, "device id")
-
-    @property
-    def prefix(self) -> str:
-        return f"{TOPIC_ROOT}/{self.fleet}/{self.device}"
-
-    def topic(self, kind: str) -> str:
-        if kind not in KINDS:
-            raise ValueError(f"unknown topic kind {kind!r}")
-        return f"{self.prefix}/{kind}"
-
-    status = property(lambda self: self.topic(STATUS))
-    telemetry = property(lambda self: self.topic(TELEMETRY))
-    ota_job = property(lambda self: self.topic(OTA_JOB))
-    ota_get = property(lambda self: self.topic(OTA_GET))
-    ota_data = property(lambda self: self.topic(OTA_DATA))
-    ota_progress = property(lambda self: self.topic(OTA_PROGRESS))
-
-
-def fleet_filter(fleet: str, kind: str) -> str:
-    """The subscription filter for one kind of message from every device of a fleet."""
-    check_name(fleet, "fleet")
-    if kind not in KINDS:
-        raise ValueError(f"unknown topic kind {kind!r}")
-    return f"{TOPIC_ROOT}/{fleet}/+/{kind}"
-
-
-@dataclass(frozen=True)
-class TopicParts:
-    fleet: str
-    device: str
-    kind: str
-
-
-def parse_topic(topic: str) -> TopicParts | None:
-    """``lepton/v1/F/D/ota/get`` -> TopicParts(F, D, 'ota/get'); None for anything else."""
-    parts = topic.split("/")
-    if len(parts) < 5 or "/".join(parts[:2]) != TOPIC_ROOT:
-        return None
-    kind = "/".join(parts[4:])
-    if kind not in KINDS or not NAME_PATTERN.match(parts[2]) or not NAME_PATTERN.match(parts[3]):
-        return None
-    return TopicParts(parts[2], parts[3], kind)
-
-
-# --- JSON payloads -----------------------------------------------------------------------------
 
 def encode_json(obj: dict[str, Any]) -> bytes:
     return json.dumps({"schema": PAYLOAD_SCHEMA, **obj}, separators=(",", ":"), allow_nan=False).encode("utf-8")
@@ -393,136 +318,3 @@ class Progress:
                    int(_number(obj, "total") or 0), reason[:500] if isinstance(reason, str) else None,
                    ModelInfo.from_obj(obj.get("model"), what), _number(obj, "ts"))
 
-
-# --- broker URLs -------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class BrokerConfig:
-    """Where and how to connect. The password never appears in ``repr`` or :attr:`display_url`."""
-
-    host: str
-    port: int
-    tls: bool = False
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    ca: Path | None = None
-    cert: Path | None = None
-    key: Path | None = None
-    protocol: str = "5"
-    keepalive: int = 60
-
-    @property
-    def display_url(self) -> str:
-        user = f"{self.username}@" if self.username else ""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{host}:{self.port}"
-
-
-def parse_broker_url(url: str, *, ca: str | Path | None = None, cert: str | Path | None = None,
-                     key: str | Path | None = None, protocol: str = "5", keepalive: int = 60) -> BrokerConfig:
-    """``mqtt://[user:pass@]host[:port]`` or ``mqtts://...`` (with ``ca``, ``cert``, ``key``) -> BrokerConfig."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise BadInput(f"broker URL {_redact(url)}: {exc}") from None
-    if parts.scheme not in ("mqtt", "mqtts"):
-        raise BadInput(f"broker URL {_redact(url)}: expected mqtt://[user:pass@]host[:port] or mqtts://...")
-    if not parts.hostname:
-        raise BadInput(f"broker URL {_redact(url)}: no host")
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise BadInput(f"broker URL {_redact(url)}: a broker URL has no path or query")
-    tls = parts.scheme == "mqtts"
-    if (ca or cert or key) and not tls:
-        raise BadInput(f"broker URL {_redact(url)}: --ca, --cert and --key need an mqtts:// URL")
-    if key and not cert:
-        raise BadInput("--key needs --cert")
-    files = {}
-    for name, value in (("ca", ca), ("cert", cert), ("key", key)):
-        if value is not None:
-            path = Path(value).expanduser()
-            if not path.is_file():
-                raise BadInput(f"--{name} {value}: no such file")
-            files[name] = path
-    protocol = {"5": "5", "5.0": "5", "v5": "5", "3.1.1": "3.1.1", "311": "3.1.1", "v311": "3.1.1"}.get(str(protocol), "")
-    if not protocol:
-        raise BadInput("MQTT protocol must be 5 or 3.1.1")
-    if not 5 <= keepalive <= 65535:
-        raise BadInput(f"keepalive {keepalive}: must be 5 to 65535 seconds")
-    return BrokerConfig(parts.hostname, port or (DEFAULT_TLS_PORT if tls else DEFAULT_PORT), tls,
-                        unquote(parts.username) if parts.username else None,
-                        unquote(parts.password) if parts.password is not None else None,
-                        files.get("ca"), files.get("cert"), files.get("key"), protocol, keepalive)
-
-
-def _redact(url: str) -> str:
-    return re.sub(r"(//[^:/@]*):[^@/]*@", r"\1:***@", url)
-
-
-# --- the paho client ---------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Will:
-    topic: str
-    payload: bytes
-    qos: int = 1
-    retain: bool = True
-
-
-@dataclass(frozen=True)
-class SessionOptions:
-    """Connection settings that are not about where the broker is."""
-
-    clean_start: bool = True
-    session_expiry_s: int | None = None   # MQTT 5 only: keep the session (and queued QoS 1) this long
-    max_inflight: int = 20                # our outgoing QoS 1 messages awaiting PUBACK
-    max_queued: int = 0                   # more outgoing QoS 1 messages kept while offline (0: no limit)
-    connect_timeout_s: float = 5.0
-    min_backoff_s: float = 0.5
-    max_backoff_s: float = 30.0
-
-
-def tls_context(config: BrokerConfig) -> ssl.SSLContext:
-    """Verify the broker against ``ca`` (the system's CAs without it); present a client cert if given."""
-    try:
-        ctx = ssl.create_default_context(cafile=str(config.ca) if config.ca else None)
-        if config.cert:
-            ctx.load_cert_chain(str(config.cert), str(config.key) if config.key else None)
-    except (ssl.SSLError, OSError) as exc:
-        raise BadInput(f"TLS files: {exc}") from None
-    return ctx
-
-
-def make_paho_client(config: BrokerConfig, client_id: str, *, will: Will | None = None,
-                     session: SessionOptions = SessionOptions()) -> Any:
-    """A configured ``paho.mqtt.client.Client`` (not connected: :class:`lepton_edge.mqtt_client.MqttClient`
-    drives it). MQTT 5 by default, 3.1.1 by ``config.protocol``; callbacks use API version 2."""
-    import paho.mqtt.client as paho
-    from paho.mqtt.enums import CallbackAPIVersion
-    from paho.mqtt.packettypes import PacketTypes
-    from paho.mqtt.properties import Properties
-
-    v5 = config.protocol == "5"
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                         protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
-                         clean_session=None if v5 else session.clean_start)
-    if config.username is not None:
-        client.username_pw_set(config.username, config.password)
-    if config.tls:
-        client.tls_set_context(tls_context(config))
-    if will is not None:
-        client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
-    client.reconnect_delay_set(max(1, int(session.min_backoff_s)), max(1, int(session.max_backoff_s)))
-    client.max_inflight_messages_set(session.max_inflight)
-    client.max_queued_messages_set(session.max_queued)
-    client.connect_timeout = session.connect_timeout_s
-    properties = None
-    if v5:
-        properties = Properties(PacketTypes.CONNECT)
-        if session.session_expiry_s:
-            properties.SessionExpiryInterval = session.session_expiry_s
-        client.connect_async(config.host, config.port, config.keepalive, clean_start=session.clean_start,
-                             properties=properties)
-    else:
-        client.connect_async(config.host, config.port, config.keepalive)
-    return client
