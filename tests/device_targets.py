@@ -150,6 +150,8 @@ class Raw:
         frames, deadline = [], time.monotonic() + seconds
         while (frame := self.link.recv(deadline - time.monotonic())) is not None:
             frames.append(frame)
+            if frame.type == Msg.ANNOUNCE:
+                self.announces.append(frame)
         return frames
 
     def exchange(self, type_: int, payload: bytes = b"", *, seq: int | None = None, timeout: float = 30.0) -> Frame:
