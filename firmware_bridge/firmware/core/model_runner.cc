@@ -75,20 +75,33 @@ bool check_model(const uint8_t* data, size_t len, char* why, size_t cap) {
     say(why, cap, "the model has no subgraph");
     return false;
   }
+  // Every operator the resolver lacks, named as the simulator names them (engine.py _missing_ops).
   const auto* codes = model->operator_codes();
+  char missing[96];
+  size_t used = 0;
+  missing[0] = '\0';
   if (codes != nullptr) {
     for (const tflite::OperatorCode* code : *codes) {
       const tflite::BuiltinOperator op = tflite::GetBuiltinCode(code);
+      const char* name = nullptr;
       if (op == tflite::BuiltinOperator_CUSTOM) {
-        snprintf(why, cap, "custom operator %s is not in this firmware",
-                 code->custom_code() != nullptr ? code->custom_code()->c_str() : "?");
-        return false;
+        name = code->custom_code() != nullptr ? code->custom_code()->c_str() : "CUSTOM";
+      } else if (ops().FindOp(op) == nullptr) {
+        name = tflite::EnumNameBuiltinOperator(op);
+        if (name == nullptr || name[0] == '\0') name = "UNKNOWN";
       }
-      if (ops().FindOp(op) == nullptr) {
-        snprintf(why, cap, "operator %s is not in this firmware", tflite::EnumNameBuiltinOperator(op));
-        return false;
+      if (name == nullptr || strstr(missing, name) != nullptr) continue;
+      const int n = snprintf(missing + used, sizeof missing - used, "%s%s", used ? ", " : "", name);
+      if (n > 0) used += static_cast<size_t>(n);
+      if (used >= sizeof missing) {
+        used = sizeof missing - 1;
+        break;
       }
     }
+  }
+  if (used > 0) {
+    snprintf(why, cap, "operator %s is not in the firmware's op list (core/ops.h)", missing);
+    return false;
   }
   return true;
 }
