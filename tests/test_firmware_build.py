@@ -91,6 +91,7 @@ def test_cache_key_changes_with_a_firmware_source_and_not_otherwise(bridge_copy)
     (firmware / "build" / "host" / "obj").mkdir(parents=True)  # the Makefile's default BUILD_DIR
     (firmware / "build" / "host" / "obj" / "main_loop.o").write_bytes(b"\x7fELF")
     (bridge / "elsewhere.py").write_text("x = 1\n")
+    (firmware / "core" / "test_extra.cc").write_text("int main() { return 0; }\n")  # a test driver
     assert fwbuild.build_keys("host", tree, bridge) == key
 
     # A firmware source: a new firmware build, the same TFLM library.

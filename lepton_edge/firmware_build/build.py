@@ -12,7 +12,8 @@ and writes ``build.json`` beside the outputs; ``cached_build(board)`` only looks
   names (``lib/<key>/obj`` points there), so a library whose source list changed compiles only what is new.
 - ``build/<board>-<key>/``: ``firmware.elf`` (or ``firmware``, the host executable), ``firmware.map``,
   ``build.json``, ``build.log``. Its key is the library's plus the contents of every file under
-  ``firmware_bridge/firmware`` and ``firmware_bridge/c`` (Markdown aside).
+  ``firmware_bridge/firmware`` and ``firmware_bridge/c`` (Markdown, ``test_*`` drivers and build
+  outputs aside).
 
 The TFLM tree is ``$LEPTON_TFLM_DIR`` when set, else the one ``../shared/third_party/tflm-tree.sh``
 lays out (it is laid out on first use) in ``~/.cache/lepton-edge/tflm/<commit>/tflite-micro``.
@@ -208,7 +209,8 @@ def sources_digest(bridge_dir: Path = BRIDGE_DIR) -> str:
             # build/ is the Makefile's default BUILD_DIR (git ignores it): outputs, not sources.
             dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in ("__pycache__", "build"))
             for name in sorted(filenames):
-                if name.startswith(".") or name.endswith(_NOT_SOURCES):
+                # test_*: test drivers and vectors with their own main(); the Makefile leaves them out.
+                if name.startswith((".", "test_")) or name.endswith(_NOT_SOURCES):
                     continue
                 path = Path(dirpath) / name
                 h.update(path.relative_to(bridge_dir).as_posix().encode() + b"\0")
