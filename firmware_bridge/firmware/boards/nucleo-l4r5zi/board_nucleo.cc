@@ -16,6 +16,7 @@
 #include <cstring>
 
 #include "board.h"
+#include "dword_writer.h"
 #include "lepton.h"
 #include "stm32l4xx.h"
 
@@ -66,14 +67,6 @@ volatile uint32_t g_overruns = 0;   // bytes lost (ring full or UART overrun); t
 bool g_storage_ok = false;
 uint32_t g_flash_base = 0;  // address of lepton_meta
 bool g_banks_swapped = false;
-
-struct Pending {  // a double word written in part since the last flush
-  uint32_t addr;  // 8-byte aligned flash address; 0: unused
-  uint8_t bytes[8];
-  uint8_t mask;  // which bytes were written
-};
-constexpr int kPendingMax = 64;
-Pending g_pending[kPendingMax];
 
 constexpr uint32_t kFlashErrors = FLASH_SR_OPERR | FLASH_SR_PROGERR | FLASH_SR_WRPERR | FLASH_SR_PGAERR |
                                   FLASH_SR_SIZERR | FLASH_SR_PGSERR | FLASH_SR_MISERR | FLASH_SR_FASTERR |
@@ -126,57 +119,17 @@ void flash_lock() {
   FLASH->ACR = acr & ~FLASH_ACR_DCRST;
 }
 
-// Programs the double word at addr with `bytes` where `mask` says, the flash's current bytes
-// elsewhere. Nothing to do when the flash already holds that; false when the double word was
-// programmed before with something else (it must be erased first).
-bool program(uint32_t addr, const uint8_t* bytes, uint8_t mask) {
-  uint8_t now[8], want[8];
-  std::memcpy(now, reinterpret_cast<const void*>(addr), 8);
-  for (int i = 0; i < 8; ++i) want[i] = (mask >> i) & 1 ? bytes[i] : now[i];
-  if (std::memcmp(now, want, 8) == 0) return true;
-  static const uint8_t kErased[8] = {0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF};
-  if (std::memcmp(now, kErased, 8) != 0) return false;
-  uint32_t lo, hi;
-  std::memcpy(&lo, want, 4);
-  std::memcpy(&hi, want + 4, 4);
+// The board's flash operations for DwordWriter: program one double word (unlocked only for
+// that; the data cache reset after it), and the flash's read view.
+bool program_dword(uint32_t addr, uint32_t lo, uint32_t hi) {
   flash_unlock();
   const bool ok = flash_program_dword(addr, lo, hi);
   flash_lock();
-  return ok && std::memcmp(reinterpret_cast<const void*>(addr), want, 8) == 0;
-}
-
-bool program_pending(Pending& p) {
-  const bool ok = program(p.addr, p.bytes, p.mask);
-  p.addr = 0;
   return ok;
 }
-
-// Takes bytes [from, from + n) of the double word at addr (n < 8 or not).
-bool write_dword(uint32_t addr, uint32_t from, const uint8_t* data, uint32_t n) {
-  Pending* slot = nullptr;
-  Pending* free_slot = nullptr;
-  for (Pending& p : g_pending) {
-    if (p.addr == addr) slot = &p;
-    if (p.addr == 0 && free_slot == nullptr) free_slot = &p;
-  }
-  if (slot == nullptr && n == 8) {
-    return program(addr, data, 0xFF);
-  }
-  if (slot == nullptr) {
-    if (free_slot == nullptr) {  // table full: program the first entry as it is (rest of it erased)
-      free_slot = &g_pending[0];
-      if (!program_pending(*free_slot)) return false;
-    }
-    slot = free_slot;
-    slot->addr = addr;
-    slot->mask = 0;
-  }
-  for (uint32_t i = 0; i < n; ++i) {
-    slot->bytes[from + i] = data[i];
-    slot->mask = static_cast<uint8_t>(slot->mask | (1u << (from + i)));
-  }
-  return slot->mask == 0xFF ? program_pending(*slot) : true;
-}
+const uint8_t* flash_view(uint32_t addr) { return reinterpret_cast<const uint8_t*>(addr); }
+const lepton::nucleo::FlashOps kFlashOps = {program_dword, flash_view};
+lepton::nucleo::DwordWriter<64> g_writer(kFlashOps);
 
 // --- clock ------------------------------------------------------------------------------------
 void clock_init() {
@@ -338,9 +291,7 @@ bool storage_erase(uint32_t offset, uint32_t len) {
     return false;
   }
   const uint32_t begin = g_flash_base + offset, end = begin + len;
-  for (Pending& p : g_pending) {
-    if (p.addr >= begin && p.addr < end) p.addr = 0;  // the erase wins over what was not yet written
-  }
+  g_writer.drop(begin, end);  // the erase wins over what was not yet written
   bool ok = true;
   for (uint32_t addr = begin; ok && addr < end; addr += kPageBytes) {
     const uint32_t rel = addr - FLASH_BASE;
@@ -354,26 +305,11 @@ bool storage_erase(uint32_t offset, uint32_t len) {
 
 bool storage_write(uint32_t offset, const uint8_t* data, uint32_t len) {
   if (!g_storage_ok || offset > kStorageBytes || len > kStorageBytes - offset) return false;
-  uint32_t addr = g_flash_base + offset;
-  while (len > 0) {
-    const uint32_t dword = addr & ~7u, from = addr - dword;
-    const uint32_t n = 8 - from < len ? 8 - from : len;
-    if (!write_dword(dword, from, data, n)) return false;
-    addr += n;
-    data += n;
-    len -= n;
-  }
-  return true;
+  return g_writer.write(g_flash_base + offset, data, len);
 }
 
 // Programs the double words still written in part (their other bytes stay erased).
-bool storage_flush() {
-  bool ok = g_storage_ok;
-  for (Pending& p : g_pending) {
-    if (p.addr != 0 && !program_pending(p)) ok = false;
-  }
-  return ok;
-}
+bool storage_flush() { return g_storage_ok && g_writer.flush(); }
 
 }  // namespace lepton::board
 
