@@ -12,10 +12,10 @@ BOARD_SRCS := startup.cc board_nucleo.cc
 LDSCRIPT := $(BOARD_DIR)/stm32l4r5zi.ld
 PROFILE := stm32l4r5
 ARENA_RAM_BYTES := 491520
-# Two slots of 896 KB and two 4 KiB meta pages at the top of the 2 MB flash; the firmware gets the
-# 248 KB below them (the link fails if it grows past that). The profile's flash budget (1.5 MB)
+# Two slots of 880 KB and two 4 KiB meta pages at the top of the 2 MB flash; the firmware gets the
+# 280 KB below them (the link fails if it grows past that). The profile's flash budget (1.5 MB)
 # does not fit twice beside the firmware.
-SLOT_BYTES := 917504
+SLOT_BYTES := 901120
 MAX_PAYLOAD := 1024
 WINDOW := 4
 EXE := firmware.elf
