@@ -497,7 +497,7 @@ def _make(spec: Board, tree: Path, keys: Keys, final: Path, progress: Progress |
                 now = time.monotonic()
                 if now - last_report >= 20:
                     last_report = now
-                    done = _objects_since(start, lib_dir, work)
+                    done = _objects_since(start, (lib_dir / "obj").resolve(), work)
                     share = f"{min(done, total)}/{total} files" if total else f"{done} files"
                     say(f"firmware {spec.name}: {share} compiled ({_clock(now - start)})")
         except BaseException:
