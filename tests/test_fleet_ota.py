@@ -215,9 +215,10 @@ def test_the_download_survives_a_broker_restart(env):
     art_id = env.upload(env.artifact("v1", size=1_000_000))
     dep = env.deploy(art_id, ["survivor"], block_size=16384)
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and not (dev._dl and len(dev._dl.have) * 16384 > 300_000):
+    machine = dev.ota.machine
+    while time.monotonic() < deadline and not (machine.download and machine.download.received > 300_000):
         time.sleep(0.02)
-    assert dev._dl is not None and not dev._dl.finished
+    assert dev.ota.machine.busy
     env.broker.restart(down_s=0.5)
     p = dev.wait_state({"healthy", "failed"}, 30)
     assert p is not None and p.state == "healthy", dev.progress_log[-3:]

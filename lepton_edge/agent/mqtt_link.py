@@ -20,34 +20,20 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING
 
-from lepton_edge.agent.ota import OtaClient, OtaOptions
+from lepton_edge.agent.member import FleetMember
+from lepton_edge.agent.ota import OtaClient, OtaOptions, model_info, route_ota
 from lepton_edge.agent.telemetry import TelemetrySampler
-from lepton_edge.mqtt import (DeviceTopics, ModelInfo, SessionOptions, Status, Will, offline_will_payload,
+from lepton_edge.mqtt import (DeviceTopics, MqttClient, SessionOptions, Status, Will, offline_will_payload,
                               parse_broker_url)
-from lepton_edge.mqtt import MqttClient
+
+if TYPE_CHECKING:
+    from lepton_edge.agent.config import MqttConfig
 
 log = logging.getLogger("lepton_edge.agent.mqtt")
 
 DEFAULT_TELEMETRY_INTERVAL_S = 10.0
-
-
-class FleetMember(Protocol):
-    """What the MQTT side needs of the process it speaks for: the agent (:class:`lepton_edge.agent.daemon.Agent`)
-    or the serial gateway (:class:`lepton_edge.gateway.daemon.Gateway`)."""
-
-    config: Any            # AgentConfig: [device] and [mqtt]
-    backend: str           # the runtime the model runs on: "tflm" or "litert"
-    store: Any             # ModelStore, None until opened
-    metrics: Any           # AgentMetrics
-
-    def current(self) -> Any: ...                           # the ServedModel, or None
-    def activate(self, slot: str) -> Any: ...               # health check, then confirm or roll back: HealthReport
-    def check_update(self, manifest: dict) -> None: ...     # CheckFailed: refused from the manifest alone
-    def offline_reason(self) -> str | None: ...
-    def software(self) -> str: ...
-    def telemetry_extra(self) -> dict: ...
 
 
 @dataclass(frozen=True)
@@ -77,8 +63,7 @@ class MqttLink:
                                  on_disconnect=lambda reason: log.warning("lost the broker (%s); reconnecting", reason))
         self.ota = OtaClient(agent, self.topics, self.client.publish, connected=lambda: self.client.connected,
                              model_changed=self.publish_status, options=options.ota)
-        self.client.subscribe(self.topics.ota_job, self.ota.on_job, qos=1)
-        self.client.subscribe(self.topics.ota_data, self.ota.on_data, qos=1)
+        self.router = route_ota(self.client, self.topics, self.ota.on_job, self.ota.on_data, label="OTA")
         self.sampler = TelemetrySampler(agent, self.client.stats)
         self._stop = threading.Event()
         self._telemetry = threading.Thread(target=self._telemetry_loop, name="telemetry", daemon=True)
@@ -101,8 +86,7 @@ class MqttLink:
         self.client.publish(self.topics.status, self._status(True), qos=1, retain=True)
 
     def _status(self, online: bool, reason: str | None = None) -> bytes:
-        served = self.agent.current()
-        model = None if served is None else ModelInfo(served.name, served.version, served.sha256, served.slot)
+        model = model_info(self.agent.current())
         if online:
             reason = self.agent.offline_reason()  # a gateway whose serial device does not answer
             online = reason is None
@@ -122,7 +106,7 @@ class MqttLink:
                 log.exception("telemetry sample failed")
 
 
-def options_from_config(cfg: Any) -> LinkOptions:
+def options_from_config(cfg: MqttConfig) -> LinkOptions:
     """LinkOptions from the ``[mqtt]`` section of the agent's configuration."""
     return LinkOptions(telemetry_interval_s=cfg.telemetry_interval_s, protocol=cfg.protocol,
                        ota=OtaOptions(block_size=cfg.ota_block_size, max_bytes_per_s=cfg.ota_max_bytes_per_s))

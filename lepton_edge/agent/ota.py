@@ -1,18 +1,22 @@
-"""The agent's OTA client: jobs from ``ota/job``, blocks over ``ota/get``/``ota/data``, into the model store.
+"""OTA on a device: the update machine's actions carried out, and the agent's worker thread.
 
-Every check that needs no model bytes runs before the first block is asked for: the signature
-against the trusted keys, the version against the confirmed one, the model's size against the flash
-budget (:meth:`ModelStore.open_partial`) and the arena against the RAM budget
-(``agent.check_update``). Blocks are asked for ``window`` at a time, paced by the device (and by
-``max_bytes_per_s`` when set), re-asked after ``request_timeout_s`` and after every reconnect. They
-are written in order into the store's partial file (a block that arrives early waits in memory), so
-after a disconnect, a restart or a SIGKILL the download resumes from the bytes on disk. Then
-:meth:`ModelStore.commit_partial` checks size, sha256 and fit and writes the inactive slot, and
-``agent.activate`` runs the health check and confirms or rolls back, while the current model keeps
-serving. Each step goes to ``ota/progress``. ``agent`` is a :class:`lepton_edge.agent.mqtt_link.FleetMember`:
-the agent, or the serial gateway.
+:class:`lepton_edge.agent.update.UpdateMachine` decides; this module does. :class:`OtaRunner`
+carries out its actions on one device: block requests and progress reports go out through
+``publish``, the rest goes to an :class:`UpdateTarget`, which holds the bytes, runs the checks and
+activates. Two targets exist: :class:`StoreTarget`, the model store of a
+:class:`~lepton_edge.agent.member.FleetMember` (the agent, or the serial gateway), and the fleet
+simulator's devices (:class:`lepton_edge.fleet.devsim.SimDevice`).
 
-One worker thread owns the download; the MQTT loop thread only hands messages over.
+For the agent, every check that needs no model bytes runs before the first block is asked for: the
+signature against the trusted keys, the version against the confirmed one, the model's size against
+the flash budget (:meth:`ModelStore.open_partial`) and the arena against the RAM budget
+(``check_update``). Blocks go into the store's partial file, so after a disconnect, a restart or a
+SIGKILL the download resumes from the bytes on disk. Then :meth:`ModelStore.commit_partial` checks
+size, sha256 and fit and writes the inactive slot, and ``activate`` runs the health check and
+confirms or rolls back, while the current model keeps serving.
+
+:class:`OtaClient` runs the agent's runner on one worker thread of its own; the MQTT loop thread
+only hands messages over.
 
 Device-side code: standard library and the project's device-side modules.
 """
@@ -24,57 +28,254 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
-from lepton_edge.agent.store import PartialDownload
+from lepton_edge.agent.update import (FINISHED_KEPT, TERMINAL_STATES, Action, Activate, Admit, Drop, ModelChanged,
+                                      OtaOptions, PublishProgress, RequestBlock, Resend, UpdateMachine, Verify,
+                                      WriteBlock)
 from lepton_edge.artifact import verify_manifest
 from lepton_edge.errors import BadInput, CheckFailed
-from lepton_edge.mqtt import (BLOCK_OK, Block, BlockRequest, DeviceTopics, ModelInfo, OtaJob, PayloadError, Progress)
+from lepton_edge.mqtt import (OTA_DATA, OTA_JOB, Block, BlockRequest, DeviceTopics, ModelInfo, MqttClient, OtaJob,
+                              OtaState, Progress, Router)
+
+if TYPE_CHECKING:
+    from lepton_edge.agent.member import FleetMember
+    from lepton_edge.agent.served import ServedModel
+    from lepton_edge.agent.store import PartialDownload
 
 log = logging.getLogger("lepton_edge.agent.ota")
 
 Publish = Callable[[str, bytes, int, bool], None]
+TICK_S = 0.1  # the agent's worker re-asks timed-out blocks and paces requests at this period
 
 
 @dataclass(frozen=True)
-class OtaOptions:
-    window: int = 4                      # block requests in flight
-    block_size: int | None = None        # None: the job's hint
-    request_timeout_s: float = 5.0       # re-ask a block after this long
-    progress_interval_s: float = 0.5     # at most one "downloading" report per interval
-    max_bytes_per_s: float = 0.0         # 0: as fast as the link goes
+class Checked:
+    """A job that passed every check that needs no model byte."""
 
-
-@dataclass
-class _Download:
-    job: OtaJob
-    part: PartialDownload
-    block_size: int
-    next_write: int                                     # bytes on disk, in order
-    todo: collections.deque = field(default_factory=collections.deque)    # offsets not asked for yet
-    outstanding: dict[int, float] = field(default_factory=dict)           # offset -> deadline
-    early: dict[int, bytes] = field(default_factory=dict)                 # arrived before their turn
-    last_progress: float = 0.0
-    not_before: float = 0.0                             # rate limit: no new request before this
+    manifest: dict[str, Any]     # verified
+    running: bool                # the device runs and has confirmed this model already
 
     @property
     def size(self) -> int:
-        return self.part.size
+        return int(self.manifest["model"]["size"])
+
+
+class UpdateTarget(Protocol):
+    """The I/O of an update on one device. ``check``, ``open``, ``install`` and ``activate`` raise
+    BadInput or CheckFailed with the reason the job fails for."""
+
+    def check(self, job: OtaJob) -> Checked: ...
+    def open(self, job: OtaJob, checked: Checked, block_size: int, replacing: OtaJob | None) -> int: ...
+    def write(self, offset: int, data: bytes) -> None: ...                   # in order, from what open returned
+    def drop(self) -> None: ...                                               # the download failed midway
+    def install(self) -> bool: ...                       # verify the whole download; False: it runs it already
+    def activate(self) -> str | None: ...                 # health check: None, or why it rolled back
+    def reported_model(self, state: OtaState) -> ModelInfo | None: ...        # for the progress report
+    def model_changed(self) -> None: ...
+
+
+class OtaRunner:
+    """Feeds one device's :class:`UpdateMachine` and carries out its actions (on the caller's thread).
+
+    ``call_later(delay, fn, *args)`` is needed only with ``OtaOptions.block_delay_s``."""
+
+    def __init__(self, target: UpdateTarget, topics: DeviceTopics, publish: Publish, *,
+                 options: OtaOptions = OtaOptions(), call_later: Callable[..., Any] | None = None,
+                 on_progress: Callable[[Progress], None] | None = None) -> None:
+        self.target, self.topics, self.machine = target, topics, UpdateMachine(options)
+        self._publish, self._call_later, self._on_progress = publish, call_later, on_progress
+        self._last: collections.OrderedDict[str, bytes] = collections.OrderedDict()  # finished job -> last word
+        self.requests_sent = 0
+
+    # -- events --
+    def on_job(self, job: OtaJob) -> None:
+        self.run(self.machine.on_job(job, time.monotonic()))
+
+    def on_data(self, block: Block) -> None:
+        self.run(self.machine.on_data(block, time.monotonic()))
+
+    def on_timer(self, connected: bool) -> None:
+        self.run(self.machine.on_timer(time.monotonic(), connected))
+
+    def on_reconnect(self) -> None:
+        self.run(self.machine.on_reconnect(time.monotonic()))
+
+    def fail(self, reason: str) -> None:
+        self.run(self.machine.fail(reason))
+
+    # -- actions --
+    def run(self, actions: list[Action]) -> None:
+        todo = collections.deque(actions)
+        while todo:
+            todo.extendleft(reversed(self._do(todo.popleft())))  # what an action leads to comes next
+
+    def _do(self, action: Action) -> list[Action]:
+        m, target = self.machine, self.target
+        if isinstance(action, RequestBlock):
+            if action.delay_s > 0 and self._call_later is not None:
+                self._call_later(action.delay_s, self._due, action.job, action.offset)
+                return []
+            self.requests_sent += 1
+            request = BlockRequest(action.job, action.offset, action.length)
+            self._publish(self.topics.ota_get, request.to_bytes(), 1, False)
+        elif isinstance(action, WriteBlock):
+            target.write(action.offset, action.data)
+        elif isinstance(action, PublishProgress):
+            self._report(action)
+        elif isinstance(action, Resend):
+            self._publish(self.topics.ota_progress, self._last[action.job], 1, False)
+        elif isinstance(action, Admit):
+            return self._admit(action)
+        elif isinstance(action, Drop):
+            target.drop()
+        elif isinstance(action, Verify):
+            try:
+                activate = target.install()
+            except (BadInput, CheckFailed) as exc:
+                return m.on_verify_failed(action, str(exc))
+            return m.on_verified(action, activate=activate)
+        elif isinstance(action, Activate):
+            try:
+                rollback_reason = target.activate()
+            except (BadInput, CheckFailed) as exc:
+                return m.on_activate_failed(action, str(exc))
+            return m.on_activated(action, rollback_reason)
+        elif isinstance(action, ModelChanged):
+            target.model_changed()
+        return []
+
+    def _admit(self, admit: Admit) -> list[Action]:
+        job, m = admit.job, self.machine
+        try:
+            checked = self.target.check(job)
+        except (BadInput, CheckFailed) as exc:
+            return m.on_refused(job, str(exc))
+        if checked.running:
+            return m.on_already_running(job, checked.size)
+        try:
+            received = self.target.open(job, checked, admit.block_size, admit.replacing)
+        except (BadInput, CheckFailed) as exc:
+            return m.on_refused(job, str(exc), replaced=admit.replacing is not None)
+        return m.on_admitted(job, checked.size, checked.manifest["model"]["sha256"], received, time.monotonic())
+
+    def _due(self, job: str, offset: int) -> None:
+        self.run(self.machine.on_due(job, offset, time.monotonic()))
+
+    def _report(self, action: PublishProgress) -> None:
+        job, state = action.job, action.state
+        model = self.target.reported_model(state)
+        p = Progress(job.job, state.value, action.received, job.size, action.reason, model, time.time())
+        payload = p.to_bytes()
+        if state in TERMINAL_STATES:
+            self._last[job.job] = payload
+            self._last.move_to_end(job.job)
+            while len(self._last) > FINISHED_KEPT:
+                self._last.popitem(last=False)
+            log.info("update %s: %s%s", job.job[:8], state.value, f" ({action.reason})" if action.reason else "")
+        if self._on_progress is not None:
+            self._on_progress(p)
+        self._publish(self.topics.ota_progress, payload, 1, False)
+
+
+def route_ota(client: MqttClient, topics: DeviceTopics, on_job: Callable[[str, OtaJob], None],
+              on_data: Callable[[str, Block], None], *, label: str) -> Router:
+    """Subscribe to a device's ``ota/job`` and ``ota/data``; bad payloads are logged as warnings."""
+    router = Router(log, label=label, level=logging.WARNING)
+    router.on(OTA_JOB, OtaJob.from_bytes, on_job)
+    router.on(OTA_DATA, Block.from_bytes, on_data)
+    router.subscribe(client, topics.topic)
+    return router
+
+
+def model_info(served: ServedModel | None) -> ModelInfo | None:
+    """What ``status`` and ``ota/progress`` say about the model a fleet member serves."""
+    return None if served is None else ModelInfo(served.name, served.version, served.sha256, served.slot)
+
+
+class StoreTarget:
+    """An update into a fleet member's model store (the agent's, or the serial gateway's)."""
+
+    def __init__(self, member: FleetMember, model_changed: Callable[[], None]) -> None:
+        self.member = member
+        self._model_changed = model_changed
+        self._part: PartialDownload | None = None
+        self._slot: str | None = None
+
+    def _store(self) -> Any:
+        store = self.member.store
+        if store is None:
+            raise BadInput("the model store is not open")
+        return store
+
+    def check(self, job: OtaJob) -> Checked:
+        store = self._store()
+        policy = store.policy
+        manifest = verify_manifest(job.manifest_bytes, job.signature, policy.trusted_keys,
+                                   require_signature=policy.require_signature, source="update manifest")
+        served = self.member.current()
+        if (served is not None and served.sha256 == manifest["model"]["sha256"]
+                and served.version == manifest["version"] and not store.state().pending):
+            return Checked(manifest, running=True)
+        self.member.check_update(manifest)  # RAM and the like: what the manifest alone tells
+        return Checked(manifest, running=False)
+
+    def open(self, job: OtaJob, checked: Checked, block_size: int, replacing: OtaJob | None) -> int:
+        store = self._store()
+        if replacing is not None:  # a newer job replaces the one in progress
+            log.info("update %s replaced by %s", replacing.job[:8], job.job[:8])
+            if self._part is not None and replacing.manifest_bytes != job.manifest_bytes:
+                store.discard_partial(self._part)
+            self._part = None
+        part = store.open_partial(job.manifest_bytes, job.signature, source="update")
+        received = part.received
+        if received > part.size:  # cannot happen with in-order writes; start over rather than trust it
+            store.discard_partial(part)
+            part, received = store.open_partial(job.manifest_bytes, job.signature, source="update"), 0
+        self._part = part
+        if received:
+            log.info("update %s: resuming at %d of %d bytes", job.job[:8], received, part.size)
+        return int(received)
+
+    def write(self, offset: int, data: bytes) -> None:
+        assert self._part is not None
+        self._part.write(offset, data)
+
+    def drop(self) -> None:
+        self._part = None  # its bytes stay on disk: the same manifest resumes from them
+
+    def install(self) -> bool:
+        part, self._part = self._part, None
+        assert part is not None
+        store = self._store()
+        self._slot = store.commit_partial(part, source="update")  # size, sha256, version, fit; then the slot
+        state = store.state()
+        return not (self._slot == state.active and not state.pending)  # it ran this model already
+
+    def activate(self) -> str | None:
+        assert self._slot is not None
+        report = self.member.activate(self._slot)
+        return None if report.ok else f"health check failed: {report.reason}"
+
+    def reported_model(self, state: OtaState) -> ModelInfo | None:
+        return model_info(self.member.current())
+
+    def model_changed(self) -> None:
+        self._model_changed()
 
 
 class OtaClient:
-    """Runs the OTA state machine on its own thread; ``on_*`` are safe from any thread."""
+    """The agent's OTA: an :class:`OtaRunner` on a :class:`StoreTarget`, run by its own worker thread.
+    ``on_*`` are safe from any thread."""
 
-    def __init__(self, agent: Any, topics: DeviceTopics, publish: Publish, *, connected: Callable[[], bool],
+    def __init__(self, agent: FleetMember, topics: DeviceTopics, publish: Publish, *, connected: Callable[[], bool],
                  model_changed: Callable[[], None], options: OtaOptions = OtaOptions()) -> None:
         self.agent, self.topics, self.options = agent, topics, options
-        self._publish, self._connected, self._model_changed = publish, connected, model_changed
-        self._queue: queue.Queue = queue.Queue()
+        self.runner = OtaRunner(StoreTarget(agent, model_changed), topics, publish, options=options)
+        self._connected = connected
+        self._queue: queue.Queue[tuple[str, Any] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="ota", daemon=True)
-        self._dl: _Download | None = None
-        self._finished: collections.OrderedDict[str, Progress] = collections.OrderedDict()
-        self.requests_sent = 0
 
     # -- any thread --
     def start(self) -> None:
@@ -84,193 +285,42 @@ class OtaClient:
         self._queue.put(None)
         self._thread.join(timeout)
 
-    def on_job(self, topic: str, payload: bytes) -> None:
-        self._queue.put(("job", payload))
+    def on_job(self, device: str, job: OtaJob) -> None:
+        self._queue.put(("job", job))
 
-    def on_data(self, topic: str, payload: bytes) -> None:
-        self._queue.put(("data", payload))
+    def on_data(self, device: str, block: Block) -> None:
+        self._queue.put(("data", block))
 
     def on_reconnect(self) -> None:
         self._queue.put(("reconnect", None))
 
     @property
     def busy(self) -> bool:
-        return self._dl is not None
+        return self.runner.machine.busy
+
+    @property
+    def requests_sent(self) -> int:
+        return self.runner.requests_sent
 
     # -- the worker --
     def _run(self) -> None:
+        runner = self.runner
         while True:
             try:
-                item = self._queue.get(timeout=0.1)
+                item = self._queue.get(timeout=TICK_S)
             except queue.Empty:
-                item = ()
+                item = ("tick", None)
             if item is None:
                 return
             try:
-                if item:
-                    kind, payload = item
-                    if kind == "job":
-                        self._on_job(payload)
-                    elif kind == "data":
-                        self._on_data(payload)
-                    elif kind == "reconnect" and self._dl is not None:
-                        self._ask_again(list(self._dl.outstanding))
-                self._tick()
+                kind, message = item
+                if kind == "job":
+                    runner.on_job(message)
+                elif kind == "data":
+                    runner.on_data(message)
+                elif kind == "reconnect":
+                    runner.on_reconnect()
+                runner.on_timer(self._connected())
             except Exception:  # noqa: BLE001 - the OTA worker must survive anything one message does
                 log.exception("OTA: unexpected error")
-                dl = self._dl
-                if dl is not None:
-                    self._fail(dl.job, "internal error in the OTA client", dl.next_write)
-
-    def _progress(self, job: OtaJob, state: str, received: int = 0, reason: str | None = None) -> None:
-        served = self.agent.current()
-        model = None if served is None else ModelInfo(served.name, served.version, served.sha256, served.slot)
-        p = Progress(job.job, state, received, job.size, reason, model, time.time())
-        if state in ("healthy", "failed", "rolled_back"):
-            self._finished[job.job] = p
-            while len(self._finished) > 64:
-                self._finished.popitem(last=False)
-            log.info("update %s: %s%s", job.job[:8], state, f" ({reason})" if reason else "")
-        self._publish(self.topics.ota_progress, p.to_bytes(), 1, False)
-
-    def _fail(self, job: OtaJob, reason: str, received: int = 0) -> None:
-        self._dl = None
-        self._progress(job, "failed", received, reason)
-
-    def _on_job(self, payload: bytes) -> None:
-        try:
-            job = OtaJob.from_bytes(payload)
-        except PayloadError as exc:
-            log.warning("OTA: %s", exc)
-            return
-        dl = self._dl
-        if dl is not None and dl.job.job == job.job:  # sent again (we or the broker reconnected)
-            self._ask_again(list(dl.outstanding))
-            self._pump(dl)
-            return
-        if job.job in self._finished:  # the controller may have missed our last word
-            self._publish(self.topics.ota_progress, self._finished[job.job].to_bytes(), 1, False)
-            return
-        store = self.agent.store
-        if store is None:
-            return self._progress(job, "failed", reason="the model store is not open")
-        policy = store.policy
-        try:
-            manifest = verify_manifest(job.manifest_bytes, job.signature, policy.trusted_keys,
-                                       require_signature=policy.require_signature, source="update manifest")
-            served = self.agent.current()
-            if (served is not None and served.sha256 == manifest["model"]["sha256"]
-                    and served.version == manifest["version"] and not store.state().pending):
-                return self._progress(job, "healthy", manifest["model"]["size"])
-            self.agent.check_update(manifest)  # RAM and the like: what the manifest alone tells
-            if dl is not None:  # a newer job replaces the one in progress
-                log.info("update %s replaced by %s", dl.job.job[:8], job.job[:8])
-                if dl.job.manifest_bytes != job.manifest_bytes:
-                    store.discard_partial(dl.part)
-                self._dl = None
-            part = store.open_partial(job.manifest_bytes, job.signature, source="update")
-        except (BadInput, CheckFailed) as exc:
-            return self._progress(job, "failed", reason=str(exc))
-        received = part.received
-        if received > part.size:  # cannot happen with in-order writes; start over rather than trust it
-            store.discard_partial(part)
-            part, received = store.open_partial(job.manifest_bytes, job.signature, source="update"), 0
-        self._progress(job, "accepted", received)
-        block = self.options.block_size or job.block_size
-        dl = _Download(job, part, block, received, collections.deque(range(received, part.size, block)))
-        self._dl = dl
-        if received:
-            log.info("update %s: resuming at %d of %d bytes", job.job[:8], received, part.size)
-        self._progress(job, "downloading", received)
-        if received >= part.size:
-            return self._finish(dl)
-        self._pump(dl)
-
-    def _pump(self, dl: _Download) -> None:
-        rate = self.options.max_bytes_per_s
-        while dl.todo and len(dl.outstanding) < self.options.window:
-            now = time.monotonic()
-            if rate and now < dl.not_before:
-                return  # _tick asks again when the pace allows
-            offset = dl.todo.popleft()
-            self._request(dl, offset)
-            if rate:
-                dl.not_before = max(now, dl.not_before) + min(dl.block_size, dl.size - offset) / rate
-
-    def _request(self, dl: _Download, offset: int) -> None:
-        dl.outstanding[offset] = time.monotonic() + self.options.request_timeout_s
-        length = min(dl.block_size, dl.size - offset)
-        self.requests_sent += 1
-        self._publish(self.topics.ota_get, BlockRequest(dl.job.job, offset, length).to_bytes(), 1, False)
-
-    def _ask_again(self, offsets: list[int]) -> None:
-        dl = self._dl
-        if dl is None:
-            return
-        for offset in offsets:
-            self._request(dl, offset)
-
-    def _tick(self) -> None:
-        dl = self._dl
-        if dl is None:
-            return
-        now = time.monotonic()
-        if self._connected():
-            self._ask_again([o for o, deadline in dl.outstanding.items() if deadline <= now])
-        self._pump(dl)
-
-    def _on_data(self, payload: bytes) -> None:
-        try:
-            block = Block.from_bytes(payload)
-        except PayloadError as exc:
-            log.warning("OTA: %s", exc)
-            return
-        dl = self._dl
-        if dl is None or block.job != dl.job.job:
-            return  # for a job we left behind
-        if block.status != BLOCK_OK:
-            return self._fail(dl.job, f"the controller refused block {block.offset}: {block.status_text}", dl.next_write)
-        if block.sha_prefix != bytes.fromhex(dl.part.manifest["model"]["sha256"][:16]):
-            return self._fail(dl.job, "a block belongs to another model (sha256 prefix differs)", dl.next_write)
-        if block.offset not in dl.outstanding:
-            return  # a duplicate of a block we already have
-        expected = min(dl.block_size, dl.size - block.offset)
-        if len(block.data) != expected:
-            return self._fail(dl.job, f"block {block.offset} has {len(block.data)} bytes, not {expected}",
-                              dl.next_write)
-        del dl.outstanding[block.offset]
-        dl.early[block.offset] = block.data
-        while dl.next_write in dl.early:  # in order only: bytes on disk are always a prefix
-            data = dl.early.pop(dl.next_write)
-            dl.part.write(dl.next_write, data)
-            dl.next_write += len(data)
-        if dl.next_write >= dl.size:
-            return self._finish(dl)
-        now = time.monotonic()
-        if now - dl.last_progress >= self.options.progress_interval_s:
-            dl.last_progress = now
-            self._progress(dl.job, "downloading", dl.next_write)
-        self._pump(dl)
-
-    def _finish(self, dl: _Download) -> None:
-        self._dl = None
-        job, store = dl.job, self.agent.store
-        self._progress(job, "verifying", dl.size)
-        try:
-            slot = store.commit_partial(dl.part, source="update")  # size, sha256, version, fit; then the slot
-        except (BadInput, CheckFailed) as exc:
-            return self._progress(job, "failed", dl.size, str(exc))
-        state = store.state()
-        if slot == state.active and not state.pending:
-            return self._progress(job, "healthy", dl.size)  # it already ran this model
-        self._progress(job, "activating", dl.size)
-        try:
-            report = self.agent.activate(slot)
-        except (BadInput, CheckFailed) as exc:
-            return self._progress(job, "failed", dl.size, f"cannot activate: {exc}")
-        if report.ok:
-            self._progress(job, "healthy", dl.size)
-        else:
-            self._progress(job, "rolled_back", dl.size, f"health check failed: {report.reason}")
-        self._model_changed()
-
+                runner.fail("internal error in the OTA client")

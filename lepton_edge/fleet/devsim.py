@@ -4,13 +4,15 @@ A :class:`SimDevice` does what a board's agent does on the wire, without running
 
 * a retained ``status`` (online, the model it runs) on every connect; its Last Will says offline;
 * ``telemetry`` every ``telemetry_interval_s`` with a ``seq`` that counts up (gaps are losses);
-* OTA: on ``ota/job`` it checks the manifest's signature against its trusted keys, refuses a version
-  lower than its confirmed one and a model over ``max_model_bytes`` (the profile check), all before
-  asking for a byte; then asks for blocks on ``ota/get`` (``window`` in flight, re-asked after
-  ``request_timeout_s`` and after every reconnect), reassembles them (in a partial file under
-  ``state_dir`` when given, so a restarted simulator resumes from the contiguous prefix it holds),
-  verifies size and sha256 with :func:`lepton_edge.artifact.verify_model`, "activates" and reports
-  ``healthy``; every step goes to ``ota/progress``, a failure with its reason.
+* OTA: the agent's own state machine and runner (:class:`lepton_edge.agent.ota.OtaRunner`), with the
+  device as its :class:`~lepton_edge.agent.ota.UpdateTarget`: on ``ota/job`` it checks the manifest's
+  signature against its trusted keys, refuses a version lower than its confirmed one and a model over
+  ``max_model_bytes`` (the profile check), all before asking for a byte; then asks for blocks on
+  ``ota/get`` (``window`` in flight, re-asked after ``request_timeout_s`` and after every reconnect),
+  writes them in order (in a partial file under ``state_dir`` when given, so a restarted simulator
+  resumes from the prefix it holds), verifies size and sha256 with
+  :func:`lepton_edge.artifact.verify_model`, "activates" and reports ``healthy``; every step goes to
+  ``ota/progress``, a failure with its reason.
 
 Hundreds of devices share one :class:`~lepton_edge.mqtt.NetworkLoop` thread; for thousands
 use several processes: ``python -m lepton_edge.fleet.devsim --broker URL --count N ...``.
@@ -31,13 +33,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lepton_edge.agent.ota import Checked, OtaOptions, OtaRunner, route_ota
 from lepton_edge.artifact import verify_manifest, verify_model
-from lepton_edge.errors import BadInput, LeptonError
+from lepton_edge.errors import BadInput, CheckFailed, LeptonError
 from lepton_edge.fsio import atomic_write_text
-from lepton_edge.mqtt import (BLOCK_OK, DEFAULT_FLEET, Block, BlockRequest, BrokerConfig, DeviceTopics, ModelInfo,
-                              OtaJob, PayloadError, Progress, SessionOptions, Status, Telemetry, Will,
+from lepton_edge.mqtt import (DEFAULT_FLEET, BrokerConfig, DeviceTopics, ModelInfo, MqttClient, NetworkLoop, OtaJob,
+                              OtaState, Progress, SessionOptions, Status, Telemetry, TimerHandle, Will,
                               offline_will_payload, parse_broker_url)
-from lepton_edge.mqtt import MqttClient, NetworkLoop, TimerHandle
 
 log = logging.getLogger("lepton_edge.fleet.devsim")
 
@@ -60,24 +62,6 @@ class SimOptions:
     session: SessionOptions = field(default_factory=lambda: SessionOptions(max_queued=1000, max_backoff_s=5.0))
 
 
-@dataclass
-class _Download:
-    job: OtaJob
-    manifest: dict[str, Any]
-    size: int
-    block_size: int
-    buffer: bytearray | None              # memory mode
-    part: Path | None                     # disk mode: partial file
-    have: set[int] = field(default_factory=set)         # block offsets written
-    todo: list[int] = field(default_factory=list)       # offsets not yet asked for (ascending)
-    outstanding: dict[int, float] = field(default_factory=dict)  # offset -> deadline
-    requests: int = 0
-    retries: int = 0
-    started: float = field(default_factory=time.monotonic)
-    last_progress: float = 0.0
-    finished: bool = False
-
-
 class SimDevice:
     """One simulated agent. All methods but :meth:`start`, :meth:`stop` and the properties run on the loop."""
 
@@ -92,9 +76,9 @@ class SimDevice:
         self.seq = 0
         self.telemetry_sent = 0
         self.progress_log: list[Progress] = []
-        self.requests_sent = 0
-        self.finished_jobs: dict[str, Progress] = {}
-        self._dl: _Download | None = None
+        self._manifest: dict[str, Any] = {}       # of the job being downloaded
+        self._buffer: bytearray | None = None     # memory mode
+        self._part: Path | None = None            # disk mode: the partial file
         self._telemetry_timer: TimerHandle | None = None
         self._tick: TimerHandle | None = None
         self._started = time.monotonic()
@@ -103,8 +87,13 @@ class SimDevice:
         self.client = MqttClient(broker, device_id,
                                  will=Will(self.topics.status, offline_will_payload(), qos=1, retain=True),
                                  session=options.session, loop=loop, on_connect=self._on_connect)
-        self.client.subscribe(self.topics.ota_job, self._on_job, qos=1)
-        self.client.subscribe(self.topics.ota_data, self._on_data, qos=1)
+        ota = OtaOptions(window=options.window, block_size=options.block_size,
+                         request_timeout_s=options.request_timeout_s, progress_interval_s=options.progress_interval_s,
+                         block_delay_s=options.block_delay_s)
+        self.ota = OtaRunner(self, self.topics, self.client.publish, options=ota,
+                             call_later=self.client.loop.call_later, on_progress=self.progress_log.append)
+        self.router = route_ota(self.client, self.topics, lambda _device, job: self.ota.on_job(job),
+                                lambda _device, block: self.ota.on_data(block), label=device_id)
 
     # -- any thread --
     def start(self) -> None:
@@ -131,6 +120,10 @@ class SimDevice:
     def state(self) -> str | None:
         return self.progress_log[-1].state if self.progress_log else None
 
+    @property
+    def requests_sent(self) -> int:
+        return self.ota.requests_sent
+
     # -- loop thread --
     def _start_timers(self) -> None:
         interval = self.options.telemetry_interval_s
@@ -145,10 +138,7 @@ class SimDevice:
 
     def _on_connect(self) -> None:
         self._publish_status()
-        dl = self._dl
-        if dl is not None and not dl.finished:  # what was in flight is probably lost: ask again
-            for offset in list(dl.outstanding):
-                self._request(dl, offset)
+        self.ota.on_reconnect()
 
     def _publish_status(self) -> None:
         self.client.publish(self.topics.status, Status(True, self.model, "devsim", time.time()).to_bytes(),
@@ -175,181 +165,92 @@ class SimDevice:
         self._telemetry_timer = self.client.loop.call_later(self.options.telemetry_interval_s, self._telemetry_tick)
 
     def _timeout_tick(self) -> None:
-        dl = self._dl
-        if dl is not None and not dl.finished and self.client.connected:
-            now = time.monotonic()
-            for offset, deadline in list(dl.outstanding.items()):
-                if deadline <= now:
-                    dl.retries += 1
-                    self._request(dl, offset)
+        self.ota.on_timer(self.client.connected)
         self._tick = self.client.loop.call_later(0.5, self._timeout_tick)
 
-    # OTA
-    def _progress(self, job: OtaJob, state: str, received: int = 0, reason: str | None = None,
-                  model: ModelInfo | None = None) -> None:
-        p = Progress(job.job, state, received, job.size, reason, model, time.time())
-        self.progress_log.append(p)
-        if state in ("healthy", "failed", "rolled_back"):
-            self.finished_jobs[job.job] = p
-        self.client.publish(self.topics.ota_progress, p.to_bytes(), qos=1)
-
-    def _on_job(self, topic: str, payload: bytes) -> None:
-        try:
-            job = OtaJob.from_bytes(payload)
-        except PayloadError as exc:
-            log.warning("%s: %s", self.id, exc)
-            return
-        dl = self._dl
-        if dl is not None and dl.job.job == job.job and not dl.finished:
-            for offset in list(dl.outstanding):  # sent again (we reconnected): nudge what is in flight
-                self._request(dl, offset)
-            self._pump(dl)
-            return
-        if job.job in self.finished_jobs:  # the controller may have missed our last word
-            self.client.publish(self.topics.ota_progress, self.finished_jobs[job.job].to_bytes(), qos=1)
-            return
+    # -- OTA: the UpdateTarget the runner drives (loop thread) --
+    def check(self, job: OtaJob) -> Checked:
         opts = self.options
-        try:  # every check before the first byte is asked for
-            manifest = verify_manifest(job.manifest_bytes, job.signature, opts.trusted_keys,
-                                       require_signature=opts.require_signature, source="job manifest")
-        except BadInput as exc:
-            return self._progress(job, "failed", reason=str(exc))
+        manifest = verify_manifest(job.manifest_bytes, job.signature, opts.trusted_keys,
+                                   require_signature=opts.require_signature, source="job manifest")
         if (self.model is not None and self.model.sha256 == manifest["model"]["sha256"]
                 and self.model.version == manifest["version"]):
-            return self._progress(job, "healthy", job.size, model=self.model)
+            return Checked(manifest, running=True)
         if manifest["version"] < self.confirmed_version:
-            return self._progress(job, "failed", reason=f"version {manifest['version']} is lower than the confirmed "
-                                                        f"version {self.confirmed_version}")
+            raise CheckFailed(f"version {manifest['version']} is lower than the confirmed version "
+                              f"{self.confirmed_version}")
         size = manifest["model"]["size"]
         if opts.max_model_bytes is not None and size > opts.max_model_bytes:
-            return self._progress(job, "failed", reason=f"model of {size} bytes does not fit the profile's "
-                                                        f"{opts.max_model_bytes} bytes")
-        self._progress(job, "accepted")
-        self._begin(job, manifest, size)
+            raise CheckFailed(f"model of {size} bytes does not fit the profile's {opts.max_model_bytes} bytes")
+        return Checked(manifest, running=False)
 
-    def _begin(self, job: OtaJob, manifest: dict[str, Any], size: int) -> None:
-        bs = self.options.block_size or job.block_size
-        dl = _Download(job, manifest, size, bs, None, None)
+    def open(self, job: OtaJob, checked: Checked, block_size: int, replacing: OtaJob | None) -> int:
+        """Where the model goes; returns how much of it is held already (a whole number of blocks)."""
+        self._manifest, size = checked.manifest, checked.size
+        self._buffer = self._part = None
+        if self.dir is None:
+            self._buffer = bytearray(size)
+            return 0
+        part_dir = self.dir / "partial" / self._manifest["model"]["sha256"]
+        part_dir.mkdir(parents=True, exist_ok=True)
+        self._part, mark = part_dir / "model.part", part_dir / "received"
         prefix = 0
-        if self.dir is not None:
-            part_dir = self.dir / "partial" / manifest["model"]["sha256"]
-            part_dir.mkdir(parents=True, exist_ok=True)
-            dl.part = part_dir / "model.part"
-            mark = part_dir / "received"
-            if dl.part.exists() and mark.exists():
-                prefix = min(int(mark.read_text() or 0), size)
-                prefix -= prefix % bs if prefix < size else 0
-            with open(dl.part, "ab") as f:
-                f.truncate(prefix)
-        else:
-            dl.buffer = bytearray(size)
-        dl.have = set(range(0, prefix, bs))
-        dl.todo = [o for o in range(prefix, size, bs)]
-        self._dl = dl
-        self._progress(job, "downloading", prefix)
-        if not dl.todo:
-            return self._finish(dl)
-        self._pump(dl)
+        if self._part.exists() and mark.exists():
+            prefix = min(int(mark.read_text() or 0), size)
+            prefix -= prefix % block_size if prefix < size else 0
+        with open(self._part, "ab") as f:
+            f.truncate(prefix)
+        return prefix
 
-    def _pump(self, dl: _Download) -> None:
-        while dl.todo and len(dl.outstanding) < self.options.window:
-            offset = dl.todo.pop(0)
-            if self.options.block_delay_s > 0:
-                dl.outstanding[offset] = time.monotonic() + self.options.block_delay_s + self.options.request_timeout_s
-                self.client.loop.call_later(self.options.block_delay_s, self._request, dl, offset)
-            else:
-                self._request(dl, offset)
-
-    def _request(self, dl: _Download, offset: int) -> None:
-        if dl.finished or self._dl is not dl or offset in dl.have:
+    def write(self, offset: int, data: bytes) -> None:
+        if self._buffer is not None:
+            self._buffer[offset:offset + len(data)] = data
             return
-        dl.outstanding[offset] = time.monotonic() + self.options.request_timeout_s
-        length = min(dl.block_size, dl.size - offset)
-        dl.requests += 1
-        self.requests_sent += 1
-        self.client.publish(self.topics.ota_get, BlockRequest(dl.job.job, offset, length).to_bytes(), qos=1)
-
-    def _on_data(self, topic: str, payload: bytes) -> None:
-        try:
-            block = Block.from_bytes(payload)
-        except PayloadError as exc:
-            log.warning("%s: %s", self.id, exc)
-            return
-        dl = self._dl
-        if dl is None or dl.finished or block.job != dl.job.job:
-            return
-        if block.status != BLOCK_OK:
-            return self._fail(dl, f"the controller refused block {block.offset}: {block.status_text}")
-        if block.sha_prefix != bytes.fromhex(dl.manifest["model"]["sha256"][:16]):
-            return self._fail(dl, "a block belongs to another model (sha256 prefix differs)")
-        if block.offset not in dl.outstanding or block.offset in dl.have:
-            return  # a duplicate (we asked twice): already written
-        if len(block.data) != min(dl.block_size, dl.size - block.offset):
-            return self._fail(dl, f"block {block.offset} has {len(block.data)} bytes")
-        self._write(dl, block.offset, block.data)
-        del dl.outstanding[block.offset]
-        dl.have.add(block.offset)
-        received = min(len(dl.have) * dl.block_size, dl.size)
-        now = time.monotonic()
-        if len(dl.have) * dl.block_size >= dl.size:
-            return self._finish(dl)
-        if now - dl.last_progress >= self.options.progress_interval_s:
-            dl.last_progress = now
-            self._progress(dl.job, "downloading", received)
-        self._pump(dl)
-
-    def _write(self, dl: _Download, offset: int, data: bytes) -> None:
-        if dl.buffer is not None:
-            dl.buffer[offset:offset + len(data)] = data
-            return
-        assert dl.part is not None
-        fd = os.open(dl.part, os.O_WRONLY)
+        assert self._part is not None
+        fd = os.open(self._part, os.O_WRONLY)
         try:
             os.pwrite(fd, data, offset)
             os.fdatasync(fd)
         finally:
             os.close(fd)
-        prefix = 0
-        while prefix in dl.have or prefix == offset:
-            prefix += dl.block_size
-        atomic_write_text(dl.part.parent / "received", str(min(prefix, dl.size)))
+        atomic_write_text(self._part.parent / "received", str(offset + len(data)))
 
-    def _finish(self, dl: _Download) -> None:
-        dl.finished = True
-        self._progress(dl.job, "verifying", dl.size)
-        data = bytes(dl.buffer) if dl.buffer is not None else dl.part.read_bytes()  # type: ignore[union-attr]
-        try:
-            verify_model(data, dl.manifest, "downloaded model")
-        except BadInput as exc:
-            self._discard(dl)
-            return self._progress(dl.job, "failed", dl.size, reason=str(exc))
-        self._progress(dl.job, "activating", dl.size)
-        if self.options.fail_health_check:
-            self._discard(dl)
-            return self._progress(dl.job, "rolled_back", dl.size, reason="health check failed (simulated)",
-                                  model=self.model)
-        m = dl.manifest
-        slot = "b" if self.model is not None and self.model.slot == "a" else "a"
-        self.model = ModelInfo(m["name"], m["version"], m["model"]["sha256"], slot)
-        self.confirmed_version = max(self.confirmed_version, m["version"])
-        self._save_state()
-        self._discard(dl)
-        # healthy before the new status: the controller then has nothing to resend when it sees the status
-        self._progress(dl.job, "healthy", dl.size, model=self.model)
-        self._publish_status()
-
-    def _fail(self, dl: _Download, reason: str) -> None:
-        dl.finished = True
-        self._discard(dl)
-        self._progress(dl.job, "failed", len(dl.have) * dl.block_size, reason=reason)
-
-    def _discard(self, dl: _Download) -> None:
-        if dl.part is not None:
-            for p in (dl.part, dl.part.parent / "received"):
+    def drop(self) -> None:
+        if self._part is not None:
+            for p in (self._part, self._part.parent / "received"):
                 try:
                     p.unlink()
                 except FileNotFoundError:
                     pass
+
+    def install(self) -> bool:
+        data = bytes(self._buffer) if self._buffer is not None else self._part.read_bytes()  # type: ignore[union-attr]
+        try:
+            verify_model(data, self._manifest, "downloaded model")
+        except BadInput:
+            self.drop()
+            raise
+        return True
+
+    def activate(self) -> str | None:
+        if self.options.fail_health_check:
+            self.drop()
+            return "health check failed (simulated)"
+        m = self._manifest
+        slot = "b" if self.model is not None and self.model.slot == "a" else "a"
+        self.model = ModelInfo(m["name"], m["version"], m["model"]["sha256"], slot)
+        self.confirmed_version = max(self.confirmed_version, m["version"])
+        self._save_state()
+        self.drop()
+        return None
+
+    def reported_model(self, state: OtaState) -> ModelInfo | None:
+        """The model a progress report names: the one that runs once a job is over, none before."""
+        return self.model if state in (OtaState.HEALTHY, OtaState.ROLLED_BACK) else None
+
+    def model_changed(self) -> None:
+        # after the final progress report: the controller then has nothing to resend when it sees the status
+        self._publish_status()
 
     # -- persisted state --
     def _load_state(self) -> None:
