@@ -148,6 +148,11 @@ void clock_init() {
   RCC->CR = RCC->CR | RCC_CR_HSION;
   while (!(RCC->CR & RCC_CR_HSIRDY)) {
   }
+  // Run from HSI16 while the PLL is set up (a debugger may have left the PLL as SYSCLK, and the
+  // PLL cannot be stopped while it is).
+  RCC->CFGR = (RCC->CFGR & ~RCC_CFGR_SW) | RCC_CFGR_SW_HSI;
+  while ((RCC->CFGR & RCC_CFGR_SWS) != RCC_CFGR_SWS_HSI) {
+  }
   // PLL: HSI16 / M(1) * N(15) = 240 MHz VCO, / R(2) = 120 MHz.
   RCC->CR = RCC->CR & ~RCC_CR_PLLON;
   while (RCC->CR & RCC_CR_PLLRDY) {
