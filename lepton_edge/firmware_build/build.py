@@ -29,6 +29,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -489,7 +490,8 @@ def _make(spec: Board, tree: Path, keys: Keys, final: Path, progress: Progress |
         f"log in {work / 'build.log'}")
     start = time.monotonic()
     with open(work / "build.log", "w") as log:
-        proc = subprocess.Popen([*args, f"-j{jobs}"], stdout=log, stderr=subprocess.STDOUT, env=_make_env())
+        proc = subprocess.Popen([*args, f"-j{jobs}"], stdout=log, stderr=subprocess.STDOUT, env=_make_env(),
+                                preexec_fn=_own_group_dying_with_parent)
         try:
             last_report = start
             while proc.poll() is None:
@@ -500,8 +502,11 @@ def _make(spec: Board, tree: Path, keys: Keys, final: Path, progress: Progress |
                     done = _objects_since(start, (lib_dir / "obj").resolve(), work)
                     share = f"{min(done, total)}/{total} files" if total else f"{done} files"
                     say(f"firmware {spec.name}: {share} compiled ({_clock(now - start)})")
-        except BaseException:
-            proc.terminate()
+        except BaseException:  # Ctrl-C, SIGTERM: make and every compiler it started stop too
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except OSError:
+                proc.terminate()
             proc.wait()
             shutil.rmtree(work, ignore_errors=True)
             raise
@@ -536,6 +541,16 @@ def _make(spec: Board, tree: Path, keys: Keys, final: Path, progress: Progress |
     say(f"firmware {spec.name} built in {_clock(seconds)}: {final / exe.name} "
         f"(text {text_b:,} B, data {data_b:,} B, bss {bss_b:,} B)")
     return _load(final, cached=False)  # type: ignore[return-value]
+
+
+def _own_group_dying_with_parent() -> None:  # runs in make's process between fork and exec
+    os.setpgrp()  # make and its compilers: one group, stopped together
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG: we die, make is told
+    except Exception:  # noqa: BLE001 - not Linux: best effort
+        pass
 
 
 def _objects_since(start_monotonic: float, *dirs: Path) -> int:
