@@ -170,6 +170,21 @@ def test_missing_tflm_tree_is_one_line_exit_1(tmp_path):
     assert "LEPTON_TFLM_DIR" in line
 
 
+def test_missing_toolchain_is_one_line_exit_1_with_the_install_command(tmp_path):
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    bin_dir = tmp_path / "bin"  # a PATH with make and a shell, no compilers, no QEMU
+    bin_dir.mkdir()
+    for tool in ("make", "sh", "bash"):
+        if shutil.which(tool):
+            (bin_dir / tool).symlink_to(shutil.which(tool))
+    env = {"PATH": str(bin_dir)}
+    line = assert_one_line_error(run_cli("firmware", "build", "--board", "qemu-m4", env=env), 1)
+    assert "arm-none-eabi-g++ is not installed" in line and "apt-get install gcc-arm-none-eabi" in line
+    line = assert_one_line_error(run_cli("device-sim", "--board", "qemu-m4", "--print-port", env=env), 1)
+    assert "apt-get install qemu-system-arm" in line
+
+
 def test_firmware_build_host_json_from_the_cache(tmp_path):
     cached_or_skip("host")
     proc = run_cli("firmware", "build", "--board", "host", "--json", "-o", tmp_path / "out", timeout=120)
