@@ -53,6 +53,11 @@ def test_measure_target_without_a_build_is_one_line_naming_the_build_command(tmp
     proc = run_cli("plan", str(model), "--profile", "stm32l4r5", "--measure", "target", env=env)
     line = assert_one_line_error(proc, 1)
     assert "lepton-edge firmware build --board qemu-m4" in line or "qemu-system-arm" in line
+    conv = run_cli("convert", str(model), "--quantize", "none", "--profile", "stm32h743", "-o",
+                   str(tmp_path / "out"), "--measure", "target", env=env)
+    assert "lepton-edge firmware build --board qemu-m7" in assert_one_line_error(conv, 1) \
+        or shutil.which("qemu-system-arm") is None
+    assert not (tmp_path / "out").exists()
     no_profile = run_cli("plan", str(model), "--measure", "target", env=env)
     assert "--profile" in assert_one_line_error(no_profile, 1)
     # auto quietly falls back to the host, labelled so; the margin is added on top as before
