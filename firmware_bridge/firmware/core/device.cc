@@ -236,12 +236,36 @@ bool slot_hash_ok(uint32_t index) {
   return memcmp(digest, s.sha256, 32) == 0;
 }
 
+// The arena TFLite Micro gets for a model whose device arena is `arena`: that arena, except on a board
+// that stands in for a 32-bit device on a 64-bit host (the host port), where x86-64 TFLite Micro may
+// need more than a figure measured on the target. There, as in the Python simulator
+// (firmware_bridge.payload.host_arena_bytes), the manifest's arena.host_recommended_bytes when the
+// device's arena is at least its arena.recommended_bytes; INFO and STATS still say `arena`.
+uint32_t interpreter_arena(uint32_t arena, const uint8_t* manifest, uint32_t manifest_len) {
+#ifdef LEPTON_HOST_ARENA_FROM_MANIFEST
+  if (manifest_len > 0) {
+    Manifest m;
+    char why[8];
+    if (parse_manifest(manifest, manifest_len, &m, why, sizeof why) && m.host_recommended_arena > 0 &&
+        !(m.recommended_arena > 0 && arena < m.recommended_arena)) {
+      return m.host_recommended_arena > arena ? m.host_recommended_arena : arena;
+    }
+  }
+#else
+  (void)manifest;
+  (void)manifest_len;
+#endif
+  return arena;
+}
+
 // Loads slot `index` (already checked) into TFLite Micro; sets `active` on success.
 bool load_slot(uint32_t index, char* why, size_t cap) {
   const slots::SlotMeta& s = slots::meta().slot[index];
   output_valid = false;
   staged.xfer = 0;
-  if (runner::load(slots::slot_data(index), s.size, s.arena_bytes, why, cap) != runner::Load::kOk) {
+  const uint8_t* model = slots::slot_data(index);
+  const uint32_t arena = interpreter_arena(s.arena_bytes, model + slots::align16(s.size), s.manifest_len);
+  if (runner::load(model, s.size, arena, why, cap) != runner::Load::kOk) {
     active = slots::kNoSlot;
     return false;
   }
@@ -308,8 +332,8 @@ size_t do_info(const uint8_t*, size_t, Refusal*) {
 
 size_t do_stats(const uint8_t*, size_t, Refusal*) {
   Writer w{answer};
-  const bool m = runner::loaded();
-  w.u32(m ? runner::arena_bytes() : 0);
+  const bool m = runner::loaded() && active != slots::kNoSlot;
+  w.u32(m ? slots::meta().slot[active].arena_bytes : 0);  // the device's arena (see interpreter_arena)
   w.u32(m ? runner::head_bytes() : 0);
   w.u32(m ? runner::tail_bytes() : 0);
   w.u32(counters.invocations);
@@ -525,8 +549,9 @@ size_t do_model_commit(const uint8_t* p, size_t n, Refusal* r) {
   slots::SlotMeta record;
   if (!verify(&record, r)) return 0;
   char why[kNakMessageMax + 1];
-  const runner::Load loaded =
-      runner::load(slots::slot_data(t.slot), record.size, record.arena_bytes, why, sizeof why);
+  const uint8_t* model = slots::slot_data(t.slot);
+  const uint32_t arena = interpreter_arena(record.arena_bytes, model + slots::align16(record.size), t.manifest_len);
+  const runner::Load loaded = runner::load(model, record.size, arena, why, sizeof why);
   if (loaded != runner::Load::kOk) {
     t.open = false;
     const uint32_t previous = active;

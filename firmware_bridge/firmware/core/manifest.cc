@@ -21,7 +21,7 @@ struct Scalar {
 
 struct Found {
   Scalar schema, name, version, model, inputs, outputs, runtime, arena;
-  Scalar sha256, size, recommended;
+  Scalar sha256, size, recommended, host_recommended;
 };
 
 void unescape(const Scalar& s, char* out, size_t cap);
@@ -218,6 +218,7 @@ class Reader {
       if (is(path[0], "model") && is(path[1], "sha256")) f_->sha256 = v;
       else if (is(path[0], "model") && is(path[1], "size")) f_->size = v;
       else if (is(path[0], "arena") && is(path[1], "recommended_bytes")) f_->recommended = v;
+      else if (is(path[0], "arena") && is(path[1], "host_recommended_bytes")) f_->host_recommended = v;
     }
   }
 
@@ -390,6 +391,11 @@ bool parse_manifest(const uint8_t* json, size_t len, Manifest* out, char* why, s
   if (int_field(f.recommended) && f.recommended.integer > 0) {
     out->recommended_arena = f.recommended.integer > 0xFFFFFFFFLL ? 0xFFFFFFFFu
                                                                  : static_cast<uint32_t>(f.recommended.integer);
+  }
+  if (int_field(f.host_recommended) && f.host_recommended.integer > 0) {
+    out->host_recommended_arena = f.host_recommended.integer > 0xFFFFFFFFLL
+                                      ? 0xFFFFFFFFu
+                                      : static_cast<uint32_t>(f.host_recommended.integer);
   }
   unescape(f.name, out->name, sizeof out->name);
   return true;

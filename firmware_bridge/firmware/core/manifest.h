@@ -15,6 +15,7 @@ struct Manifest {
   bool sha256_ok;  // lowercase hex (else it cannot name the announced model)
   uint32_t model_size;
   uint32_t recommended_arena;  // 0 when absent or null
+  uint32_t host_recommended_arena;  // arena.host_recommended_bytes (x86-64 TFLM's figure), 0 when absent
 };
 
 // false with a message in `why` (as the Python parser's, without the "manifest: " prefix).

@@ -22,10 +22,16 @@
 #endif
 
 // The arena: the board may place it (a section named for its map file) with LEPTON_ARENA_SECTION.
+// ARENA_RAM_BYTES is what the device offers models; a board that stands in for a 32-bit device on a
+// 64-bit host may give TFLite Micro more room behind it (LEPTON_ARENA_STATIC_BYTES, see device.cc).
+#ifndef LEPTON_ARENA_STATIC_BYTES
+#define LEPTON_ARENA_STATIC_BYTES LEPTON_ARENA_RAM_BYTES
+#endif
+static_assert(LEPTON_ARENA_STATIC_BYTES >= LEPTON_ARENA_RAM_BYTES, "the static arena holds the RAM budget");
 #ifdef LEPTON_ARENA_SECTION
 __attribute__((section(LEPTON_ARENA_SECTION)))
 #endif
-alignas(16) uint8_t lepton_arena[LEPTON_ARENA_RAM_BYTES];
+alignas(16) uint8_t lepton_arena[LEPTON_ARENA_STATIC_BYTES];
 
 namespace lepton::runner {
 namespace {
@@ -195,7 +201,7 @@ uint32_t walk(bool inputs, uint32_t offset, uint32_t n, Fn fn) {
 
 }  // namespace
 
-size_t arena_capacity() { return sizeof(lepton_arena); }
+size_t arena_capacity() { return LEPTON_ARENA_RAM_BYTES; }
 
 Load load(const uint8_t* model, size_t model_len, size_t arena, char* why, size_t cap) {
   drop();
@@ -205,7 +211,7 @@ Load load(const uint8_t* model, size_t model_len, size_t arena, char* why, size_
   }
   if (arena > sizeof(lepton_arena)) {
     snprintf(why, cap, "arena of %u bytes exceeds the %u bytes of RAM", static_cast<unsigned>(arena),
-             static_cast<unsigned>(sizeof(lepton_arena)));
+             static_cast<unsigned>(arena_capacity()));
     return Load::kArena;
   }
   if (!build(model, arena)) {
@@ -277,9 +283,9 @@ ProbeResult probe(const uint8_t* model, size_t model_len, size_t capacity) {
   ProbeResult r{false, 0, 0, 0, 0, nullptr};
   static char why[128];
   if (capacity == 0) capacity = arena_capacity();
-  if (capacity > arena_capacity()) {
+  if (capacity > sizeof(lepton_arena)) {
     snprintf(why, sizeof why, "capacity %u is above this firmware's arena of %u bytes",
-             static_cast<unsigned>(capacity), static_cast<unsigned>(arena_capacity()));
+             static_cast<unsigned>(capacity), static_cast<unsigned>(sizeof(lepton_arena)));
     r.error = why;
     return r;
   }

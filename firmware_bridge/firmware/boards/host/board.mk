@@ -16,3 +16,6 @@ MAX_PAYLOAD := 4096
 WINDOW := 8
 EXE := firmware
 BOARD_LIBS := -lutil
+# x86-64 TFLite Micro may need more arena than a figure measured on the 32-bit target: as the Python
+# simulator, give it the manifest's host figure behind the device's 491,520 B (see core/device.cc).
+CORE_DEFINES := -DLEPTON_HOST_ARENA_FROM_MANIFEST -DLEPTON_ARENA_STATIC_BYTES=983040u
