@@ -25,7 +25,7 @@ from fleet_helpers import DEVICE, api, broker, fleet  # noqa: F401 - fixtures
 from lepton_edge.agent.config import load_config
 from lepton_edge.agent.daemon import Agent
 from lepton_edge.agent.mqtt_link import LinkOptions, start_mqtt
-from lepton_edge.agent.ota import OtaOptions
+from lepton_edge.agent.update import OtaOptions
 from lepton_edge.mqtt import SessionOptions, Status, parse_broker_url
 from lepton_edge.mqtt import MqttClient
 from mosquitto import Broker

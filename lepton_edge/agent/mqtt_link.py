@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from lepton_edge.agent.member import FleetMember
-from lepton_edge.agent.ota import OtaClient, OtaOptions, model_info, route_ota
+from lepton_edge.agent.ota import OtaClient, model_info, route_ota
 from lepton_edge.agent.telemetry import TelemetrySampler
+from lepton_edge.agent.update import OtaOptions
 from lepton_edge.mqtt import (DeviceTopics, MqttClient, SessionOptions, Status, Will, offline_will_payload,
                               parse_broker_url)
 

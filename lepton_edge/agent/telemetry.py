@@ -13,9 +13,12 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from lepton_edge.mqtt import Telemetry
+
+if TYPE_CHECKING:
+    from lepton_edge.agent.member import FleetMember
 
 THERMAL = Path("/sys/class/thermal")
 
@@ -47,7 +50,7 @@ def temperature_c(root: Path = THERMAL) -> float | None:
 class TelemetrySampler:
     """Turns the agent's counters into one :class:`Telemetry` per call; rates are since the last call."""
 
-    def __init__(self, agent: Any, mqtt_stats: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, agent: FleetMember, mqtt_stats: Callable[[], dict[str, Any]]) -> None:
         self.agent = agent
         self.mqtt_stats = mqtt_stats
         self.seq = 0

@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lepton_edge.agent.ota import Checked, OtaOptions, OtaRunner, route_ota
+from lepton_edge.agent.ota import Checked, OtaRunner, route_ota
+from lepton_edge.agent.update import OtaOptions
 from lepton_edge.artifact import verify_manifest, verify_model
 from lepton_edge.errors import BadInput, CheckFailed, LeptonError
 from lepton_edge.fsio import atomic_write_text
@@ -147,7 +148,7 @@ class SimDevice:
     def send_telemetry(self) -> None:
         stats = self.client.stats()
         latency = 2.0 + self._rng.random()
-        values = {"uptime_s": round(time.monotonic() - self._started, 3), "inferences": self.seq * 10,
+        values: dict[str, Any] = {"uptime_s": round(time.monotonic() - self._started, 3), "inferences": self.seq * 10,
                   "inferences_per_s": 10.0, "errors": 0, "latency_p50_ms": round(latency, 3),
                   "latency_p99_ms": round(latency * 1.8, 3), "latency_max_ms": round(latency * 2.5, 3),
                   "arena_bytes": 65536, "rss_bytes": 48 * 1024 * 1024, "cpu_percent": 3.5,

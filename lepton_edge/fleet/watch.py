@@ -96,7 +96,7 @@ HEADERS = ("device", "online", "model", "p50 ms", "p99 ms", "inf/s", "memory", "
 
 
 def table_rows(devices: list[dict[str, Any]], now: float) -> list[tuple[str, ...]]:
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for d in devices:
         t = d["telemetry"] or {}
         model = d["model"]

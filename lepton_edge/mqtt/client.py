@@ -62,7 +62,7 @@ def make_paho_client(config: BrokerConfig, client_id: str, *, will: Will | None 
     client.connect_timeout = session.connect_timeout_s
     properties = None
     if v5:
-        properties = Properties(PacketTypes.CONNECT)
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         if session.session_expiry_s:
             properties.SessionExpiryInterval = session.session_expiry_s
         client.connect_async(config.host, config.port, config.keepalive, clean_start=session.clean_start,
@@ -95,8 +95,8 @@ class NetworkLoop:
         self._wake_w.setblocking(False)
         self._sel.register(self._wake_r, selectors.EVENT_READ, None)
         self._lock = threading.Lock()
-        self._calls: collections.deque = collections.deque()
-        self._timers: list[tuple[float, int, TimerHandle, Callable[..., Any], tuple]] = []
+        self._calls: collections.deque[tuple[Callable[..., Any], tuple[Any, ...]]] = collections.deque()
+        self._timers: list[tuple[float, int, TimerHandle, Callable[..., Any], tuple[Any, ...]]] = []
         self._seq = itertools.count()
         self.clients: list[MqttClient] = []
         self._masks: dict[int, int] = {}      # fd -> the events it is registered for
