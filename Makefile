@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 FIRMWARE_BOARDS := host qemu-m4 qemu-m7 nucleo-l4r5zi
 TOOLCHAIN_PKGS  := gcc-arm-none-eabi libnewlib-arm-none-eabi libstdc++-arm-none-eabi-newlib qemu-system-arm
 
-.PHONY: demo test setup mosquitto toolchain firmware bench clean
+.PHONY: demo test setup mosquitto toolchain firmware bench clean lock
 
 # The demo never builds firmware: it runs the qemu-m4 board when its build is cached, else the simulator.
 demo: setup
@@ -24,14 +24,26 @@ bench: setup
 
 setup: $(STAMP) mosquitto toolchain
 
-# Re-installs only when pyproject.toml changes; quiet when already set up.
-$(STAMP): pyproject.toml
+# Installs the exact versions of $(LOCK) (lepton-edge[all] resolved on the dev/CI machine: Python 3.11,
+# x86_64), then the kit itself without resolving again. Re-installs only when the lock or pyproject.toml
+# changes; quiet when already set up. Boards install `.[device]` from pyproject.toml's markers instead.
+LOCK := requirements.lock
+$(STAMP): $(LOCK) pyproject.toml
 	@test -x $(PY) || { echo "creating $(VENV)"; $(PYTHON) -m venv $(VENV); }
-	@echo "installing lepton-edge[all] into $(VENV) (first run takes a few minutes)"
+	@echo "installing lepton-edge[all] from $(LOCK) into $(VENV) (first run takes a few minutes)"
 	@{ $(PY) -m pip install --disable-pip-version-check --upgrade pip && \
-	   $(PY) -m pip install --disable-pip-version-check -e '.[all]'; } > $(VENV)/install.log 2>&1 \
+	   $(PY) -m pip install --disable-pip-version-check -r $(LOCK) && \
+	   $(PY) -m pip install --disable-pip-version-check --no-deps -e .; } > $(VENV)/install.log 2>&1 \
 	   || { tail -40 $(VENV)/install.log; echo "install failed; full log in $(VENV)/install.log"; exit 1; }
 	@touch $(STAMP)
+
+# Refreshes $(LOCK) to the newest versions pyproject.toml allows (uv comes with the dev extra); then
+# `make test` installs them. UPGRADE= keeps the locked versions and only adds or drops what changed.
+UPGRADE ?= --upgrade
+lock: $(STAMP)
+	@$(VENV)/bin/uv pip compile pyproject.toml --extra all --python $(PY) $(UPGRADE) --quiet \
+	   --custom-compile-command "make lock" -o $(LOCK)
+	@echo "$(LOCK): $$(grep -c '==' $(LOCK)) pins; run make test to install and check them"
 
 # The tests start their own Mosquitto on free loopback ports; it only has to be installed.
 mosquitto:
