@@ -58,7 +58,8 @@ def run_case(case: dict, profile: str, out: Path) -> dict:
     from lepton_edge.convert.calibration import load_dataset
     from lepton_edge.convert.fidelity import compare, run_converted
     from lepton_edge.convert.load import float_predictor, load_source
-    from lepton_edge.convert.pipeline import ConvertOptions, convert
+    from lepton_edge.convert.options import ConvertOptions
+    from lepton_edge.convert.pipeline import convert
 
     started = time.perf_counter()
     result = convert(ConvertOptions(model=str(case["source"]), profile=profile, outdir=str(out),

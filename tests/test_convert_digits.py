@@ -46,7 +46,8 @@ def digits(tmp_path_factory):
 
 
 def _convert(root, out, **kwargs):
-    from lepton_edge.convert.pipeline import ConvertOptions, convert
+    from lepton_edge.convert.options import ConvertOptions
+    from lepton_edge.convert.pipeline import convert
 
     result = convert(ConvertOptions(model=str(root / "digits.keras"), profile=PROFILE, outdir=str(out),
                                     calibration=str(root / "cal.npy"), eval=str(root / "eval.npz"), **kwargs))

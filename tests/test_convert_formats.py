@@ -14,7 +14,8 @@ pytestmark = pytest.mark.slow
 
 
 def _convert(**kwargs):
-    from lepton_edge.convert.pipeline import ConvertOptions, convert
+    from lepton_edge.convert.options import ConvertOptions
+    from lepton_edge.convert.pipeline import convert
 
     return convert(ConvertOptions(**kwargs))
 

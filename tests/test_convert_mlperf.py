@@ -39,7 +39,8 @@ def test_int8_matches_the_benchmark_reference(name, tmp_path):
     from lepton_edge.convert.calibration import load_dataset
     from lepton_edge.convert.fidelity import compare, run_converted
     from lepton_edge.convert.load import float_predictor, load_source
-    from lepton_edge.convert.pipeline import ConvertOptions, convert
+    from lepton_edge.convert.options import ConvertOptions
+    from lepton_edge.convert.pipeline import convert
 
     source, reference = (require_shared(p) for p in CASES[name])
     cal, ev = _data(name)

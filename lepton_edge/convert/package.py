@@ -23,7 +23,8 @@ from lepton_edge.errors import BadInput
 from lepton_edge.profiles import Profile
 
 if TYPE_CHECKING:
-    from lepton_edge.convert.pipeline import Attempt, ConvertOptions
+    from lepton_edge.convert.options import ConvertOptions
+    from lepton_edge.convert.result import Attempt
 
 
 def self_test(attempt: Attempt, data: Dataset, profile: Profile) -> dict:
@@ -98,6 +99,14 @@ def build_manifest(opts: ConvertOptions, profile: Profile, source: SourceModel, 
     }
 
 
+def check_outdir(path: Path, force: bool) -> None:
+    """Refuse ``-o PATH`` when it is a file, or a non-empty directory without ``--force``."""
+    if path.exists() and not path.is_dir():
+        raise BadInput(f"-o {path}: exists and is not a directory")
+    if path.is_dir() and any(path.iterdir()) and not force:
+        raise BadInput(f"-o {path}: directory exists and is not empty (use --force to replace it)")
+
+
 def write_artifact(opts: ConvertOptions, manifest: dict, attempt: Attempt) -> None:
     """model.tflite, manifest.json (+ manifest.sig) and firmware/ into ``opts.outdir``, atomically."""
     from lepton_edge.artifact import load_private_key, write_artifact_files
@@ -106,8 +115,7 @@ def write_artifact(opts: ConvertOptions, manifest: dict, attempt: Attempt) -> No
 
     key = load_private_key(opts.sign_key) if opts.sign_key else None
     out = Path(opts.outdir)
-    if out.is_dir() and any(out.iterdir()) and not opts.force:  # appeared while we converted
-        raise BadInput(f"-o {out}: directory exists and is not empty (use --force to replace it)")
+    check_outdir(out, opts.force)  # again: it may have appeared while we converted
     io = {k: [IoTensor(t["name"], tuple(t["shape"]), t["dtype"], t["scale"], t["zero_point"]) for t in manifest[k]]
           for k in ("inputs", "outputs")}
     with atomic_directory(out, replace=out.exists()) as staging:

@@ -8,10 +8,8 @@ then int8, then channel pruning of 0.25 and 0.5, until the model fits the profil
 
 from __future__ import annotations
 
-import hashlib
 import time
 import zlib
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,9 +19,11 @@ from lepton_edge.convert.calibration import (MAX_CALIBRATION_SAMPLES, SYNTHETIC,
                                               synthetic_dataset)
 from lepton_edge.convert.fidelity import Fidelity, compare, is_poor, looks_like_probabilities, run_converted
 from lepton_edge.convert import package
-from lepton_edge.convert.fit import FitResult, fit_to_profile
+from lepton_edge.convert.fit import fit_to_profile
 from lepton_edge.convert.load import QUANTIZABLE_FORMATS, SourceModel, detect_format
+from lepton_edge.convert.options import ConvertOptions, Settings
 from lepton_edge.convert.quantize import IO_TYPES, LITERT_ONLY_MODES, QUANTIZE_MODES
+from lepton_edge.convert.result import Attempt, ConversionResult
 from lepton_edge.errors import BadInput
 from lepton_edge.profiles import Profile, load_profile
 
@@ -33,116 +33,6 @@ MAX_FIDELITY_SAMPLES = 2000
 RANDOM_FIDELITY_SAMPLES = 32
 
 Announce = Callable[[str], None]
-
-
-@dataclass
-class ConvertOptions:
-    model: str
-    profile: str
-    outdir: str
-    name: str | None = None
-    version: int = 1
-    calibration: str | None = None
-    eval: str | None = None
-    quantize: str = "int8"
-    io: str = "int8"
-    prune: float = 0.0
-    prune_channels: float = 0.0
-    train: str | None = None
-    epochs: int = 5
-    learning_rate: float = 5e-4
-    auto_fit: bool = False
-    sign_key: str | None = None
-    max_drop: float | None = None
-    force: bool = False
-    measure: str = "auto"  # where the arena is measured: auto, host or target (lepton_edge.plan.target)
-
-
-@dataclass(frozen=True)
-class Settings:
-    """One attempt's conversion settings."""
-
-    quantize: str
-    prune: float = 0.0
-    prune_channels: float = 0.0
-
-    @property
-    def label(self) -> str:
-        parts = [self.quantize]
-        if self.prune:
-            parts.append(f"prune {self.prune:g}")
-        if self.prune_channels:
-            parts.append(f"channels {self.prune_channels:g}")
-        return " + ".join(parts)
-
-
-@dataclass
-class Attempt:
-    settings: Settings
-    model_bytes: bytes
-    fit: FitResult
-    fidelity: Fidelity | None
-    pruning: list[dict]
-    compressed_bytes: int
-    seconds: float
-    keras_model: Any = field(default=None, repr=False)  # the pruned float model, when pruned
-
-    def to_dict(self) -> dict:
-        v = self.fit.verdict
-        return {"settings": self.settings.label, "quantize": self.settings.quantize, "prune": self.settings.prune,
-                "prune_channels": self.settings.prune_channels, "size_bytes": len(self.model_bytes),
-                "compressed_bytes": self.compressed_bytes, "arena_total_bytes": self.fit.arena["total_bytes"],
-                "ram_needed_bytes": v.ram_needed_bytes, "ram_budget_bytes": v.ram_budget_bytes,
-                "ram_estimated": v.ram_estimated, "flash_budget_bytes": v.flash_budget_bytes, "fits": v.fits,
-                "reasons": list(v.reasons), "fidelity": self.fidelity.to_dict() if self.fidelity else None,
-                "pruning": self.pruning, "seconds": round(self.seconds, 2)}
-
-
-@dataclass
-class ConversionResult:
-    options: ConvertOptions
-    profile: Profile
-    source_format: str
-    layout: str
-    source_layout: str
-    attempts: list[Attempt]
-    warnings: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    manifest: dict | None = None
-    written: bool = False
-    failure: str | None = None  # why no artifact was written (does not fit, --max-drop)
-    seconds: float = 0.0
-
-    @property
-    def chosen(self) -> Attempt:
-        return self.attempts[-1]
-
-    def to_dict(self) -> dict:
-        chosen = self.chosen
-        return {
-            "artifact": str(Path(self.options.outdir)) if self.written else None,
-            "written": self.written,
-            "error": self.failure,
-            "name": self.manifest["name"] if self.manifest else None,
-            "version": self.options.version,
-            "profile": {"name": self.profile.name, "runtime": self.profile.runtime,
-                        "kernel_library": self.profile.kernel_library,
-                        "ram_budget_bytes": self.profile.ram_budget_bytes,
-                        "flash_budget_bytes": self.profile.flash_budget_bytes},
-            "source": {"path": self.options.model, "format": self.source_format, "layout": self.source_layout},
-            "layout": self.layout,
-            "steps": [a.to_dict() for a in self.attempts],
-            "fits": chosen.fit.fits,
-            "arena": chosen.fit.arena,
-            "model": {"size_bytes": len(chosen.model_bytes), "compressed_bytes": chosen.compressed_bytes,
-                      "sha256": hashlib.sha256(chosen.model_bytes).hexdigest()},
-            "fidelity": chosen.fidelity.to_dict() if chosen.fidelity else None,
-            "self_test": self.manifest.get("self_test") if self.manifest else None,
-            "warnings": self.warnings,
-            "notes": self.notes,
-            "seconds": round(self.seconds, 2),
-            "manifest": self.manifest,
-        }
 
 
 # --- checks before any model is loaded ---------------------------------------------------------
@@ -169,7 +59,7 @@ def check_options(opts: ConvertOptions) -> tuple[Profile, str]:
         raise BadInput(f"--quantize {opts.quantize}: {profile.name} runs TFLite Micro, which has no kernels for "
                        f"{'float16 weights' if opts.quantize == 'float16' else 'dynamic-range (hybrid) operators'}; "
                        "use int8 (or none for float32)")
-    check_outdir(Path(opts.outdir), opts.force)
+    package.check_outdir(Path(opts.outdir), opts.force)
     fmt = detect_format(Path(opts.model))
     if fmt not in QUANTIZABLE_FORMATS:
         if opts.quantize != "none":
@@ -189,13 +79,6 @@ def check_options(opts: ConvertOptions) -> tuple[Profile, str]:
 
         load_private_key(opts.sign_key)
     return profile, fmt
-
-
-def check_outdir(path: Path, force: bool) -> None:
-    if path.exists() and not path.is_dir():
-        raise BadInput(f"-o {path}: exists and is not a directory")
-    if path.is_dir() and any(path.iterdir()) and not force:
-        raise BadInput(f"-o {path}: directory exists and is not empty (use --force to replace it)")
 
 
 # --- the pipeline ------------------------------------------------------------------------------
@@ -360,11 +243,9 @@ def _attempt(opts: ConvertOptions, profile: Profile, source: SourceModel, settin
     model_bytes = convert_to_tflite(source, mode, opts.io if mode == "int8" else "float", calibration, keras_model=model)
     announce(f"planning the arena and checking the fit to {profile.name}")
     fit = fit_to_profile(model_bytes, f"{Path(opts.model).name} ({settings.label})", profile, target)
-    fidelity = None
-    if fid_data is not None:
-        announce(f"measuring fidelity on {fid_data.origin}")
-        label, ref = reference
-        fidelity = compare(ref, run_converted(fit.model_bytes, fid_data), fid_data, reference_label=label)
+    announce(f"measuring fidelity on {fid_data.origin}")  # always some data: _fidelity_data falls back to random
+    label, ref = reference
+    fidelity = compare(ref, run_converted(fit.model_bytes, fid_data), fid_data, reference_label=label)
     if model is not None and any(p["kind"] == "weights" for p in pruning):
         from lepton_edge.convert.prune import kernel_sparsity
 
