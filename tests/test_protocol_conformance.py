@@ -643,3 +643,26 @@ def test_a_window_of_data_frames_in_flight_in_any_order(raw, kws):
     raw.ack(Msg.MODEL_COMMIT, p.pack_xfer(xfer), timeout=120)
     raw.ack(Msg.MODEL_CONFIRM)
     assert raw.info().active.sha256 == kws.sha256
+
+
+def test_answers_fit_the_largest_payload_the_host_said_it_takes(raw):
+    """HELLO's ``max_payload``: the device cuts INVOKE's inline output and OUTPUT_READ's chunks to it
+    (never below 256, what every host takes); the rest is read in pieces."""
+    from hil_tests.models import wide_add_model
+
+    model = wide_add_model(300)  # y = x + x on float32[1, 300]: 1,200 output bytes
+    raw.flash(4401, model, 16384)
+    x = np.arange(300, dtype=np.float32) / 7
+    for host_payload in (100, 256, 700):
+        raw.ack(Msg.HELLO, p.pack_host_hello(host_payload))
+        room = max(256, host_payload)
+        answer = p.InvokeAnswer.unpack(raw.ack(Msg.INVOKE, invoke_payload(x.tobytes(), reply_max=0xFFFF)))
+        assert answer.output_len == 1200 and len(answer.inline) == room - 12
+        out = bytearray(answer.inline)
+        while len(out) < answer.output_len:
+            offset, chunk = p.unpack_output_chunk(raw.ack(Msg.OUTPUT_READ, p.pack_output_read(len(out), 0xFFFF)))
+            assert offset == len(out) and 0 < len(chunk) <= room - 4
+            out += chunk
+        assert zlib.crc32(bytes(out)) & 0xFFFFFFFF == answer.output_crc
+        assert np.frombuffer(bytes(out), np.float32).tobytes() == (x + x).tobytes()
+    raw.handshake()
