@@ -3,7 +3,7 @@
     .venv/bin/python bench/ota.py [--json] [--skip-delivery] [--skip-ingest] [--devices 100,1000]
 
 Part 1, delivery: the controller (this process) sends a signed artifact of 100 KB, 1 MB and 4 MB to a
-simulated device (``lepton_edge.fleet.devsim``, its own process, the real protocol: job, verification
+simulated device (``lepton_edge.tools.devsim``, its own process, the real protocol: job, verification
 of the signature, blocks requested on ota/get with 4 in flight, sha256, activation). Time runs from
 the deployment's creation to the device's ``healthy`` on ota/progress. Then the same to the real agent
 (MLPerf's 1.07 MB AD model, A/B store and health check) and to a simulated microcontroller behind the
@@ -69,7 +69,7 @@ def controller_for(tmp: Path, broker: Broker) -> Controller:
 
 
 def devsim(broker: Broker, count: int, start: int, prefix: str, *extra: str) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "lepton_edge.fleet.devsim", "--broker", broker.url(),
+    proc = subprocess.Popen([sys.executable, "-m", "lepton_edge.tools.devsim", "--broker", broker.url(),
                              "--count", str(count), "--start", str(start), "--prefix", prefix, "--control", *extra],
                             cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     return proc

@@ -26,7 +26,7 @@ MLPERF = REPO.parent / "shared" / "models" / "mlperf-tiny"
 
 def models() -> list[tuple[str, Path]]:
     found = [(f"mlperf/{p.parent.name}/{p.stem}", p) for p in sorted(MLPERF.glob("*/*.tflite"))]
-    from lepton_edge.samples import SAMPLES, make_sample
+    from lepton_edge.tools.samples import SAMPLES, make_sample
 
     out = Path(tempfile.gettempdir()) / "lepton-edge-bench-samples"
     found += [(f"sample/{name}", make_sample(name, out)) for name in SAMPLES]

@@ -62,7 +62,7 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, code: int = 2) -> s
 @pytest.fixture(scope="session")
 def sample_models(tmp_path_factory):
     """``sample_models(name) -> Path``: the project's own Keras-made int8 models, built once per session."""
-    from lepton_edge.samples import make_sample
+    from lepton_edge.tools.samples import make_sample
 
     out = tmp_path_factory.mktemp("samples")
     return lambda name: make_sample(name, out)

@@ -20,7 +20,7 @@ import pytest
 
 from conftest import REPO, assert_one_line_error, run_cli
 from fleet_helpers import api, broker, keypair, make_artifact, upload_body  # noqa: F401 - broker: fixture
-from lepton_edge.fleet.devsim import SimDevice, SimOptions
+from lepton_edge.tools.devsim import SimDevice, SimOptions
 from lepton_edge.mqtt import SessionOptions, parse_broker_url
 from mosquitto import Broker, free_port
 

@@ -20,7 +20,7 @@ import pytest
 from conftest import REPO
 from fleet_helpers import api, keypair, make_artifact, upload_body
 from lepton_edge.fleet.controller import Controller, ControllerOptions
-from lepton_edge.fleet.devsim import SimDevice, SimFleet, SimOptions
+from lepton_edge.tools.devsim import SimDevice, SimFleet, SimOptions
 from lepton_edge.fleet.http_api import HttpApi, Listen
 from lepton_edge.mqtt import (BLOCK_UNKNOWN_JOB, Block, BlockRequest, DeviceTopics, ModelInfo, SessionOptions,
                               parse_broker_url)
@@ -229,7 +229,7 @@ def test_the_download_survives_a_broker_restart(env):
 
 def test_a_killed_device_resumes_from_what_it_has_on_disk(env):
     state_dir = env.tmp / "sim-state"
-    cmd = [sys.executable, "-m", "lepton_edge.fleet.devsim", "--broker", env.broker.url(), "--count", "1",
+    cmd = [sys.executable, "-m", "lepton_edge.tools.devsim", "--broker", env.broker.url(), "--count", "1",
            "--prefix", "phoenix-", "--state-dir", str(state_dir), "--block-delay", "0.03", "--window", "1",
            "--trusted-key", str(env.tmp / "keys" / "signing.pub")]
     art_id = env.upload(env.artifact("v1", size=600_000))

@@ -13,7 +13,7 @@ import pytest
 from conftest import run_cli
 from fleet_helpers import api, keypair, make_artifact, upload_body
 from lepton_edge.fleet.controller import Controller, ControllerOptions
-from lepton_edge.fleet.devsim import SimDevice, SimOptions
+from lepton_edge.tools.devsim import SimDevice, SimOptions
 from lepton_edge.fleet.http_api import HttpApi, Listen
 from lepton_edge.mqtt import (Block, BlockRequest, DeviceTopics, OtaJob, Progress, SessionOptions, Status,
                               Telemetry, new_job_id, parse_broker_url)

@@ -114,7 +114,7 @@ def test_last_will_marks_a_killed_device_offline_and_a_clean_stop_says_shutdown(
         watcher = MqttClient(cfg, "watcher")
         watcher.subscribe(DeviceTopics("default", "k-0000").status, lambda t, p: seen.append(Status.from_bytes(p)))
         started(watcher)
-        proc = subprocess.Popen([sys.executable, "-m", "lepton_edge.fleet.devsim", "--broker", broker.url(),
+        proc = subprocess.Popen([sys.executable, "-m", "lepton_edge.tools.devsim", "--broker", broker.url(),
                                  "--count", "1", "--prefix", "k-"], cwd=REPO, stdout=subprocess.PIPE, text=True)
         try:
             assert '"ready"' in proc.stdout.readline()
@@ -127,7 +127,7 @@ def test_last_will_marks_a_killed_device_offline_and_a_clean_stop_says_shutdown(
         assert wait_for(lambda: not seen[-1].online, 5), seen
         assert seen[-1].reason == "connection lost"
 
-        from lepton_edge.fleet.devsim import SimDevice
+        from lepton_edge.tools.devsim import SimDevice
         dev = SimDevice("k-0000", cfg)
         dev.start()
         assert dev.client.wait_connected(5)

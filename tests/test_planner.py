@@ -14,7 +14,7 @@ from conftest import MLPERF_FLOAT, MLPERF_INT8, assert_one_line_error, require_s
 from lepton_edge.plan.assign import assign_offsets, find_conflicts
 from lepton_edge.plan.embed import OFFLINE_PLAN_METADATA, embedded_plan, encode_plan
 from lepton_edge.plan.lifetimes import Lifetime, lower_bound, tensor_lifetimes
-from lepton_edge.samples import BRANCHING
+from lepton_edge.tools.samples import BRANCHING
 from lepton_edge.tflite import writer
 from lepton_edge.tflite.reader import parse_model, read_model_file
 from lepton_edge.tflite.vendor import schema_py_generated as fb
@@ -220,7 +220,7 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, sample_models):
 
 
 def test_dynamic_shapes_are_refused(tmp_path):
-    from lepton_edge.samples import _quiet_tensorflow
+    from lepton_edge.tools.samples import _quiet_tensorflow
 
     tf = _quiet_tensorflow()
     inp = tf.keras.Input((None, 8))

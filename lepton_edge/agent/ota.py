@@ -5,7 +5,7 @@ carries out its actions on one device: block requests and progress reports go ou
 ``publish``, the rest goes to an :class:`UpdateTarget`, which holds the bytes, runs the checks and
 activates. Two targets exist: :class:`StoreTarget`, the model store of a
 :class:`~lepton_edge.agent.member.FleetMember` (the agent, or the serial gateway), and the fleet
-simulator's devices (:class:`lepton_edge.fleet.devsim.SimDevice`).
+simulator's devices (:class:`lepton_edge.tools.devsim.SimDevice`).
 
 For the agent, every check that needs no model bytes runs before the first block is asked for: the
 signature against the trusted keys, the version against the confirmed one, the model's size against

@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
 
     from lepton_edge.fleet.mosquitto import Broker, free_port
     from lepton_edge.profiles import load_profile
-    from lepton_edge.samples import keyword_data, train_keyword_model
+    from lepton_edge.tools.samples import keyword_data, train_keyword_model
 
     profile = load_profile(args.profile)  # fail early, with one line, on a wrong name
     out = Path(args.out).resolve()

@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     if args.embed:
         atomic_write_bytes(args.embed, plan.planned_model)
     if args.plot:
-        from lepton_edge.plan.plot import save_plan_png
+        from lepton_edge.tools.plan_plot import save_plan_png
 
         save_plan_png(plan, args.plot)
 

@@ -15,7 +15,7 @@ A :class:`SimDevice` does what a board's agent does on the wire, without running
   ``ota/progress``, a failure with its reason.
 
 Hundreds of devices share one :class:`~lepton_edge.mqtt.NetworkLoop` thread; for thousands
-use several processes: ``python -m lepton_edge.fleet.devsim --broker URL --count N ...``.
+use several processes: ``python -m lepton_edge.tools.devsim --broker URL --count N ...``.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from lepton_edge.mqtt import (DEFAULT_FLEET, BrokerConfig, DeviceTopics, ModelIn
                               OtaState, Progress, SessionOptions, Status, Telemetry, TimerHandle, Will,
                               offline_will_payload, parse_broker_url)
 
-log = logging.getLogger("lepton_edge.fleet.devsim")
+log = logging.getLogger("lepton_edge.tools.devsim")
 
 
 @dataclass(frozen=True)
