@@ -89,7 +89,7 @@ def _top_level_needed(files: list[Path]) -> list[Path]:
 def device_side_files() -> list[Path]:
     folders = [f for d in DEVICE_DIRS for f in sorted((PACKAGE / d).rglob("*.py")) if "/vendor/" not in rel(f)]
     bridge = sorted((REPO / "firmware_bridge").rglob("*.py"))
-    return folders + _top_level_needed(folders + bridge) + [PACKAGE / "__init__.py"] + bridge
+    return [*folders, *_top_level_needed(folders + bridge), PACKAGE / "__init__.py", *bridge]
 
 
 def entry_point_files() -> list[Path]:
