@@ -8,10 +8,12 @@ The C version in ``c/lepton_frame.c`` follows the same rules and the same test v
 
 from __future__ import annotations
 
+from lepton_edge.errors import LeptonError
+
 MAX_BLOCK = 254  # data bytes in one block; its code byte is then 0xFF and no zero follows
 
 
-class CobsError(ValueError):
+class CobsError(LeptonError, ValueError):
     """The bytes are not a valid COBS encoding."""
 
 

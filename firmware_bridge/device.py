@@ -14,10 +14,11 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable
 
+from lepton_edge.errors import LeptonError
 from firmware_bridge import protocol as p
 from firmware_bridge.engine import LoadedModel, LoadError, load_model
 from firmware_bridge.payload import host_arena_bytes
-from firmware_bridge.frame import PROTOCOL_VERSION, Frame, FrameError, FrameReader, encode_frame
+from firmware_bridge.frame import PROTOCOL_VERSION, DroppedFrame, Frame, FrameReader, encode_frame
 from firmware_bridge.protocol import Msg, Nak
 from firmware_bridge.ranges import RangeSet
 from firmware_bridge.slots import SLOT_COUNT, SlotRecord, SlotStore
@@ -40,7 +41,9 @@ class DeviceIdentity:
                              self.slot_bytes, self.profile, self.firmware)
 
 
-class _Refuse(Exception):
+class _Refuse(LeptonError):
+    """A request the simulated device answers with NAK ``code``."""
+
     def __init__(self, code: Nak, message: str = "", detail: int = 0) -> None:
         super().__init__(message)
         self.code, self.message, self.detail = code, message, detail
@@ -112,8 +115,8 @@ class DeviceCore:
         """Bytes from the line; returns frames to write back."""
         out: list[bytes] = []
         for event in self.reader.feed(data):
-            if isinstance(event, FrameError):
-                reply = self._frame_error(event)
+            if isinstance(event, DroppedFrame):
+                reply = self._dropped_frame(event)
             else:
                 reply = self._request(event)
             if reply is not None:
@@ -126,7 +129,7 @@ class DeviceCore:
         self.counters["naks_sent"] += 1
         return encode_frame(Msg.NAK, seq, p.NakInfo(code, request, detail, message).pack())
 
-    def _frame_error(self, err: FrameError) -> bytes | None:
+    def _dropped_frame(self, err: DroppedFrame) -> bytes | None:
         if err.seq is None or err.type is None:
             return None  # nothing to answer to: garbage, or a frame cut short
         if err.kind == "crc" and err.header_consistent:
@@ -154,7 +157,7 @@ class DeviceCore:
             reply = encode_frame(Msg.ACK, frame.seq, handler(self, frame.payload))
         except _Refuse as refusal:
             reply = self._nak(frame.seq, frame.type, refusal.code, refusal.message, refusal.detail)
-        except p.PayloadError as exc:
+        except p.MalformedPayload as exc:
             reply = self._nak(frame.seq, frame.type, Nak.BAD_REQUEST, str(exc))
         if frame.type in p.REMEMBERED:
             self.answers[key] = reply

@@ -16,7 +16,7 @@ from lepton_edge.stdio import captured_fd2
 _ALLOCATION = re.compile(r"Arena allocation (head|tail) (\d+) bytes")
 
 
-class LoadError(Exception):
+class LoadError(LeptonError):
     """The model cannot run: ``arena`` says the arena was too small, else the model is unusable."""
 
     def __init__(self, message: str, *, arena: bool = False) -> None:
@@ -76,11 +76,11 @@ def load_model(model_bytes: bytes, arena_bytes: int, ram_budget_bytes: int, *,
     with captured_fd2() as log:
         try:
             runner = load_tflm(model_bytes, own, ram_budget_bytes=max(ram_budget_bytes, own), source="model")
-            head, tail = _allocations(model_bytes, own, runner)
         except LeptonError as exc:
             failure = exc
         else:
             failure = None
+            head, tail = _allocations(model_bytes, own, runner)
     if failure is not None:
         why = str(failure)
         arena = "arena" in why.lower() or "allocate" in log.text.lower()

@@ -37,7 +37,7 @@ class Frame:
 
 
 @dataclass(frozen=True)
-class FrameError:
+class DroppedFrame:
     """A frame that was dropped, with what could be read of its header (for a NAK)."""
 
     kind: str  # cobs | short | crc | version | length | overflow
@@ -47,7 +47,7 @@ class FrameError:
     header_consistent: bool = False  # the header's length matches the bytes received
 
 
-FrameEvent = Union[Frame, FrameError]
+FrameEvent = Union[Frame, DroppedFrame]
 ERROR_KINDS = ("cobs", "short", "crc", "version", "length", "overflow")
 
 
@@ -76,17 +76,18 @@ def wire_size(payload_len: int) -> int:
 def parse_frame(decoded: bytes) -> FrameEvent:
     """Check a COBS-decoded frame: length, CRC, version, then the header's length field."""
     if len(decoded) < OVERHEAD:
-        return FrameError("short", f"{len(decoded)} bytes, a frame has at least {OVERHEAD}")
+        return DroppedFrame("short", f"{len(decoded)} bytes, a frame has at least {OVERHEAD}")
     version, type_, seq, length = HEADER.unpack_from(decoded)
     consistent = length == len(decoded) - OVERHEAD
     body, (crc,) = decoded[:-CRC_SIZE], struct.unpack_from("<I", decoded, len(decoded) - CRC_SIZE)
     if crc32(body) != crc:
-        return FrameError("crc", f"CRC {crc:08x} != {crc32(body):08x}", type_, seq, consistent)
+        return DroppedFrame("crc", f"CRC {crc:08x} != {crc32(body):08x}", type_, seq, consistent)
     if version != PROTOCOL_VERSION:
-        return FrameError("version", f"protocol version {version}, expected {PROTOCOL_VERSION}", type_, seq, consistent)
+        return DroppedFrame("version", f"protocol version {version}, expected {PROTOCOL_VERSION}", type_, seq,
+                            consistent)
     if not consistent:
-        return FrameError("length", f"header says {length} payload bytes, frame has {len(decoded) - OVERHEAD}",
-                          type_, seq, False)
+        return DroppedFrame("length", f"header says {length} payload bytes, frame has {len(decoded) - OVERHEAD}",
+                            type_, seq, False)
     return Frame(type_, seq, bytes(decoded[HEADER_SIZE:-CRC_SIZE]), version)
 
 
@@ -97,7 +98,7 @@ def decode_frame(wire: bytes) -> FrameEvent:
     try:
         decoded = cobs.decode(wire)
     except cobs.CobsError as exc:
-        return FrameError("cobs", str(exc))
+        return DroppedFrame("cobs", str(exc))
     return parse_frame(decoded)
 
 
@@ -152,7 +153,8 @@ class FrameReader:
         self._overflow = False
         if overflow:
             type_, seq = _partial_header(encoded[:16])
-            event: FrameEvent = FrameError("overflow", f"frame longer than {self.max_encoded} bytes", type_, seq, True)
+            event: FrameEvent = DroppedFrame("overflow", f"frame longer than {self.max_encoded} bytes", type_, seq,
+                                             True)
         elif not encoded:
             return []  # two zeros in a row: an empty frame, used to flush a receiver
         else:

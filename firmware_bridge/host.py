@@ -167,7 +167,7 @@ class Device:
         self.reboots_seen += 1
         try:
             self._adopt(p.DeviceHello.unpack(payload))
-        except (p.PayloadError, BridgeError):
+        except (p.MalformedPayload, BridgeError):
             pass
 
     # --- one request, one answer ---------------------------------------------------------------
@@ -219,7 +219,7 @@ class Device:
             if frame.type == Msg.NAK:
                 try:
                     nak = p.NakInfo.unpack(frame.payload)
-                except p.PayloadError:
+                except p.MalformedPayload:
                     continue
                 merged = nak.code == Nak.TOO_LARGE and self.hello is not None and \
                     len(payload) <= self.hello.max_payload  # two frames run together on the line
@@ -399,7 +399,7 @@ class Device:
         return self.hello
 
 
-class _FrameTooBig(Exception):
+class _FrameTooBig(BridgeError):
     """A request's frame is larger than the noisy line lets through; cut it and ask again."""
 
 

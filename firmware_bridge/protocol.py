@@ -6,6 +6,8 @@ import enum
 import struct
 from dataclasses import dataclass
 
+from lepton_edge.errors import LeptonError
+
 NO_SLOT = 0xFF
 NO_VERSION = 0xFFFFFFFF
 NO_TRANSFER = 0xFFFFFFFF  # NAK SEQUENCE detail: no transfer with that id is open
@@ -57,13 +59,13 @@ def nak_name(code: int) -> str:
         return f"code {code}"
 
 
-class PayloadError(ValueError):
-    """A payload too short or malformed for its message type."""
+class MalformedPayload(LeptonError, ValueError):
+    """A serial frame's payload too short or malformed for its message type."""
 
 
 def _take(fmt: struct.Struct, data: bytes, offset: int, what: str) -> tuple:
     if len(data) < offset + fmt.size:
-        raise PayloadError(f"{what}: {len(data)} bytes, needs at least {offset + fmt.size}")
+        raise MalformedPayload(f"{what}: {len(data)} bytes, needs at least {offset + fmt.size}")
     return fmt.unpack_from(data, offset)
 
 
@@ -74,11 +76,11 @@ def _pstr(text: str) -> bytes:
 
 def _read_pstr(data: bytes, offset: int, what: str) -> tuple[str, int]:
     if offset >= len(data):
-        raise PayloadError(f"{what}: string missing")
+        raise MalformedPayload(f"{what}: string missing")
     n = data[offset]
     raw = data[offset + 1:offset + 1 + n]
     if len(raw) != n:
-        raise PayloadError(f"{what}: string truncated")
+        raise MalformedPayload(f"{what}: string truncated")
     return raw.decode("utf-8", "replace"), offset + 1 + n
 
 

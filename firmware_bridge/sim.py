@@ -29,7 +29,7 @@ class Transport(Protocol):
 
 
 @dataclass
-class SimOptions:
+class DeviceSimOptions:
     profile: str  # name or path of a device profile
     state_dir: Path
     baud: int = 115200  # 0: no limit
@@ -59,7 +59,7 @@ def identity_for(profile_name_or_path: str, max_payload: int, window: int) -> De
 class SimulatedDevice:
     """Two threads, as a UART has two wires: one reads and answers, one writes at the line's pace."""
 
-    def __init__(self, options: SimOptions, transport: Transport,
+    def __init__(self, options: DeviceSimOptions, transport: Transport,
                  log: Callable[[str], None] = lambda _msg: None) -> None:
         if not 16 <= options.max_payload <= 0xFFFF:
             raise ValueError("max_payload must be in 16..65535")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from firmware_bridge import protocol as p
-from firmware_bridge.errors import DeviceRebooted, DeviceRefused, DeviceTimeout
+from firmware_bridge.errors import BridgeError, DeviceRebooted, DeviceRefused, DeviceTimeout
 from firmware_bridge.frame import wire_size
 from firmware_bridge.protocol import Msg, Nak
 from firmware_bridge.ranges import RangeSet
@@ -23,7 +23,7 @@ ProgressFn = Callable[[int, int], None]
 NO_PROGRESS_TIMEOUT_S = 10.0
 
 
-class TransferLost(Exception):
+class TransferLost(BridgeError):
     """The device no longer has this transfer open (it restarted without saying so, or gave up)."""
 
 
@@ -105,7 +105,7 @@ def upload(device, kind: int, xfer: int, data: bytes, *, start: int = 0, progres
         if frame.type == Msg.ACK:
             try:
                 ack = p.DataAck.unpack(frame.payload)
-            except p.PayloadError:
+            except p.MalformedPayload:
                 continue
             if ack.xfer != xfer:
                 continue
@@ -133,7 +133,7 @@ def upload(device, kind: int, xfer: int, data: bytes, *, start: int = 0, progres
         elif frame.type == Msg.NAK and flight is not None:
             try:
                 nak = p.NakInfo.unpack(frame.payload)
-            except p.PayloadError:
+            except p.MalformedPayload:
                 continue
             del flights[frame.seq]
             if nak.code == Nak.SEQUENCE and nak.detail == p.NO_TRANSFER:

@@ -70,7 +70,7 @@ def _json_default(obj: Any) -> Any:
 
 
 @dataclass
-class Progress:
+class ProgressBar:
     """A one-line progress bar on stderr, drawn only when stderr is a terminal."""
 
     label: str

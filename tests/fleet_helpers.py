@@ -14,7 +14,7 @@ import pytest
 
 from lepton_edge.artifact import generate_keypair, load_private_key, load_public_key, write_artifact_files
 from lepton_edge.fleet.controller import Controller, ControllerOptions
-from lepton_edge.fleet.http_api import HttpApi, Listen
+from lepton_edge.fleet.http_api import HttpApi, HttpListen
 from lepton_edge.fsio import atomic_directory
 from lepton_edge.mqtt import SessionOptions, parse_broker_url
 from mosquitto import Broker
@@ -81,7 +81,7 @@ class Fleet:
                                      ControllerOptions(fleet=FLEET, session=session, housekeeping_s=0.1))
         self.controller.start()
         assert self.controller.wait_connected(5)
-        self.http = HttpApi(self.controller, Listen("127.0.0.1", 0), None)
+        self.http = HttpApi(self.controller, HttpListen("127.0.0.1", 0), None)
         self.http.start()
 
     def upload(self, art: Path) -> str:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from firmware_bridge import cobs
-from firmware_bridge.frame import Frame, FrameError, FrameReader, decode_frame, encode_frame, wire_size
+from firmware_bridge.frame import Frame, DroppedFrame, FrameReader, decode_frame, encode_frame, wire_size
 
 REPO = Path(__file__).resolve().parent.parent
 PROTOCOL = REPO / "firmware_bridge" / "PROTOCOL.md"
@@ -58,7 +58,7 @@ def test_frame_vector_encodes_and_decodes(vector):
 def test_bad_vector_is_dropped_for_its_reason(vector):
     _name, error, wire_hex = vector
     event = decode_frame(unhex(wire_hex))
-    assert isinstance(event, FrameError) and event.kind == error
+    assert isinstance(event, DroppedFrame) and event.kind == error
     reader = FrameReader()
     assert [e.kind for e in reader.feed(unhex(wire_hex))] == [error]
     assert reader.errors[error] == 1 and reader.frames == 0
@@ -93,7 +93,7 @@ def test_reader_resynchronises_after_100k_random_bytes():
     events = []
     for start in range(0, len(garbage), 977):
         events += reader.feed(garbage[start:start + 977])
-    assert all(isinstance(e, FrameError) for e in events) and len(events) > 300
+    assert all(isinstance(e, DroppedFrame) for e in events) and len(events) > 300
     good = reader.feed(b"\x00" + b"".join(frames))
     assert [e for e in good if isinstance(e, Frame)] == [decode_frame(f) for f in frames]
 
@@ -101,7 +101,7 @@ def test_reader_resynchronises_after_100k_random_bytes():
 def test_reader_reports_an_overlong_frame_with_its_header():
     reader = FrameReader(max_payload=64)
     events = reader.feed(encode_frame(0x11, 0x4242, bytes(range(1, 201))) + encode_frame(0x02, 5))
-    assert isinstance(events[0], FrameError) and events[0].kind == "overflow"
+    assert isinstance(events[0], DroppedFrame) and events[0].kind == "overflow"
     assert (events[0].type, events[0].seq) == (0x11, 0x4242)
     assert events[1] == Frame(0x02, 5)
 

@@ -104,7 +104,7 @@ def test_payloads_round_trip():
     assert p.NakInfo.unpack(nak.pack()) == nak
     req = p.InvokeRequest(0, 3, 77, 100, b"abc")
     assert p.InvokeRequest.unpack(req.pack()) == req
-    with pytest.raises(p.PayloadError):
+    with pytest.raises(p.MalformedPayload):
         p.DeviceHello.unpack(b"\x01\x02")
 
 

@@ -15,7 +15,7 @@ from firmware_bridge.host import connect
 from firmware_bridge.link import Link, PortOptions, open_serial
 from firmware_bridge.payload import ModelPayload, load_payload
 from firmware_bridge.protocol import Msg, Nak
-from firmware_bridge.sim import SimOptions, SimulatedDevice
+from firmware_bridge.sim import DeviceSimOptions, SimulatedDevice
 from firmware_bridge.transport import PtyTransport, TcpTransport
 from firmware_bridge.validation import split_outputs, validate_on_device
 from lepton_edge.runtime.tflm import load_tflm
@@ -26,7 +26,7 @@ PROFILE = "arduino-nano-33-ble"
 @contextlib.contextmanager
 def simulator(state_dir, *, profile: str = PROFILE, tcp: bool = False, **options):
     transport = TcpTransport("127.0.0.1", 0) if tcp else PtyTransport()
-    sim = SimulatedDevice(SimOptions(profile, state_dir, baud=options.pop("baud", 0), **options), transport)
+    sim = SimulatedDevice(DeviceSimOptions(profile, state_dir, baud=options.pop("baud", 0), **options), transport)
     sim.start()
     try:
         yield sim

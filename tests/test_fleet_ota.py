@@ -21,7 +21,7 @@ from conftest import REPO
 from fleet_helpers import api, keypair, make_artifact, upload_body
 from lepton_edge.fleet.controller import Controller, ControllerOptions
 from lepton_edge.tools.devsim import SimDevice, SimFleet, SimOptions
-from lepton_edge.fleet.http_api import HttpApi, Listen
+from lepton_edge.fleet.http_api import HttpApi, HttpListen
 from lepton_edge.mqtt import (BLOCK_UNKNOWN_JOB, Block, BlockRequest, DeviceTopics, ModelInfo, SessionOptions,
                               parse_broker_url)
 from lepton_edge.mqtt import MqttClient
@@ -94,7 +94,7 @@ def start_controller(tmp: Path, broker: Broker, **options) -> tuple[Controller, 
                    ControllerOptions(session=session, housekeeping_s=0.1, **options))
     c.start()
     assert c.wait_connected(5), c.mqtt.last_error
-    h = HttpApi(c, Listen("127.0.0.1", 0), None)
+    h = HttpApi(c, HttpListen("127.0.0.1", 0), None)
     h.start()
     return c, h
 

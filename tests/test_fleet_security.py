@@ -14,7 +14,7 @@ from conftest import run_cli
 from fleet_helpers import api, keypair, make_artifact, upload_body
 from lepton_edge.fleet.controller import Controller, ControllerOptions
 from lepton_edge.tools.devsim import SimDevice, SimOptions
-from lepton_edge.fleet.http_api import HttpApi, Listen
+from lepton_edge.fleet.http_api import HttpApi, HttpListen
 from lepton_edge.mqtt import (Block, BlockRequest, DeviceTopics, OtaJob, Progress, SessionOptions, Status,
                               Telemetry, new_job_id, parse_broker_url)
 from lepton_edge.mqtt import MqttClient
@@ -136,7 +136,7 @@ def test_the_ota_flow_works_under_acl_passwords_and_tls(secured, tmp_path):
     controller = Controller(parse_broker_url(url(broker, "controller"), ca=tls.ca_cert), tmp_path / "store",
                             options=ControllerOptions(housekeeping_s=0.1))
     controller.start()
-    http = HttpApi(controller, Listen("127.0.0.1", 0), None)
+    http = HttpApi(controller, HttpListen("127.0.0.1", 0), None)
     http.start()
     dev = SimDevice("dev-a", parse_broker_url(url(broker, "dev-a"), ca=tls.ca_cert),
                     SimOptions(trusted_keys=(pub,), require_signature=True, session=FAST, telemetry_interval_s=0.2))

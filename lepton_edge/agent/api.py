@@ -32,9 +32,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from lepton_edge import __version__
-from lepton_edge.agent.codec import ApiError, decode_binary, decode_json, encode_binary, encode_json
+from lepton_edge.agent.codec import decode_binary, decode_json, encode_binary, encode_json
 from lepton_edge.agent.config import Listen
-from lepton_edge.errors import BadInput, LeptonError, Unavailable
+from lepton_edge.errors import ApiError, BadInput, LeptonError, Unavailable
 
 log = logging.getLogger("lepton_edge.agent")
 

@@ -25,16 +25,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from lepton_edge.errors import ApiError
 from lepton_edge.runtime.base import TensorSpec, dequantize, quantize
-
-
-class ApiError(Exception):
-    """A request the API refuses: an HTTP status (4xx/5xx) and a one-line reason."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 _KIND_NAMES = {"U": "strings", "b": "booleans", "O": "ragged lists or mixed values"}

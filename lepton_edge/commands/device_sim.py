@@ -84,7 +84,7 @@ def _transport(listen: str | None):
 
 
 def run(args: argparse.Namespace) -> int:
-    from firmware_bridge.sim import SimOptions, SimulatedDevice, default_state_dir
+    from firmware_bridge.sim import DeviceSimOptions, SimulatedDevice, default_state_dir
     from lepton_edge.artifact import load_public_key
     from lepton_edge.profiles import load_profile
 
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     profile = load_profile(args.profile)
     keys = tuple(load_public_key(k) for k in args.trusted_key)
     state = Path(args.state_dir).expanduser() if args.state_dir else default_state_dir(profile.name)
-    options = SimOptions(args.profile, state, args.baud, args.drop_rate, args.corrupt_rate, args.seed,
+    options = DeviceSimOptions(args.profile, state, args.baud, args.drop_rate, args.corrupt_rate, args.seed,
                          args.max_frame, args.window, trusted_keys=keys)
     transport = _transport(args.listen)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from lepton_edge.commands.serial_args import add_port_arguments, port_options
-from lepton_edge.console import Progress, human_bytes, print_json, step
+from lepton_edge.console import ProgressBar, human_bytes, print_json, step
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
         hello = device.hello
         fit = device.check_fit(payload)
         step(f"{hello.profile} ({hello.firmware}): arena {fit.ram_needed_bytes:,} of {hello.arena_ram_bytes:,} B")
-        bar = Progress("flashing", len(payload.model))
+        bar = ProgressBar("flashing", len(payload.model))
         try:
             result = device.flash(payload, force=args.force, progress=lambda done, total: bar.update(done))
         finally:

@@ -61,10 +61,10 @@ def register(subparsers: Any) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     from lepton_edge.artifact import load_public_key
     from lepton_edge.fleet.controller import Controller, ControllerOptions
-    from lepton_edge.fleet.http_api import HttpApi, parse_listen, resolve_token
+    from lepton_edge.fleet.http_api import HttpApi, parse_http_listen, resolve_token
 
     broker = broker_from_args(args)
-    listen = parse_listen(args.http)
+    listen = parse_http_listen(args.http)
     if not 1 <= args.job_expiry <= 30 * 24 * 3600:
         raise BadInput("--job-expiry must be 1 s to 30 days")
     if not 256 <= args.block_size <= 1024 * 1024:

@@ -26,11 +26,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from lepton_edge.agent.config import load_config
     from lepton_edge.gateway.daemon import Gateway
-    from lepton_edge.gateway.session import SessionOptions
+    from lepton_edge.gateway.session import SerialSessionOptions
 
     options = port_options(args)
     config = load_config(args.config)
-    gateway = Gateway(config, options, SessionOptions(hello_timeout_s=args.hello_timeout))
+    gateway = Gateway(config, options, SerialSessionOptions(hello_timeout_s=args.hello_timeout))
     log_to_stderr("gateway", ("lepton_edge.agent", "lepton_edge.gateway"))
 
     def ready(url: str) -> None:

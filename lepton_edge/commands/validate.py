@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from lepton_edge.commands.serial_args import add_port_arguments, port_options
-from lepton_edge.console import Progress, print_json, render_table
+from lepton_edge.console import ProgressBar, print_json, render_table
 from lepton_edge.errors import BadInput, CheckFailed
 
 
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         model, host_arena = found
         # The host reference sizes its own arena from the host measurement, never from the device's.
         reference_arena = host_arena or active.arena_bytes
-        bar = Progress("validating", args.samples)
+        bar = ProgressBar("validating", args.samples)
         try:
             report = validate_on_device(device, model, reference_arena, samples=args.samples, seed=args.seed,
                                         atol=atol, rtol=rtol, progress=lambda done, total: bar.update(done))

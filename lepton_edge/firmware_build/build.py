@@ -56,7 +56,7 @@ BUILD_JSON = "build.json"
 FORMAT = 1  # of build.json; a new format is a new build
 KEEP_BUILDS = 3  # per board: the newest builds stay in the cache, older ones are removed
 
-Progress = Callable[[str], None]
+BuildProgress = Callable[[str], None]
 
 
 class ToolMissing(LeptonError):
@@ -130,7 +130,7 @@ def default_tflm_tree() -> Path | None:
     return Path.home() / ".cache" / "lepton-edge" / "tflm" / archive[0] / "tflite-micro"
 
 
-def tflm_tree(*, lay_out: bool = True, progress: Progress | None = None) -> Path:
+def tflm_tree(*, lay_out: bool = True, progress: BuildProgress | None = None) -> Path:
     """The TFLM tree to build with: ``$LEPTON_TFLM_DIR``, else the default one (laid out when missing
     and ``lay_out``). A missing tree is one line of :class:`ToolMissing` naming both places."""
     env = os.environ.get(ENV_TFLM)
@@ -421,7 +421,7 @@ def cached_build(board: str) -> FirmwareBuild | None:
 
 
 @contextmanager
-def _lock(path: Path, progress: Progress | None, what: str) -> Iterator[None]:
+def _lock(path: Path, progress: BuildProgress | None, what: str) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as fh:
         try:
@@ -448,7 +448,7 @@ def _copy_out(fw: FirmwareBuild, out_dir: Path) -> FirmwareBuild:
     return moved
 
 
-def build(board: str, *, progress: Progress | None = None, out_dir: Path | None = None,
+def build(board: str, *, progress: BuildProgress | None = None, out_dir: Path | None = None,
           jobs: int | None = None) -> FirmwareBuild:
     """The firmware for ``board``: from the cache, else built (progress lines through ``progress``).
     With ``out_dir``, the outputs and build.json are copied there and the result points at the copies."""
@@ -464,7 +464,7 @@ def build(board: str, *, progress: Progress | None = None, out_dir: Path | None 
     return _copy_out(fw, Path(out_dir)) if out_dir is not None else fw
 
 
-def _make(spec: Board, tree: Path, keys: Keys, final: Path, progress: Progress | None,
+def _make(spec: Board, tree: Path, keys: Keys, final: Path, progress: BuildProgress | None,
           jobs: int | None) -> FirmwareBuild:
     variables = board_vars(spec.name, tree)
     check_toolchain(spec, variables)

@@ -40,7 +40,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from lepton_edge.errors import BadInput
+from lepton_edge.errors import ApiError, BadInput
 from lepton_edge.fleet.controller import Controller, NotFound
 from lepton_edge.fsio import atomic_write_text
 
@@ -52,7 +52,7 @@ TOKEN_FILE = "api.token"
 
 
 @dataclass(frozen=True)
-class Listen:
+class HttpListen:
     host: str
     port: int
 
@@ -70,7 +70,7 @@ class Listen:
         return f"http://{host}:{self.port if port is None else port}"
 
 
-def parse_listen(text: str) -> Listen:
+def parse_http_listen(text: str) -> HttpListen:
     """``HOST:PORT`` or ``[V6]:PORT``; port 0 picks a free one."""
     m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\[\]]+):(\d+)", text.strip())
     if not m:
@@ -78,10 +78,10 @@ def parse_listen(text: str) -> Listen:
     host, port = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
     if not 0 <= int(port) <= 65535:
         raise BadInput(f"--http {text}: port must be 0 to 65535")
-    return Listen(host, int(port))
+    return HttpListen(host, int(port))
 
 
-def resolve_token(store_dir: Path, listen: Listen, token_file: str | os.PathLike[str] | None) -> str | None:
+def resolve_token(store_dir: Path, listen: HttpListen, token_file: str | os.PathLike[str] | None) -> str | None:
     """The bearer token the API requires, or None (loopback without --token-file)."""
     if token_file is not None:
         try:
@@ -108,7 +108,7 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
 
-    def __init__(self, listen: Listen, controller: Controller, token: str | None, max_body: int) -> None:
+    def __init__(self, listen: HttpListen, controller: Controller, token: str | None, max_body: int) -> None:
         self.address_family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
         self.controller, self.token, self.max_body = controller, token, max_body
         super().__init__((listen.host, listen.port), _Handler)
@@ -178,8 +178,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._only(method, "GET")
                 found = c.deployment(m.group(2)) if m.group(1) == "deployments" else c.job(m.group(2))
                 return self._reply(200, found)
-            raise _HttpError(404, f"no such endpoint: {method} {path}")
-        except _HttpError as exc:
+            raise ApiError(404, f"no such endpoint: {method} {path}")
+        except ApiError as exc:
             self._reply(exc.status, {"error": exc.message}, exc.headers)
         except NotFound as exc:
             self._reply(404, {"error": str(exc)})
@@ -191,7 +191,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _only(self, method: str, allowed: str) -> None:
         if method != allowed:
-            raise _HttpError(405, f"use {allowed}", {"Allow": allowed})
+            raise ApiError(405, f"use {allowed}", {"Allow": allowed})
 
     def _authorize(self) -> None:
         token = self.server.token
@@ -200,19 +200,19 @@ class _Handler(BaseHTTPRequestHandler):
         header = self.headers.get("Authorization", "")
         scheme, _, given = header.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
-            raise _HttpError(401, "a valid bearer token is required (--token-file)",
-                             {"WWW-Authenticate": 'Bearer realm="lepton-edge"'})
+            raise ApiError(401, "a valid bearer token is required (--token-file)",
+                           {"WWW-Authenticate": 'Bearer realm="lepton-edge"'})
 
     def _json_body(self) -> dict[str, Any]:
         if self.headers.get("Transfer-Encoding"):
-            raise _HttpError(411, "send the body with a Content-Length")
+            raise ApiError(411, "send the body with a Content-Length")
         length = self.headers.get("Content-Length")
         if length is None or not length.isdigit():
-            raise _HttpError(411, "a Content-Length is required")
+            raise ApiError(411, "a Content-Length is required")
         n = int(length)
         if n > self.server.max_body:
             self.close_connection = True  # do not read (or skip) a body that large
-            raise _HttpError(413, f"body of {n} bytes is over the limit of {self.server.max_body}")
+            raise ApiError(413, f"body of {n} bytes is over the limit of {self.server.max_body}")
         data = self.rfile.read(n)
         try:
             body = json.loads(data)
@@ -235,12 +235,6 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
-class _HttpError(Exception):
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.headers = status, message, headers or {}
-
-
 def _b64(body: dict[str, Any], key: str, *, optional: bool = False) -> bytes | None:
     value = body.get(key)
     if value is None and optional:
@@ -256,7 +250,7 @@ def _b64(body: dict[str, Any], key: str, *, optional: bool = False) -> bytes | N
 class HttpApi:
     """The API server on its own thread. ``url`` has the real port (``--http HOST:0`` picks one)."""
 
-    def __init__(self, controller: Controller, listen: Listen, token: str | None,
+    def __init__(self, controller: Controller, listen: HttpListen, token: str | None,
                  max_body: int = DEFAULT_MAX_BODY) -> None:
         try:
             self._server = _Server(listen, controller, token, max_body)

@@ -26,13 +26,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+from lepton_edge.errors import LeptonError
+
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
 
 
-class MosquittoMissing(RuntimeError):
-    """Mosquitto is not installed (``make mosquitto`` installs it)."""
+class MosquittoMissing(LeptonError):
+    """Mosquitto is not installed (exit 1; ``make mosquitto`` installs it)."""
+
+    exit_code = 1
 
 
 def require_mosquitto() -> str:

@@ -37,7 +37,7 @@ from lepton_edge.agent.served import ServedModel, served_model
 from lepton_edge.artifact import Artifact
 from lepton_edge.errors import BadInput, LeptonError
 from lepton_edge.gateway.runner import SerialRunner
-from lepton_edge.gateway.session import SerialSession, SessionOptions
+from lepton_edge.gateway.session import SerialSession, SerialSessionOptions
 from lepton_edge.runtime.base import io_specs
 from lepton_edge.tflite.reader import parse_model
 
@@ -47,7 +47,8 @@ STATS_WAIT_S = 1.0  # telemetry skips the device's figures rather than wait long
 
 
 class Gateway(Agent):
-    def __init__(self, config: AgentConfig, port: PortOptions, session: SessionOptions = SessionOptions()) -> None:
+    def __init__(self, config: AgentConfig, port: PortOptions,
+                 session: SerialSessionOptions = SerialSessionOptions()) -> None:
         if config.mqtt is None:
             raise BadInput(f"{config.path}: a gateway needs an [mqtt] section (the broker it reports to)")
         super().__init__(config)

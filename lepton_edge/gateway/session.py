@@ -37,7 +37,7 @@ FAILURE_CHECK_S = 0.25  # how often an idle session looks at its port
 
 
 @dataclass(frozen=True)
-class SessionOptions:
+class SerialSessionOptions:
     hello_timeout_s: float = 5.0
     poll_interval_s: float = 5.0    # an idle device is asked for INFO this often, so a lost one is noticed
     min_backoff_s: float = 0.5
@@ -50,7 +50,7 @@ class DeviceUnavailable(Unavailable):
 
 class SerialSession:
     def __init__(self, port: PortOptions, *, expect_profile: Callable[[], str],
-                 options: SessionOptions = SessionOptions()) -> None:
+                 options: SerialSessionOptions = SerialSessionOptions()) -> None:
         self.port, self.expect_profile, self.options = port, expect_profile, options
         self.last_error: str | None = "not connected yet"
         self.connects = 0

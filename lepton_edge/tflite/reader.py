@@ -30,8 +30,8 @@ FILE_IDENTIFIER = b"TFL3"
 MAX_TENSOR_ELEMENTS = 2**62
 
 
-class _Corrupt(Exception):
-    pass
+class _Corrupt(BadInput):
+    """What is wrong inside the file; :func:`parse_model` names the file."""
 
 
 class _ReadBudget:
