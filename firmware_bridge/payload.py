@@ -11,8 +11,12 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from lepton_edge.errors import BadInput
+
+if TYPE_CHECKING:
+    from lepton_edge.artifact import Artifact
 
 
 @dataclass(frozen=True)
@@ -26,9 +30,9 @@ class ModelPayload:
     signature: bytes | None = None
     name: str = ""
     version: int | None = None
-    self_test: dict | None = None
+    self_test: dict[str, Any] | None = None
 
-    def with_arena(self, arena_bytes: int) -> "ModelPayload":
+    def with_arena(self, arena_bytes: int) -> ModelPayload:
         """The same model with the device's arena set to exactly ``arena_bytes`` (``flash --arena-bytes``):
         no kernel margin on top, since the figure is the caller's own."""
         from dataclasses import replace
@@ -43,7 +47,7 @@ class ModelPayload:
         return hashlib.sha256(self.model).hexdigest()
 
     @classmethod
-    def from_artifact(cls, artifact) -> "ModelPayload":
+    def from_artifact(cls, artifact: Artifact) -> ModelPayload:
         """From a verified :class:`lepton_edge.artifact.Artifact` (what a gateway holds)."""
         source = str(artifact.path or artifact.name)
         recommended, margin = manifest_arena(artifact.manifest, source)
@@ -53,7 +57,7 @@ class ModelPayload:
                    artifact.manifest.get("self_test"))
 
 
-def manifest_arena(manifest: dict, source: str) -> tuple[int, int | None]:
+def manifest_arena(manifest: dict[str, Any], source: str) -> tuple[int, int | None]:
     """(arena the device allocates, kernel margin on top or None) from an artifact's manifest."""
     arena = manifest.get("arena") or {}
     recommended = int(arena.get("recommended_bytes") or 0)
@@ -65,7 +69,7 @@ def manifest_arena(manifest: dict, source: str) -> tuple[int, int | None]:
     return recommended, None if margin is None else int(margin)
 
 
-def host_arena_bytes(manifest: dict | bytes | None, arena_bytes: int) -> int | None:
+def host_arena_bytes(manifest: dict[str, Any] | bytes | None, arena_bytes: int) -> int | None:
     """The arena an x86-64 TFLite Micro here (the simulated device, validate's reference) gives a model
     whose device arena is ``arena_bytes``: the manifest's host figure when the device's arena is at least
     the manifest's recommendation (measured on a 32-bit target, it can be smaller than x86-64 needs);

@@ -13,6 +13,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lepton_edge.fsio import atomic_directory, atomic_write_text
 
@@ -44,7 +45,7 @@ class SlotStore:
     def _slot_dir(self, index: int) -> Path:
         return self.directory / f"slot{index}"
 
-    def _pointer(self) -> dict:
+    def _pointer(self) -> dict[str, Any]:
         try:
             value = json.loads((self.directory / _ACTIVE_FILE).read_text())
         except (OSError, ValueError):
@@ -110,5 +111,5 @@ class SlotStore:
             floors[name] = version
         self._write_pointer({**pointer, "confirmed": True, "floors": floors})
 
-    def _write_pointer(self, pointer: dict) -> None:
+    def _write_pointer(self, pointer: dict[str, Any]) -> None:
         atomic_write_text(self.directory / _ACTIVE_FILE, json.dumps(pointer, sort_keys=True))

@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from lepton_edge.runtime.base import TensorSpec
-from lepton_edge.runtime.tflm import load_tflm
+from lepton_edge.runtime.tflm import TflmRunner, load_tflm
+
+if TYPE_CHECKING:
+    from firmware_bridge.host import Device
 
 DEFAULT_ATOL = 1e-5
 DEFAULT_RTOL = 1e-4
@@ -38,7 +42,7 @@ class ValidationReport:
     def ok(self) -> bool:
         return self.failed == 0 and self.samples > 0
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         for key in ("device_latency_us", "host_latency_us"):
             values = d.pop(key)
@@ -50,7 +54,7 @@ class ValidationReport:
         return d
 
 
-def random_inputs(specs: list[TensorSpec], rng: np.random.Generator) -> list[np.ndarray]:
+def random_inputs(specs: list[TensorSpec], rng: np.random.Generator) -> list[np.ndarray[Any, Any]]:
     """One sample of every input: the whole range of integer types, standard normal floats."""
     out = []
     for spec in specs:
@@ -65,7 +69,7 @@ def random_inputs(specs: list[TensorSpec], rng: np.random.Generator) -> list[np.
     return out
 
 
-def split_outputs(data: bytes, specs: list[TensorSpec]) -> list[np.ndarray]:
+def split_outputs(data: bytes, specs: list[TensorSpec]) -> list[np.ndarray[Any, Any]]:
     need = sum(s.nbytes for s in specs)
     if len(data) != need:
         raise ValueError(f"device returned {len(data)} output bytes, the model has {need}")
@@ -76,7 +80,7 @@ def split_outputs(data: bytes, specs: list[TensorSpec]) -> list[np.ndarray]:
     return arrays
 
 
-def validate_on_device(device, model_bytes: bytes, arena_bytes: int, *, samples: int = 10, seed: int = 0,
+def validate_on_device(device: Device, model_bytes: bytes, arena_bytes: int, *, samples: int = 10, seed: int = 0,
                        atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
                        progress: Callable[[int, int], None] | None = None) -> ValidationReport:
     """``device``: a :class:`firmware_bridge.host.Device` whose active model is ``model_bytes``.
@@ -105,7 +109,7 @@ def validate_on_device(device, model_bytes: bytes, arena_bytes: int, *, samples:
     return report
 
 
-def _host_reference(model_bytes: bytes, arena_bytes: int):
+def _host_reference(model_bytes: bytes, arena_bytes: int) -> TflmRunner:
     """TFLite Micro on the host with ``arena_bytes``; doubled (up to 3 times) if that is too small for x86-64."""
     from lepton_edge.errors import CheckFailed
 
@@ -120,11 +124,11 @@ def _host_reference(model_bytes: bytes, arena_bytes: int):
     raise AssertionError("unreachable")
 
 
-def _score(report: ValidationReport, index: int, got: list[np.ndarray], expected: list[np.ndarray],
+def _score(report: ValidationReport, index: int, got: list[np.ndarray[Any, Any]], expected: list[np.ndarray[Any, Any]],
            specs: list[TensorSpec]) -> None:
     report.samples += 1
     exact, within = True, True
-    for g, e, spec in zip(got, expected, specs):
+    for g, e, spec in zip(got, expected, specs, strict=False):
         e = np.asarray(e).reshape(g.shape)
         if g.tobytes() != np.ascontiguousarray(e).tobytes():
             exact = False

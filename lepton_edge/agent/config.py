@@ -28,13 +28,16 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 from urllib.parse import urlsplit
 
 from lepton_edge.errors import BadInput
 from lepton_edge.profiles import Profile, load_profile
 from lepton_edge.runtime.factory import BACKENDS
 from lepton_edge.tomlfile import read_toml
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 DEFAULT_LISTEN = "127.0.0.1:8787"
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -94,7 +97,7 @@ class HealthConfig:
 @dataclass(frozen=True)
 class SecurityConfig:
     require_signature: bool
-    trusted_keys: tuple  # Ed25519 public keys (cryptography objects)
+    trusted_keys: tuple[Ed25519PublicKey, ...]
     trusted_key_sources: tuple[str, ...]
 
 
@@ -154,6 +157,13 @@ class _Reader:
 
     def bad(self, key: str, expected: str) -> BadInput:
         return BadInput(f"{self.path}: [{self.section}] {key} must be {expected}, got {self.table[key]!r}")
+
+    @overload
+    def text(self, key: str, default: str) -> str: ...
+    @overload
+    def text(self, key: str, *, required: Literal[True]) -> str: ...
+    @overload
+    def text(self, key: str, default: str | None = None, *, required: bool = False) -> str | None: ...
 
     def text(self, key: str, default: str | None = None, *, required: bool = False) -> str | None:
         if key not in self.table:
@@ -229,7 +239,7 @@ def parse_listen(text: str, config_path: Path | None = None) -> Listen:
     return Listen(host=host, port=int(port_text))
 
 
-def _trusted_keys(r: _Reader) -> tuple[tuple, tuple[str, ...]]:
+def _trusted_keys(r: _Reader) -> tuple[tuple[Ed25519PublicKey, ...], tuple[str, ...]]:
     from lepton_edge.artifact import load_public_key
 
     raw = r.table.get("trusted_keys", [])

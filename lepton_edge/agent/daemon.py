@@ -17,17 +17,18 @@ import logging
 import queue
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from lepton_edge import __version__
+from lepton_edge.agent.api import bound_url, make_server
 from lepton_edge.agent.bare import bare_model_artifact
 from lepton_edge.agent.config import AgentConfig, load_config
 from lepton_edge.agent.health import HealthReport, check_health
-from lepton_edge.agent.api import bound_url, make_server
 from lepton_edge.agent.metrics import AgentMetrics
 from lepton_edge.agent.policy import InstallPolicy, check_ram
 from lepton_edge.agent.served import ServedModel, load_served
@@ -295,7 +296,8 @@ class Agent:
     def current(self) -> ServedModel | None:
         return self._served
 
-    def infer(self, served: ServedModel, arrays: list[np.ndarray]) -> tuple[list[np.ndarray], float]:
+    def infer(self, served: ServedModel,
+              arrays: list[np.ndarray[Any, Any]]) -> tuple[list[np.ndarray[Any, Any]], float]:
         outputs, latency_ms = served.runner.run_timed(arrays)
         self.metrics.observe_inference(latency_ms)
         return outputs, latency_ms

@@ -43,12 +43,12 @@ class HealthReport:
                 "digest_checked": self.digest_checked, "latency_ms": self.latency_ms, "budget_ms": self.budget_ms}
 
 
-def zero_inputs(specs: list[TensorSpec]) -> list[np.ndarray]:
+def zero_inputs(specs: list[TensorSpec]) -> list[np.ndarray[Any, Any]]:
     """Each input's encoding of 0.0."""
     return [quantize(np.zeros(s.num_elements, np.float32), s) for s in specs]
 
 
-def outputs_digest(outputs: list[np.ndarray]) -> str:
+def outputs_digest(outputs: list[np.ndarray[Any, Any]]) -> str:
     h = hashlib.sha256()
     for o in outputs:
         h.update(np.ascontiguousarray(o).tobytes())
@@ -79,20 +79,20 @@ def check_health(runner: Runner, manifest: dict[str, Any], *, default_budget_ms:
             return fail(f"self-test input unusable: {exc}", source)
     try:
         outputs = runner.run(inputs)
-    except Exception as exc:  # noqa: BLE001 - any interpreter failure fails the check
+    except Exception as exc:
         return fail(f"inference failed: {exc}", source)
-    for spec, out in zip(runner.outputs, outputs):
+    for spec, out in zip(runner.outputs, outputs, strict=False):
         if np.issubdtype(out.dtype, np.floating) and not np.all(np.isfinite(out)):
             return fail(f"output '{spec.name}' is not finite", source)
     expected = (self_test.get("output_sha256") or {}).get(runner.backend)
     digest_checked = isinstance(expected, str)
-    if digest_checked and outputs_digest(outputs) != expected.lower():
+    if isinstance(expected, str) and outputs_digest(outputs) != expected.lower():
         return fail(f"self-test output digest differs from the manifest's for {runner.backend}", source, True)
     times = []
     for _ in range(max(1, runs)):
         try:
             times.append(runner.run_timed(inputs)[1])
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             return fail(f"inference failed: {exc}", source, digest_checked)
     latency = statistics.median(times)
     if latency > budget:

@@ -9,7 +9,7 @@ plus the model on LiteRT, which keeps both in memory).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lepton_edge.errors import BadInput, CheckFailed
 from lepton_edge.profiles import Profile
@@ -17,12 +17,15 @@ from lepton_edge.runtime.factory import artifact_arena_bytes
 from lepton_edge.runtime.op_support import TFLM_WHEEL, unsupported_ops
 from lepton_edge.tflite.reader import parse_model
 
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 
 @dataclass(frozen=True)
 class InstallPolicy:
     """``backend`` is the resolved runtime ("tflm" or "litert"); None skips the runtime and RAM checks."""
 
-    trusted_keys: tuple = ()
+    trusted_keys: tuple[Ed25519PublicKey, ...] = ()
     require_signature: bool = True
     profile: Profile | None = None
     backend: str | None = None

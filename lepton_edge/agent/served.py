@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from lepton_edge.artifact import Artifact
 from lepton_edge.profiles import Profile
@@ -29,7 +30,7 @@ class ServedModel:
     def sha256(self) -> str:
         return self.artifact.sha256
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "sha256": self.sha256, "slot": self.slot,
                 "signer": self.artifact.manifest.get("signer"), "profile": self.artifact.manifest.get("profile"),
                 "inputs": [s.to_dict() for s in self.runner.inputs],

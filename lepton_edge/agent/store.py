@@ -61,8 +61,16 @@ from pathlib import Path
 from typing import Any
 
 from lepton_edge.agent.policy import InstallPolicy, check_fits, check_version
-from lepton_edge.artifact import (MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE, Artifact, load_artifact,
-                                  parse_manifest, verify_manifest, verify_model)
+from lepton_edge.artifact import (
+    MANIFEST_FILE,
+    MODEL_FILE,
+    SIGNATURE_FILE,
+    Artifact,
+    load_artifact,
+    parse_manifest,
+    verify_manifest,
+    verify_model,
+)
 from lepton_edge.errors import BadInput, CheckFailed
 from lepton_edge.fsio import atomic_directory, atomic_write_text
 
@@ -106,7 +114,8 @@ class PartialDownload:
 
     @property
     def size(self) -> int:
-        return self.manifest["model"]["size"]
+        size: int = self.manifest["model"]["size"]
+        return size
 
     @property
     def received(self) -> int:
@@ -225,6 +234,7 @@ class ModelStore:
             state = self._state
             if not state.pending:
                 return
+            assert state.active is not None  # a pending model is the active one
             version = self._slot_manifest(state.active)["version"]
             confirmed = version if state.confirmed_version is None else max(version, state.confirmed_version)
             self._write_state(StoreState(active=state.active, pending=False, fallback=None,
@@ -239,7 +249,8 @@ class ModelStore:
 
     # --- resumable downloads -----------------------------------------------------------------------
 
-    def open_partial(self, manifest_bytes: bytes, signature: bytes | None, *, source: str = "update") -> PartialDownload:
+    def open_partial(self, manifest_bytes: bytes, signature: bytes | None, *,
+                     source: str = "update") -> PartialDownload:
         """Verify a manifest and make (or find again) the place its model downloads into."""
         with self._mutex:
             policy = self.policy
@@ -335,7 +346,8 @@ class ModelStore:
                           confirmed_version=raw["confirmed_version"])
 
     def _remove_staging_leftovers(self) -> None:
-        """Remove what interrupted atomic writes left: ``slots/.a.*.partial``, ``slots/.a.old``, ``.state.json.*.tmp``."""
+        """Remove what interrupted atomic writes left: ``slots/.a.*.partial``, ``slots/.a.old``,
+        ``.state.json.*.tmp``."""
         for parent in (self.dir, self.dir / "slots", self.dir / "partial"):
             if not parent.is_dir():
                 continue

@@ -10,8 +10,9 @@ Device-side code: numpy and the project's device-side modules.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -32,8 +33,9 @@ class SerialRunner(Runner):
     # run_timed reads it after the Runner's lock is released.
     _device_us: threading.local = field(default_factory=threading.local, repr=False)
 
-    def _invoke(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    def _invoke(self, inputs: list[np.ndarray[Any, Any]]) -> list[np.ndarray[Any, Any]]:
         data = b"".join(np.ascontiguousarray(a).tobytes() for a in inputs)
+        assert self.session is not None, "SerialRunner without a session"
         try:
             result = self.session.call(lambda device: device.invoke(data), what="INVOKE", wait_s=INVOKE_WAIT_S)
         except BridgeError as exc:
@@ -44,6 +46,6 @@ class SerialRunner(Runner):
         except ValueError as exc:
             raise Unavailable(f"the device answered with outputs of another model: {exc}") from None
 
-    def run_timed(self, inputs: Sequence[np.ndarray]) -> tuple[list[np.ndarray], float]:
+    def run_timed(self, inputs: Sequence[np.ndarray[Any, Any]]) -> tuple[list[np.ndarray[Any, Any]], float]:
         outputs, _round_trip_ms = super().run_timed(inputs)
         return outputs, self._device_us.value / 1000.0

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lepton_edge.errors import BadInput, CheckFailed
 from lepton_edge.plan.assign import assign_offsets, find_conflicts
 from lepton_edge.plan.embed import embed_plan
 from lepton_edge.plan.lifetimes import Lifetime, check_plannable, live_bytes_per_op, lower_bound, tensor_lifetimes
-from lepton_edge.plan.scratch import scratch_requests
 from lepton_edge.plan.measure import estimate_tail, measure_with_tflm, tflm_available
+from lepton_edge.plan.scratch import scratch_requests
 from lepton_edge.plan.target import HOST_LABEL
-from lepton_edge.tflite.model import TFLiteModel, align_up
+from lepton_edge.tflite.model import Subgraph, TFLiteModel, align_up
 from lepton_edge.tflite.reader import parse_model
 
 if TYPE_CHECKING:
@@ -86,7 +86,7 @@ class ArenaPlan:
         """The arena figures come from the target's own kernels (no kernel-library margin to add)."""
         return self.target_used_bytes is not None
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in asdict(self).items() if k not in ("planned_model", "placements", "fit")}
         d["offsets"] = [asdict(p) for p in self.placements]
         d["fit"] = asdict(self.fit) if self.fit else None
@@ -95,9 +95,9 @@ class ArenaPlan:
         return d
 
 
-def plan_model(model_bytes: bytes, source: str = "model", *, profile: "Profile | None" = None,
+def plan_model(model_bytes: bytes, source: str = "model", *, profile: Profile | None = None,
                measure: bool = True, search_seconds: float = 1.0,
-               target: "TargetMeasurer | None" = None) -> ArenaPlan:
+               target: TargetMeasurer | None = None) -> ArenaPlan:
     """Plan ``model_bytes``. Raises :class:`BadInput` for models that cannot be planned statically.
 
     With ``target`` (:func:`lepton_edge.plan.target.resolve_measure`) the tail and the recommended
@@ -136,7 +136,8 @@ def plan_model(model_bytes: bytes, source: str = "model", *, profile: "Profile |
         live_bytes_per_op=live_bytes_per_op(lifetimes, n_ops),
         planned_model=planned_model,
     )
-    _fill_arena_figures(plan, model, model_bytes, measure=measure, pointer_bytes=profile.pointer_bytes if profile else 8)
+    _fill_arena_figures(plan, model, model_bytes, measure=measure,
+                        pointer_bytes=profile.pointer_bytes if profile else 8)
     if target is not None and measure and plan.tflm_error is None:
         _measure_on_target(plan, target)
     if profile is not None:
@@ -144,7 +145,7 @@ def plan_model(model_bytes: bytes, source: str = "model", *, profile: "Profile |
     return plan
 
 
-def scratch_lifetimes(subgraph) -> list[Lifetime]:
+def scratch_lifetimes(subgraph: Subgraph) -> list[Lifetime]:
     """Kernel scratch requests as one-operator lifetimes with negative ids (never embedded)."""
     return [Lifetime(-(i + 1), f"scratch:{r.opcode}@{r.op}", align_up(r.nbytes), r.op, r.op)
             for i, r in enumerate(scratch_requests(subgraph))]
@@ -155,7 +156,8 @@ def _placements(lifetimes: list[Lifetime], offsets: dict[int, int]) -> list[Plac
             for lt in sorted(lifetimes, key=lambda x: (offsets[x.tensor], x.first))]
 
 
-def _fill_arena_figures(plan: ArenaPlan, model: TFLiteModel, original: bytes, *, measure: bool, pointer_bytes: int) -> None:
+def _fill_arena_figures(plan: ArenaPlan, model: TFLiteModel, original: bytes, *, measure: bool,
+                        pointer_bytes: int) -> None:
     plan.measured["head_bytes"] = "planned"
     plan.measured["lower_bound_bytes"] = "computed"
     if measure and tflm_available():
@@ -191,7 +193,7 @@ def _fill_arena_figures(plan: ArenaPlan, model: TFLiteModel, original: bytes, *,
                   "estimated (tflite-micro not installed)" if measure else "estimated (measurement skipped)")
 
 
-def _measure_on_target(plan: ArenaPlan, target: "TargetMeasurer") -> None:
+def _measure_on_target(plan: ArenaPlan, target: TargetMeasurer) -> None:
     """Replace the tail and the recommended arena with the target's (the host's stay in host_*)."""
     try:
         fig = target.measure(plan.planned_model)
@@ -214,7 +216,7 @@ def _estimate(plan: ArenaPlan, model: TFLiteModel, pointer_bytes: int, why: str)
     plan.measured.update(tail_bytes=why, recommended_arena_bytes=why)
 
 
-def check_fit(plan: ArenaPlan, model_size: int, profile: "Profile") -> FitVerdict:
+def check_fit(plan: ArenaPlan, model_size: int, profile: Profile) -> FitVerdict:
     reasons = []
     if profile.runtime == "tflm" and plan.tflm_error:
         reasons.append(f"runtime: TFLite Micro cannot run this model ({plan.tflm_error})")

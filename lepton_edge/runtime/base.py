@@ -9,13 +9,14 @@ import math
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any
 
 import numpy as np
 
 from lepton_edge.errors import BadInput
-from lepton_edge.tflite.model import TFLiteModel, Tensor
+from lepton_edge.tflite.model import Tensor, TFLiteModel
 
 
 @dataclass(frozen=True)
@@ -40,20 +41,19 @@ class TensorSpec:
     def quantized(self) -> bool:
         return self.scale is not None and np.issubdtype(np.dtype(self.dtype), np.integer)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype,
                 "scale": self.scale, "zero_point": self.zero_point}
 
     @classmethod
-    def from_tensor(cls, t: Tensor) -> "TensorSpec":
+    def from_tensor(cls, t: Tensor) -> TensorSpec:
         q = t.quantization
-        per_tensor = q is not None and len(q.scales) == 1 and q.scales[0] != 0
-        return cls(t.name, tuple(t.shape), t.dtype,
-                   float(q.scales[0]) if per_tensor else None,
-                   int(q.zero_points[0]) if per_tensor and q.zero_points else (0 if per_tensor else None))
+        if q is None or len(q.scales) != 1 or q.scales[0] == 0:
+            return cls(t.name, tuple(t.shape), t.dtype, None, None)
+        return cls(t.name, tuple(t.shape), t.dtype, float(q.scales[0]), int(q.zero_points[0]) if q.zero_points else 0)
 
 
-def quantize(values: np.ndarray, spec: TensorSpec) -> np.ndarray:
+def quantize(values: np.ndarray[Any, Any], spec: TensorSpec) -> np.ndarray[Any, Any]:
     """Float values -> the integer tensor ``spec`` expects (identity for float tensors)."""
     dtype = np.dtype(spec.dtype)
     values = np.asarray(values)
@@ -61,15 +61,18 @@ def quantize(values: np.ndarray, spec: TensorSpec) -> np.ndarray:
         raise BadInput(f"input '{spec.name}' wants {spec.num_elements} values, got {values.size}")
     if not spec.quantized:
         return values.astype(dtype, copy=False).reshape(spec.shape)
+    assert spec.scale is not None and spec.zero_point is not None  # quantized: from_tensor sets both
     info = np.iinfo(dtype)
     q = np.round(np.asarray(values, dtype=np.float32) / spec.scale) + spec.zero_point
-    return np.clip(q, info.min, info.max).astype(dtype).reshape(spec.shape)
+    quantized: np.ndarray[Any, Any] = np.clip(q, info.min, info.max).astype(dtype).reshape(spec.shape)
+    return quantized
 
 
-def dequantize(values: np.ndarray, spec: TensorSpec) -> np.ndarray:
+def dequantize(values: np.ndarray[Any, Any], spec: TensorSpec) -> np.ndarray[Any, Any]:
     """An output tensor -> float values (identity for float tensors)."""
     if not spec.quantized:
         return np.asarray(values, dtype=np.float32)
+    assert spec.scale is not None and spec.zero_point is not None  # quantized: from_tensor sets both
     return (np.asarray(values, dtype=np.float32) - spec.zero_point) * spec.scale
 
 
@@ -97,17 +100,17 @@ class Runner(ABC):
         self._checks = tuple((np.dtype(s.dtype), int(np.prod(s.shape, dtype=np.int64)), tuple(s.shape))
                              for s in self.inputs)
 
-    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def run(self, inputs: Sequence[np.ndarray[Any, Any]]) -> list[np.ndarray[Any, Any]]:
         """Run one inference on tensors already of the model's dtypes and shapes."""
         return self.run_timed(inputs)[0]
 
-    def run_timed(self, inputs: Sequence[np.ndarray]) -> tuple[list[np.ndarray], float]:
+    def run_timed(self, inputs: Sequence[np.ndarray[Any, Any]]) -> tuple[list[np.ndarray[Any, Any]], float]:
         """:meth:`run`, also returning this call's invoke latency in milliseconds."""
         checks = self._checks
         if len(inputs) != len(checks):
             raise BadInput(f"model takes {len(checks)} input(s), got {len(inputs)}")
-        arrays = []
-        for given, (dtype, size, shape) in zip(inputs, checks):
+        arrays: list[np.ndarray[Any, Any]] = []
+        for given, (dtype, size, shape) in zip(inputs, checks, strict=True):
             a = given if type(given) is np.ndarray else np.asarray(given)
             if a.dtype != dtype or (a.shape != shape and a.size != size):
                 spec = self.inputs[len(arrays)]
@@ -128,16 +131,16 @@ class Runner(ABC):
             stats.total_latency_ms += elapsed
         return out, elapsed
 
-    def run_float(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def run_float(self, inputs: Sequence[np.ndarray[Any, Any]]) -> list[np.ndarray[Any, Any]]:
         """Speak float to any model: quantize inputs, run, dequantize outputs."""
-        q = [quantize(x, spec) for x, spec in zip(inputs, self.inputs)]
-        return [dequantize(y, spec) for y, spec in zip(self.run(q), self.outputs)]
+        q = [quantize(x, spec) for x, spec in zip(inputs, self.inputs, strict=False)]
+        return [dequantize(y, spec) for y, spec in zip(self.run(q), self.outputs, strict=False)]
 
     @abstractmethod
-    def _invoke(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    def _invoke(self, inputs: list[np.ndarray[Any, Any]]) -> list[np.ndarray[Any, Any]]:
         """Set inputs, invoke, copy outputs out; called with the lock held."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional: only runners holding resources override it
         """Release the interpreter."""
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lepton_edge.errors import BadInput
 from lepton_edge.runtime import litert, tflm
@@ -40,7 +40,7 @@ def open_runner(model_bytes: bytes, *, backend: str = "auto", profile_runtime: s
     return litert.load_litert(model_bytes, threads=threads, source=source)
 
 
-def artifact_arena_bytes(manifest: dict) -> int | None:
+def artifact_arena_bytes(manifest: dict[str, Any]) -> int | None:
     """The arena a TFLite Micro runner gets for an artifact: ``total_bytes`` (recommended + the
     profile's kernel margin), else ``recommended_bytes``; None when the manifest gives neither.
     When the figures were measured on a 32-bit target, the runner here (x86-64 TFLite Micro) gets at
@@ -56,8 +56,8 @@ def artifact_arena_bytes(manifest: dict) -> int | None:
     return None
 
 
-def open_artifact_runner(manifest: dict, model_bytes: bytes, *, backend: str = "auto",
-                         profile: "Profile | None" = None, threads: int = 1, source: str = "model") -> Runner:
+def open_artifact_runner(manifest: dict[str, Any], model_bytes: bytes, *, backend: str = "auto",
+                         profile: Profile | None = None, threads: int = 1, source: str = "model") -> Runner:
     """Open a verified artifact's model with the arena its manifest plans, within ``profile``'s RAM budget.
 
     ``auto`` follows the profile's runtime (the manifest's when there is no profile). On ``tflm`` an

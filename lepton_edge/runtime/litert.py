@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from lepton_edge.errors import BadInput
@@ -9,7 +11,7 @@ from lepton_edge.runtime.base import Runner, io_specs
 from lepton_edge.tflite.reader import parse_model
 
 
-def _interpreter_class():
+def _interpreter_class() -> tuple[Any, str]:
     try:
         from ai_edge_litert.interpreter import Interpreter
 
@@ -33,14 +35,14 @@ def available() -> bool:
 
 
 class LiteRtRunner(Runner):
-    _interpreter: object
+    _interpreter: Any  # ai_edge_litert's or tflite_runtime's Interpreter (untyped)
     _in_idx: list[int]
     _out_idx: list[int]
     package: str = ""
 
-    def _invoke(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    def _invoke(self, inputs: list[np.ndarray[Any, Any]]) -> list[np.ndarray[Any, Any]]:
         it = self._interpreter
-        for idx, a in zip(self._in_idx, inputs):
+        for idx, a in zip(self._in_idx, inputs, strict=False):
             it.set_tensor(idx, a)
         it.invoke()
         return [it.get_tensor(idx) for idx in self._out_idx]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 # TensorType enum of the TFLite schema -> (name, bytes per element). Sub-byte and
 # variable-length types have no fixed size here (None).
@@ -50,10 +51,11 @@ class Quantization:
     def per_channel(self) -> bool:
         return len(self.scales) > 1
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "scale": list(self.scales) if self.per_channel else (self.scales[0] if self.scales else None),
-            "zero_point": list(self.zero_points) if self.per_channel else (self.zero_points[0] if self.zero_points else None),
+            "zero_point": (list(self.zero_points) if self.per_channel
+                           else (self.zero_points[0] if self.zero_points else None)),
             "quantized_dimension": self.quantized_dimension,
         }
 

@@ -21,7 +21,7 @@ BUFFER_ALIGNMENT = 16
 class _AlignedBufferT(fb.BufferT):
     """A BufferT whose data vector starts on a 16-byte boundary of the output file."""
 
-    def Pack(self, builder: flatbuffers.Builder) -> int:  # noqa: N802 - flatbuffers naming
+    def Pack(self, builder: flatbuffers.Builder) -> int:
         data_offset = None
         if self.data is not None:
             payload = np.asarray(self.data, dtype=np.uint8).tobytes()
@@ -34,11 +34,12 @@ class _AlignedBufferT(fb.BufferT):
             fb.BufferAddData(builder, data_offset)
         fb.BufferAddOffset(builder, self.offset)
         fb.BufferAddSize(builder, self.size)
-        return fb.BufferEnd(builder)
+        end: int = fb.BufferEnd(builder)
+        return end
 
 
 def _as_aligned(buffer: fb.BufferT) -> _AlignedBufferT:
-    aligned = _AlignedBufferT()
+    aligned = _AlignedBufferT()  # type: ignore[no-untyped-call]  # BufferT's generated __init__
     aligned.data, aligned.offset, aligned.size = buffer.data, buffer.offset, buffer.size
     return aligned
 
@@ -46,7 +47,8 @@ def _as_aligned(buffer: fb.BufferT) -> _AlignedBufferT:
 def unpack(model_bytes: bytes) -> fb.ModelT:
     """The object-API form of a model already validated by :func:`parse_model`."""
     parse_model(model_bytes)
-    return fb.ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
+    model: fb.ModelT = fb.ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
+    return model
 
 
 def pack(model: fb.ModelT) -> bytes:
@@ -63,6 +65,8 @@ def pack(model: fb.ModelT) -> bytes:
 def set_metadata(model_bytes: bytes, name: str, payload: bytes) -> bytes:
     """A copy of the model whose metadata ``name`` holds ``payload`` (replacing an existing entry)."""
     model = unpack(model_bytes)
+    buffers: list[fb.BufferT] = model.buffers or []
+    model.buffers = buffers
     data = np.frombuffer(payload, dtype=np.uint8).copy()
     entries = model.metadata or []
     existing = [m for m in entries if (m.name.decode() if isinstance(m.name, bytes) else m.name) == name]
@@ -75,12 +79,12 @@ def set_metadata(model_bytes: bytes, name: str, payload: bytes) -> bytes:
         target.name = name
         entries.append(target)
     if existing and not _buffer_shared(model, target):
-        model.buffers[target.buffer].data = data  # replace in place: the file does not grow
+        buffers[target.buffer].data = data  # type: ignore[assignment]  # the object API packs arrays too
     else:
         buffer = fb.BufferT()
-        buffer.data = data
-        model.buffers.append(buffer)
-        target.buffer = len(model.buffers) - 1
+        buffer.data = data  # type: ignore[assignment]
+        buffers.append(buffer)
+        target.buffer = len(buffers) - 1
     model.metadata = entries
     return pack(model)
 
