@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from lepton_edge.errors import LeptonError
-from firmware_bridge.protocol import Nak, NakInfo, Msg
+from firmware_bridge.protocol import Nak, NakInfo
 
 
 class BridgeError(LeptonError):
@@ -32,10 +32,3 @@ class DeviceRefused(BridgeError):
         super().__init__(f"device refused {what}: {nak.describe()}")
         if nak.code in (Nak.TOO_LARGE, Nak.ARENA_TOO_SMALL, Nak.VERSION, Nak.SIGNATURE, Nak.HASH_MISMATCH):
             self.exit_code = 1
-
-
-def request_name(type_: int) -> str:
-    try:
-        return Msg(type_).name
-    except ValueError:
-        return f"type 0x{type_:02x}"

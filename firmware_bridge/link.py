@@ -8,6 +8,7 @@ Arduino and ESP32 auto-reset circuits expect.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -56,15 +57,16 @@ def pulse_reset(ser, options: PortOptions) -> None:
     """Hold the board in reset for 100 ms through RTS (ESP32: EN) with DTR released (ESP32: IO0 high),
     then release; a DTR edge resets the boards wired the Arduino way. Ports without modem lines
     (pseudo-terminals, sockets) ignore it."""
-    try:
+    # Setting a modem line is an ioctl (TIOCMBIS/TIOCMBIC) that a pseudo-terminal refuses with OSError
+    # (ENOTTY, EINVAL); pyserial's own errors (SerialException) are OSErrors too. socket:// and loop://
+    # ignore the lines themselves.
+    with contextlib.suppress(OSError):
         ser.dtr = False
         ser.rts = True
         time.sleep(0.1)
         ser.rts = options.rts
         time.sleep(0.05)
         ser.dtr = options.dtr
-    except Exception:  # noqa: BLE001 - SerialException, OSError: no modem lines here
-        pass
 
 
 class Link:
@@ -135,13 +137,11 @@ class Link:
 
     def close(self) -> None:
         self._closing.set()
-        try:
-            if hasattr(self.ser, "cancel_read"):
+        # Both fail only when the port is already gone (unplugged: EIO, ENXIO; the peer closed the socket),
+        # with OSError (SerialException is one); the link is closed all the same.
+        if hasattr(self.ser, "cancel_read"):  # posix ports and socket://; wakes the reader thread
+            with contextlib.suppress(OSError):
                 self.ser.cancel_read()
-        except Exception:  # noqa: BLE001
-            pass
         self._thread.join(timeout=1.0)
-        try:
+        with contextlib.suppress(OSError):
             self.ser.close()
-        except Exception:  # noqa: BLE001
-            pass

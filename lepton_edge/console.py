@@ -84,9 +84,6 @@ class ProgressBar:
     def enabled(self) -> bool:
         return bool(getattr(self.stream, "isatty", lambda: False)())
 
-    def advance(self, amount: float) -> None:
-        self.update(self._done + amount)
-
     def update(self, done: float) -> None:
         self._done = done
         now = time.monotonic()

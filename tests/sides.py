@@ -93,7 +93,7 @@ def device_side_files() -> list[Path]:
 
 
 def entry_point_files() -> list[Path]:
-    return [PACKAGE / "cli.py", PACKAGE / "__main__.py"] + sorted((PACKAGE / "commands").glob("*.py"))
+    return [PACKAGE / "cli.py", PACKAGE / "__main__.py", *sorted((PACKAGE / "commands").glob("*.py"))]
 
 
 def side_of(module: str) -> str:

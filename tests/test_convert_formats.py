@@ -1,6 +1,7 @@
 """Source formats and modes: a Keras 2 .h5 Keras 3 cannot read (tf_keras fallback), float16 and dynamic
 range for LiteRT boards (self-test on LiteRT only), --io float, --auto-fit stepping up to int8, channel
-pruning of a Keras-made SavedModel, synthetic calibration recorded loudly."""
+pruning of a Keras-made SavedModel (and why one Keras did not make cannot be pruned), synthetic calibration
+recorded loudly."""
 
 from __future__ import annotations
 
@@ -107,3 +108,20 @@ def test_keras_savedmodel_can_lose_channels(tmp_path):
     assert result.written
     assert len(result.chosen.pruning[0]["layers"]) == 5
     assert len(result.chosen.model_bytes) < 40_000  # the unpruned int8 model is about 48 KB
+
+
+def test_pruning_a_savedmodel_keras_did_not_make_says_why(tmp_path):
+    import tensorflow as tf
+
+    from lepton_edge.errors import BadInput
+
+    class Double(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([1, 4], tf.float32)])
+        def __call__(self, x):
+            return {"y": x * 2.0}
+
+    model = Double()
+    tf.saved_model.save(model, str(tmp_path / "sm"), signatures=model.__call__)
+    with pytest.raises(BadInput, match="pruning needs a Keras model .*; this SavedModel was not saved by Keras"):
+        _convert(model=str(tmp_path / "sm"), profile="raspberry-pi-4", outdir=str(tmp_path / "out"),
+                 quantize="none", io="float", prune_channels=0.25)

@@ -34,6 +34,7 @@ import numpy as np
 from lepton_edge import __version__
 from lepton_edge.agent.codec import decode_binary, decode_json, encode_binary, encode_json
 from lepton_edge.agent.config import Listen
+from lepton_edge.agent.metrics import CONTENT_TYPE
 from lepton_edge.errors import ApiError, BadInput, LeptonError, Unavailable
 
 log = logging.getLogger("lepton_edge.agent")
@@ -135,7 +136,7 @@ class ApiHandler(BaseHTTPRequestHandler):
         if path == "/v1/status":
             self._json(200, app.status(), path)
         elif path == "/metrics":
-            self._send(200, app.metrics.render(), b"text/plain; version=0.0.4; charset=utf-8", route=path)
+            self._send(200, app.metrics.render(), CONTENT_TYPE.encode(), route=path)
         elif path == "/healthz":
             code, body = app.health()
             self._json(code, body, path)

@@ -12,13 +12,15 @@ from collections import deque
 from typing import Any
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import generate_latest
 
 WINDOW = 4096
 _LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                     0.5, 1.0, 2.5)
 
-CONTENT_TYPE = CONTENT_TYPE_LATEST
+#: What :meth:`AgentMetrics.render` writes: generate_latest's text format 0.0.4 (names escaped to underscores).
+#: Not prometheus_client's CONTENT_TYPE_LATEST, which says version=1.0.0 since prometheus_client 0.22.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class AgentMetrics:

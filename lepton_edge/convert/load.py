@@ -218,16 +218,21 @@ def _load_onnx(path: Path) -> SourceModel:
     return src
 
 
-def keras_from_saved_model(source: SourceModel) -> tuple[Any, str] | None:
-    """A Keras model behind a Keras-made SavedModel (tf_keras reads its metadata), for pruning; else None."""
+def keras_from_saved_model(source: SourceModel) -> tuple[Any, str]:
+    """``(model, "tf_keras")``: the Keras model behind a Keras-made SavedModel (tf_keras reads its metadata),
+    for pruning; else ``(None, why)``, one line: the source is no SavedModel, or tf_keras's own reason."""
     if source.format != "savedmodel":
-        return None
+        return None, f"this {source.format} source has no Keras layers"
     k = keras_module("tf_keras")
     try:
         with quiet():
-            return k.models.load_model(str(source.saved_model_dir), compile=False), "tf_keras"
-    except Exception:  # noqa: BLE001 - not Keras-made: pruning is not available
-        return None
+            model = k.models.load_model(str(source.saved_model_dir), compile=False)
+    except Exception as exc:  # noqa: BLE001 - tf_keras fails in many ways (ValueError, OSError, KeyError, ...)
+        reason = (str(exc).strip().splitlines() or [""])[0] or type(exc).__name__
+        return None, f"tf_keras cannot load this SavedModel as Keras: {reason}"
+    if not isinstance(model, k.Model):  # a SavedModel not made by Keras loads as a plain TensorFlow object
+        return None, "this SavedModel was not saved by Keras (tf_keras loads it as a plain TensorFlow object)"
+    return model, "tf_keras"
 
 
 # --- the float reference -----------------------------------------------------------------------

@@ -173,12 +173,12 @@ def _keras_for_pruning(opts: ConvertOptions, source: SourceModel) -> tuple[Any, 
         return source.keras_model, source.keras_flavor
     from lepton_edge.convert.load import keras_from_saved_model
 
-    found = keras_from_saved_model(source)
-    if found is not None:
-        return found
+    model, detail = keras_from_saved_model(source)
+    if model is not None:
+        return model, detail
     if opts.prune or opts.prune_channels:
         raise BadInput(f"{opts.model}: pruning needs a Keras model (.keras, .h5 or a Keras-made SavedModel); "
-                       f"this {source.format} source has no Keras layers")
+                       f"{detail}")
     return None, None
 
 

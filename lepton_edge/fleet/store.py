@@ -276,10 +276,6 @@ class FleetDB:
             })
         return out
 
-    def device_online(self, device: str) -> bool:
-        row = self._conn().execute("SELECT online FROM devices WHERE device=?", (device,)).fetchone()
-        return bool(row and row["online"])
-
     def telemetry_count(self, device: str | None = None) -> int:
         if device is None:
             return self._conn().execute("SELECT COUNT(*) FROM telemetry").fetchone()[0]
@@ -368,14 +364,6 @@ class FleetDB:
     def job_events(self, job_id: str) -> list[dict[str, Any]]:
         return [dict(r) for r in self._conn().execute(
             "SELECT state, received, reason, ts FROM job_events WHERE job=? ORDER BY id", (job_id,))]
-
-    def update_job(self, job_id: str, state: str, received: int | None, reason: str | None, now: float, *,
-                   sent: bool = False, conn: sqlite3.Connection | None = None) -> None:
-        if conn is not None:
-            self._set_state(conn, job_id, state, received, reason, now, sent=sent)
-        else:
-            with self._write() as c:
-                self._set_state(c, job_id, state, received, reason, now, sent=sent)
 
     def record_progress(self, job_id: str, device: str, progress: Progress, now: float,
                         conn: sqlite3.Connection | None = None) -> str | None:
