@@ -42,7 +42,7 @@ from lepton_edge.fleet.controller import Controller, ControllerOptions  # noqa: 
 from lepton_edge.fsio import atomic_directory  # noqa: E402
 from lepton_edge.mqtt import DeviceTopics, Progress, SessionOptions, parse_broker_url  # noqa: E402
 from lepton_edge.mqtt import MqttClient  # noqa: E402
-from lepton_edge.fleet.mosquitto import Broker  # noqa: E402  (a broker on a free port with its own config)
+from lepton_edge.tools.mosquitto import Broker  # noqa: E402  (a broker on a free port with its own config)
 
 # Mosquitto's defaults drop QoS 1 messages past 1000 queued for a client, and leave Nagle's algorithm on
 # for its client sockets (set_tcp_nodelay false): a block then often waits ~40 ms for a delayed ACK,

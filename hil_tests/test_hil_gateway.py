@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from hil_tests.support import REPO, require_model
-from lepton_edge.fleet.mosquitto import Broker, free_port
+from lepton_edge.tools.mosquitto import Broker, free_port
 
 DEVICE = "hil-board"
 

@@ -1,4 +1,4 @@
-"""Real Mosquitto for tests (``lepton_edge.fleet.mosquitto``), skipping or failing cleanly without it."""
+"""Real Mosquitto for tests (``lepton_edge.tools.mosquitto``), skipping or failing cleanly without it."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from lepton_edge.fleet import mosquitto as _m
-from lepton_edge.fleet.mosquitto import Broker, TlsFiles, free_port, make_ca  # noqa: F401 - re-exported
+from lepton_edge.tools import mosquitto as _m
+from lepton_edge.tools.mosquitto import Broker, TlsFiles, free_port, make_ca  # noqa: F401 - re-exported
 
 
 def require_mosquitto() -> str:

@@ -20,7 +20,7 @@ from bridge_helpers import SimProcess
 from conftest import REPO, assert_one_line_error, run_cli
 from fleet_helpers import DEVICE, Fleet, broker, fleet  # noqa: F401 - fixtures
 from lepton_edge.artifact import load_artifact
-from lepton_edge.fleet.mosquitto import free_port
+from lepton_edge.tools.mosquitto import free_port
 from lepton_edge.runtime.factory import open_runner
 from mosquitto import Broker
 

@@ -81,7 +81,7 @@ def _daemon(stack: ExitStack, logs: Path, name: str, args: list[str], ready: str
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from lepton_edge.fleet.mosquitto import Broker, free_port
+    from lepton_edge.tools.mosquitto import Broker, free_port
     from lepton_edge.profiles import load_profile
     from lepton_edge.tools.samples import keyword_data, train_keyword_model
 
