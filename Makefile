@@ -15,9 +15,12 @@ demo: setup
 	@$(PY) -m lepton_edge demo
 
 # The firmware is built before pytest starts (no test builds it): cached by its inputs in
-# ~/.cache/lepton-edge/firmware, so a second run only checks the keys.
+# ~/.cache/lepton-edge/firmware, so a second run only checks the keys. pytest runs on every core
+# (pytest-xdist), a file's tests on one worker (tests/conftest.py groups them); PYTEST_WORKERS=0 runs
+# them in one process.
+PYTEST_WORKERS ?= auto
 test: setup firmware
-	@$(PY) -m pytest -q
+	@$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup
 
 bench: setup
 	@$(PY) bench/run_all.py

@@ -36,7 +36,7 @@ from lepton_edge.runtime.factory import open_runner
 from lepton_edge.tflite.reader import parse_model
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def planned(model_path: str, profile_name: str):
     """``plan_model`` of a file, once per test session (it runs TFLite Micro to measure)."""
     from lepton_edge.plan.planner import plan_model
@@ -244,7 +244,7 @@ class AgentProcess:
 
     @classmethod
     def start(cls, config: Path, model: Path | None = None, *, wait: bool = True, timeout: float = 60.0,
-              command: str = "agent", extra: tuple[str, ...] = ()) -> "AgentProcess":
+              command: str = "agent", extra: tuple[str, ...] = ()) -> AgentProcess:
         """``lepton-edge agent`` (or ``command``: the gateway takes the same config) with ``extra`` arguments."""
         env = child_env()
         env["PYTHONUNBUFFERED"] = "1"
@@ -345,40 +345,3 @@ def two_in_two_out_model() -> bytes:
     model.operatorCodes = [opcode(fb.BuiltinOperator.ADD), opcode(fb.BuiltinOperator.RELU)]
     model.subgraphs, model.buffers = [sg], [fb.BufferT()]
     return writer.pack(model)
-
-
-# --- fixtures (import them into a test module by name) ---------------------------------------------
-
-import pytest  # noqa: E402
-
-
-@pytest.fixture(scope="session")
-def signing(tmp_path_factory):
-    """``(private_key, public_key_path)`` for the session."""
-    return keypair(tmp_path_factory.mktemp("keys"))
-
-
-@pytest.fixture(scope="session")
-def make_artifact(tmp_path_factory, signing):
-    """``make_artifact(model="kws", version=1, **build_artifact_options) -> Path``, built once per arguments."""
-    from conftest import MLPERF_INT8, require_shared
-
-    root = tmp_path_factory.mktemp("artifacts")
-    made: dict = {}
-
-    def make(model: str = "kws", version: int = 1, *, signed: bool = True, **options) -> Path:
-        key = (model, version, signed, tuple(sorted(options.items(), key=lambda kv: kv[0])))
-        key = repr(key)
-        if key not in made:
-            if model == "two-io":
-                path = root / "two_in_two_out.tflite"
-                if not path.exists():
-                    path.write_bytes(two_in_two_out_model())
-            else:
-                path = require_shared(MLPERF_INT8[model])
-            out = root / f"{model}-v{version}-{len(made)}"
-            made[key] = build_artifact(out, path, version=version,
-                                       private_key=signing[0] if signed else None, **options)
-        return made[key]
-
-    return make

@@ -7,8 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from conftest import REPO
 
 
@@ -34,17 +32,3 @@ class SimProcess:
             self.proc.wait(10)
         self.proc.stdout.close()
         self.proc.stderr.close()
-
-
-@pytest.fixture
-def sim_process(tmp_path):
-    started = []
-
-    def start(*args: str, profile: str = "arduino-nano-33-ble") -> SimProcess:
-        sim = SimProcess(tmp_path / f"state{len(started)}", *args, profile=profile)
-        started.append(sim)
-        return sim
-
-    yield start
-    for sim in started:
-        sim.stop()

@@ -35,12 +35,24 @@ def require_shared(path: Path) -> Path:
     pytest.skip(message)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (``make test``: ``-n auto --dist loadgroup``) the tests of one file run on one
+    worker, in order: they share module-scoped devices, brokers and built models. The hardware-in-the-loop
+    tests share session-scoped devices across their files: they are one group."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            path = Path(str(item.path)).resolve()
+            group = "hil_tests" if path.parent.name == "hil_tests" else path.relative_to(REPO).as_posix()
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture(params=sorted(MLPERF_INT8))
 def mlperf_int8(request) -> Path:
     return require_shared(MLPERF_INT8[request.param])
 
 
-def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None,
+            timeout: float = 300) -> subprocess.CompletedProcess:
     """Run ``lepton-edge`` in a subprocess, as a user would."""
     full_env = dict(os.environ)
     full_env.pop("LEPTON_DEBUG", None)
@@ -66,3 +78,77 @@ def sample_models(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("samples")
     return lambda name: make_sample(name, out)
+
+
+# --- fixtures shared by several test files (pytest finds them here; never import them by name) --------
+
+
+@pytest.fixture(scope="session")
+def signing(tmp_path_factory):
+    """``(private_key, public_key_path)`` for the session."""
+    from agent_helpers import keypair
+
+    return keypair(tmp_path_factory.mktemp("keys"))
+
+
+@pytest.fixture(scope="session")
+def make_artifact(tmp_path_factory, signing):
+    """``make_artifact(model="kws", version=1, **build_artifact_options) -> Path``: a signed artifact of an
+    MLPerf Tiny int8 model (or "two-io", a tiny two-input two-output model), built once per arguments."""
+    from agent_helpers import build_artifact, two_in_two_out_model
+
+    root = tmp_path_factory.mktemp("artifacts")
+    made: dict[str, Path] = {}
+
+    def make(model: str = "kws", version: int = 1, *, signed: bool = True, **options) -> Path:
+        key = repr((model, version, signed, tuple(sorted(options.items(), key=lambda kv: kv[0]))))
+        if key not in made:
+            if model == "two-io":
+                path = root / "two_in_two_out.tflite"
+                if not path.exists():
+                    path.write_bytes(two_in_two_out_model())
+            else:
+                path = require_shared(MLPERF_INT8[model])
+            out = root / f"{model}-v{version}-{len(made)}"
+            made[key] = build_artifact(out, path, version=version,
+                                       private_key=signing[0] if signed else None, **options)
+        return made[key]
+
+    return make
+
+
+@pytest.fixture
+def broker(tmp_path):
+    """A Mosquitto of the test's own on free loopback ports, with room for the queues of big transfers."""
+    from mosquitto import Broker
+
+    with Broker(tmp_path, max_queued_messages=100000) as b:
+        yield b
+
+
+@pytest.fixture
+def fleet(tmp_path, broker):
+    """A fleet controller with its HTTP API on ``broker`` (:class:`fleet_helpers.Fleet`)."""
+    from fleet_helpers import Fleet
+
+    f = Fleet(tmp_path, broker)
+    yield f
+    f.close()
+
+
+@pytest.fixture
+def sim_process(tmp_path):
+    """``sim_process(*device_sim_args, profile=...) -> SimProcess``: ``lepton-edge device-sim`` processes,
+    stopped after the test."""
+    from bridge_helpers import SimProcess
+
+    started = []
+
+    def start(*args: str, profile: str = "arduino-nano-33-ble"):
+        sim = SimProcess(tmp_path / f"state{len(started)}", *args, profile=profile)
+        started.append(sim)
+        return sim
+
+    yield start
+    for sim in started:
+        sim.stop()

@@ -10,14 +10,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from lepton_edge.artifact import generate_keypair, load_private_key, load_public_key, write_artifact_files
 from lepton_edge.fleet.controller import Controller, ControllerOptions
 from lepton_edge.fleet.http_api import HttpApi, HttpListen
 from lepton_edge.fsio import atomic_directory
 from lepton_edge.mqtt import SessionOptions, parse_broker_url
-from mosquitto import Broker
 
 FLEET, DEVICE = "test-fleet", "test-device"
 
@@ -116,17 +113,3 @@ class Fleet:
     def close(self) -> None:
         self.http.stop()
         self.controller.stop()
-
-
-@pytest.fixture
-def broker(tmp_path):
-    """A Mosquitto of the test's own, with room for the queues of big transfers."""
-    with Broker(tmp_path, max_queued_messages=100000) as b:
-        yield b
-
-
-@pytest.fixture
-def fleet(tmp_path, broker):
-    f = Fleet(tmp_path, broker)
-    yield f
-    f.close()

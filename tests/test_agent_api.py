@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent_helpers import connect, make_artifact, request, signing, write_config  # noqa: F401 - fixtures
+from agent_helpers import connect, request, write_config
 from lepton_edge.agent.config import load_config
 from lepton_edge.agent.daemon import Agent
 from lepton_edge.runtime.base import dequantize, quantize

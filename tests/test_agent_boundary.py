@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agent_helpers import AgentProcess, make_artifact, signing, write_config  # noqa: F401 - fixtures
+from agent_helpers import AgentProcess, write_config
 
 
 def mapped_objects(pid: int) -> set[str]:

@@ -7,7 +7,7 @@ import base64
 import numpy as np
 import pytest
 
-from agent_helpers import make_artifact, signing, write_config  # noqa: F401 - fixtures
+from agent_helpers import write_config
 from lepton_edge.agent.config import load_config
 from lepton_edge.agent.daemon import Agent
 from lepton_edge.agent.health import check_health, zero_inputs

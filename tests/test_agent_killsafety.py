@@ -12,7 +12,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from agent_helpers import AgentProcess, child_env, make_artifact, signing, write_config  # noqa: F401 - fixtures
+from agent_helpers import AgentProcess, child_env, write_config
 from conftest import REPO
 from lepton_edge.agent.policy import InstallPolicy
 from lepton_edge.agent.store import ModelStore

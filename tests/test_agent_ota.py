@@ -18,16 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from agent_helpers import (child_env, connect, make_artifact, request, signing,  # noqa: F401 - fixtures
-                           write_config)
+from agent_helpers import child_env, connect, request, write_config
 from conftest import REPO
-from fleet_helpers import DEVICE, api, broker, fleet  # noqa: F401 - fixtures
+from fleet_helpers import DEVICE, api
 from lepton_edge.agent.config import load_config
 from lepton_edge.agent.daemon import Agent
 from lepton_edge.agent.mqtt_link import LinkOptions, start_mqtt
 from lepton_edge.agent.update import OtaOptions
-from lepton_edge.mqtt import SessionOptions, Status, parse_broker_url
-from lepton_edge.mqtt import MqttClient
+from lepton_edge.mqtt import MqttClient, SessionOptions, Status, parse_broker_url
 from mosquitto import Broker
 
 FAST = SessionOptions(max_queued=1000, min_backoff_s=0.1, max_backoff_s=1.0)

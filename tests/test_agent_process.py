@@ -8,8 +8,7 @@ import time
 
 import numpy as np
 
-from agent_helpers import (AgentProcess, connect, make_artifact, request, signing,  # noqa: F401 - fixtures
-                           write_config)
+from agent_helpers import AgentProcess, connect, request, write_config
 from conftest import MLPERF_INT8, assert_one_line_error, require_shared, run_cli
 
 

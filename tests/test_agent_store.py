@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from agent_helpers import make_artifact, signing  # noqa: F401 - fixtures
 from lepton_edge.agent.policy import InstallPolicy
 from lepton_edge.agent.store import ModelStore
 from lepton_edge.artifact import generate_keypair, load_private_key, load_public_key, sign_manifest

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 
-from bridge_helpers import sim_process  # noqa: F401 - fixture
 from conftest import MLPERF_INT8, REPO, assert_one_line_error, require_shared, run_cli
 
 

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from bridge_helpers import sim_process  # noqa: F401 - fixture
 from conftest import MLPERF_INT8, assert_one_line_error, require_shared, run_cli
 
 M4_LABEL = "cortex-m4 (qemu mps2-an386), cmsis-nn"

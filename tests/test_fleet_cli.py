@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, assert_one_line_error, run_cli
-from fleet_helpers import api, broker, keypair, make_artifact, upload_body  # noqa: F401 - broker: fixture
-from lepton_edge.tools.devsim import SimDevice, SimOptions
+from fleet_helpers import api, keypair, make_artifact, upload_body
 from lepton_edge.mqtt import SessionOptions, parse_broker_url
+from lepton_edge.tools.devsim import SimDevice, SimOptions
 from mosquitto import Broker, free_port
 
 FAST = SessionOptions(min_backoff_s=0.1, max_backoff_s=1.0)

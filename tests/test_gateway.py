@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent_helpers import AgentProcess, make_artifact, signing, write_config  # noqa: F401 - fixtures
+from agent_helpers import AgentProcess, write_config
 from bridge_helpers import SimProcess
 from conftest import REPO, assert_one_line_error, run_cli
-from fleet_helpers import DEVICE, Fleet, broker, fleet  # noqa: F401 - fixtures
+from fleet_helpers import DEVICE, Fleet
 from lepton_edge.artifact import load_artifact
 from lepton_edge.tools.mosquitto import free_port
 from lepton_edge.runtime.factory import open_runner

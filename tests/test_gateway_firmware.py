@@ -8,9 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent_helpers import AgentProcess, make_artifact, signing, write_config  # noqa: F401 - fixtures
+from agent_helpers import AgentProcess, write_config
 from device_targets import FirmwareBoard
-from fleet_helpers import DEVICE, Fleet, broker, fleet  # noqa: F401 - fixtures
 from lepton_edge.artifact import load_artifact
 from lepton_edge.runtime.factory import open_runner
 

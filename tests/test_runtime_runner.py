@@ -8,7 +8,6 @@ import hashlib
 import numpy as np
 import pytest
 
-from agent_helpers import make_artifact, signing  # noqa: F401 - fixtures
 from lepton_edge.agent.codec import split_tensor_bytes
 from lepton_edge.artifact import load_artifact, load_public_key
 from lepton_edge.errors import BadInput, CheckFailed
