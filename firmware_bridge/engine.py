@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass
 
@@ -10,10 +9,8 @@ import numpy as np
 
 from lepton_edge.errors import LeptonError
 from lepton_edge.runtime.base import TensorSpec
-from lepton_edge.runtime.tflm import TflmRunner, load_tflm
+from lepton_edge.runtime.tflm import TflmRunner, arena_use, load_tflm
 from lepton_edge.stdio import captured_fd2
-
-_ALLOCATION = re.compile(r"Arena allocation (head|tail) (\d+) bytes")
 
 
 class LoadError(LeptonError):
@@ -103,16 +100,8 @@ def _missing_ops(model_bytes: bytes) -> list[str]:
 
 def _allocations(model_bytes: bytes, arena_bytes: int, runner: TflmRunner) -> tuple[int, int]:
     """Head and tail as TFLite Micro reports them, from a twin interpreter that ran once on zeros."""
-    from tflite_micro.python.tflite_micro import runtime
-
     try:
-        twin = runtime.Interpreter.from_bytes(bytes(model_bytes), arena_size=int(arena_bytes))
-        for i, spec in enumerate(runner.inputs):
-            twin.set_input(np.zeros(spec.shape, spec.dtype), i)
-        twin.invoke()
+        use = arena_use(model_bytes, arena_bytes, runner.inputs)
     except (RuntimeError, ValueError) as exc:
         raise LoadError(f"TFLite Micro cannot invoke the model: {exc}") from None
-    with captured_fd2() as report:
-        twin.print_allocations()
-    found = dict(_ALLOCATION.findall(report.text))
-    return int(found.get("head", 0)), int(found.get("tail", 0))
+    return use.head_bytes, use.tail_bytes

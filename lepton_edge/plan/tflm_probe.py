@@ -2,7 +2,8 @@
 
 Runs as a child process (``python -m lepton_edge.plan.tflm_probe``): TFLite Micro prints its
 allocation report on file descriptor 2, logs every failed allocation there, and a malformed model
-could take the process down with it. The parent gets one JSON object on stdout.
+could take the process down with it. The parent gets one JSON object on stdout. The interpreter
+and its report come from :mod:`lepton_edge.runtime.tflm`; this module searches the smallest arena.
 """
 
 from __future__ import annotations
@@ -10,47 +11,32 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
+from collections.abc import Sequence
 
+from lepton_edge.runtime.base import TensorSpec, io_specs
+from lepton_edge.runtime.tflm import arena_use, run_once
 from lepton_edge.stdio import captured_fd2, fd2_to
+from lepton_edge.tflite.reader import parse_model
 
 ALIGN = 16
-_LINE = re.compile(r"Arena allocation (total|head|tail) (\d+) bytes")
 
 
-def _interpreter(model: bytes, arena: int):
-    import numpy as np
-    from tflite_micro.python.tflite_micro import runtime
-
-    it = runtime.Interpreter.from_bytes(model, arena_size=arena)
-    i = 0
-    while True:
-        try:
-            d = it.get_input_details(i)
-        except Exception:  # noqa: BLE001 - the wrapper raises past the last input
-            break
-        it.set_input(np.zeros(d["shape"], d["dtype"]), i)
-        i += 1
-    it.invoke()
-    return it
-
-
-def runs(model: bytes, arena: int) -> bool:
+def runs(model: bytes, arena: int, inputs: Sequence[TensorSpec]) -> bool:
     with fd2_to(os.devnull):
         try:
-            _interpreter(model, arena)
+            run_once(model, arena, inputs)
             return True
         except (RuntimeError, ValueError):
             return False
 
 
-def failure_reason(model: bytes, arena: int) -> str:
+def failure_reason(model: bytes, arena: int, inputs: Sequence[TensorSpec]) -> str:
     """TFLite Micro's own words (its last log lines) for why the model does not run."""
     err = ""
     with captured_fd2() as log:
         try:
-            _interpreter(model, arena)
+            run_once(model, arena, inputs)
         except (RuntimeError, ValueError) as exc:
             err = str(exc)
     if not err:
@@ -59,28 +45,26 @@ def failure_reason(model: bytes, arena: int) -> str:
     return "; ".join(lines[-2:] + [err])
 
 
-def allocations(model: bytes, arena: int) -> dict[str, int]:
+def allocations(model: bytes, arena: int, inputs: Sequence[TensorSpec]) -> dict[str, int]:
     """TFLite Micro's own report of head, tail and total for ``arena`` bytes."""
-    with captured_fd2() as log:
-        it = _interpreter(model, arena)
-        it.print_allocations()
-    return {k: int(v) for k, v in _LINE.findall(log.text)}
+    use = arena_use(model, arena, inputs)
+    return {"total": use.total_bytes, "head": use.head_bytes, "tail": use.tail_bytes}
 
 
-def smallest_arena(model: bytes, start: int) -> int:
+def smallest_arena(model: bytes, start: int, inputs: Sequence[TensorSpec]) -> int:
     """The smallest arena (a multiple of 16) with which TFLite Micro allocates and invokes the model."""
     hi = max(ALIGN, (start + ALIGN - 1) // ALIGN * ALIGN)
     cap = max(64 << 20, 16 * hi)
-    while not runs(model, hi):
+    while not runs(model, hi, inputs):
         hi *= 2
         if hi > cap:
-            raise RuntimeError(failure_reason(model, cap))
+            raise RuntimeError(failure_reason(model, cap, inputs))
     lo = 0  # invariant: lo fails (or is 0), hi runs
     while hi - lo > ALIGN:
         mid = (lo + hi) // 2 // ALIGN * ALIGN
         if mid <= lo:
             break
-        if runs(model, mid):
+        if runs(model, mid, inputs):
             hi = mid
         else:
             lo = mid
@@ -96,15 +80,16 @@ def main(argv: list[str] | None = None) -> int:
     model = open(args.model, "rb").read()
     result: dict[str, object] = {}
     try:
+        inputs, _outputs = io_specs(parse_model(model))
         arena = args.arena
         if args.search_from is not None:
-            arena = smallest_arena(model, args.search_from)
+            arena = smallest_arena(model, args.search_from, inputs)
             result["smallest_arena_bytes"] = arena
-            result["fails_below"] = not runs(model, arena - ALIGN)
+            result["fails_below"] = not runs(model, arena - ALIGN, inputs)
         if arena is None:
             arena = len(model) * 10 + 65536
         result["arena_bytes"] = arena
-        result.update(allocations(model, arena))
+        result.update(allocations(model, arena, inputs))
     except Exception as exc:  # noqa: BLE001 - reported to the parent as data
         result = {"error": str(exc) or type(exc).__name__}
     print(json.dumps(result))
