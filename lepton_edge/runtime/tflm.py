@@ -107,7 +107,8 @@ def load_tflm(model_bytes: bytes, arena_bytes: int, *, ram_budget_bytes: int | N
     try:
         interpreter = _interpreter(model_bytes, arena_bytes)
     except (RuntimeError, ValueError) as exc:
-        raise CheckFailed(f"{source}: TFLite Micro cannot load the model with a {arena_bytes}-byte arena ({exc})") from None
+        raise CheckFailed(f"{source}: TFLite Micro cannot load the model with a {arena_bytes}-byte arena "
+                          f"({exc})") from None
     inputs, outputs = io_specs(model)
     return TflmRunner(interpreter, inputs, outputs, int(arena_bytes))
 
