@@ -57,11 +57,15 @@ def test_every_exception_class_is_a_lepton_error():
     assert not outside, f"exception classes outside the LeptonError tree: {outside}"
 
 
-def test_the_tree_in_errors_py_names_every_error():
+def test_the_tree_in_errors_py_names_every_error_and_its_file():
     doc = lepton_edge.errors.__doc__ or ""
-    missing = {name: rel for name, (rel, _under) in _exception_classes().items()
-               if not re.search(rf"\b{re.escape(name)}\b", doc)}
+    lines = {m.group(1): m.group(0) for m in re.finditer(r"^[\s|*+]*(\w+)\b.*$", doc, re.M)}
+    missing = {name: rel for name, (rel, _under) in _exception_classes().items() if name not in lines}
     assert not missing, f"errors.py's docstring does not draw {missing}"
+    # A class outside the errors modules says where it lives (lepton_edge/ left out).
+    misplaced = {name: rel for name, (rel, _under) in _exception_classes().items()
+                 if not rel.endswith("/errors.py") and rel.removeprefix("lepton_edge/") not in lines[name]}
+    assert not misplaced, f"errors.py's docstring names another file for {misplaced}"
 
 
 def test_no_two_classes_share_a_name():
