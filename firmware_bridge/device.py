@@ -266,7 +266,7 @@ class DeviceCore:
         model = data[b.manifest_len + b.signature_len:]
         name, version, arena = "", None, b.arena_bytes
         if manifest is not None:
-            from lepton_edge.artifact import verify_manifest
+            from firmware_bridge.kit import verify_manifest
             from lepton_edge.errors import BadInput
 
             try:

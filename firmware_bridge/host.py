@@ -98,7 +98,7 @@ def check_sizes(hello: p.DeviceHello, source: str, model_bytes: int, arena_bytes
 
 
 def _profile_margin(profile: str) -> int | None:
-    from lepton_edge.profiles import load_profile
+    from firmware_bridge.kit import load_profile
 
     try:
         return load_profile(profile).arena_margin_bytes

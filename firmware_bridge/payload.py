@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from lepton_edge.errors import BadInput
 
 if TYPE_CHECKING:
-    from lepton_edge.artifact import Artifact
+    from firmware_bridge.kit import Artifact
 
 
 @dataclass(frozen=True)
@@ -107,8 +107,7 @@ def plan_for_device(model_bytes: bytes, source: str) -> tuple[bytes, int, str]:
 
     A model that already carries an ``OfflineMemoryAllocation`` plan is kept byte for byte (its plan is
     its author's); only its arena is measured. A model without one is planned here."""
-    from lepton_edge.plan.embed import embedded_plan
-    from lepton_edge.plan.planner import plan_model
+    from firmware_bridge.kit import embedded_plan, plan_model
 
     if embedded_plan(model_bytes) is not None:
         return (model_bytes, *_arena_as_is(model_bytes, source))
@@ -119,8 +118,7 @@ def plan_for_device(model_bytes: bytes, source: str) -> tuple[bytes, int, str]:
 
 def _arena_as_is(model_bytes: bytes, source: str) -> tuple[int, str]:
     """The smallest arena x86-64 TFLite Micro runs the model with, its own plan untouched."""
-    from lepton_edge.plan.measure import measure_with_tflm, tflm_available
-    from lepton_edge.plan.planner import plan_model
+    from firmware_bridge.kit import measure_with_tflm, plan_model, tflm_available
 
     guess = plan_model(model_bytes, source, measure=False, search_seconds=0.0)
     kept = "the model's own OfflineMemoryAllocation plan kept"
@@ -134,7 +132,7 @@ def load_payload(path: str | Path) -> ModelPayload:
     """An artifact directory or a ``.tflite`` file, ready to flash. :class:`BadInput` on anything off."""
     target = Path(path)
     if target.is_dir():
-        from lepton_edge.artifact import load_artifact
+        from firmware_bridge.kit import load_artifact
 
         # The device checks the signature with its own keys; here: the model matches its manifest.
         return ModelPayload.from_artifact(load_artifact(target, (), require_signature=False))
@@ -144,7 +142,7 @@ def load_payload(path: str | Path) -> ModelPayload:
 
 
 def read_model(path: Path) -> bytes:
-    from lepton_edge.tflite.reader import parse_model
+    from firmware_bridge.kit import parse_model
 
     try:
         data = path.read_bytes()
@@ -169,8 +167,7 @@ def reference_for(path: str | Path, active_sha256: str) -> tuple[bytes, int | No
     device's: a figure measured on a 32-bit target can be smaller than x86-64 TFLite Micro needs."""
     target = Path(path)
     if target.is_dir():
-        from lepton_edge.artifact import load_artifact
-        from lepton_edge.runtime.factory import artifact_arena_bytes
+        from firmware_bridge.kit import artifact_arena_bytes, load_artifact
 
         artifact = load_artifact(target, (), require_signature=False)
         model = artifact.model_bytes

@@ -48,8 +48,7 @@ def default_state_dir(profile_name: str) -> Path:
 
 
 def identity_for(profile_name_or_path: str, max_payload: int, window: int) -> DeviceIdentity:
-    from lepton_edge import __version__
-    from lepton_edge.profiles import load_profile
+    from firmware_bridge.kit import __version__, load_profile
 
     profile = load_profile(profile_name_or_path)
     return DeviceIdentity(profile.name, f"{FIRMWARE} {__version__}", profile.ram_budget_bytes,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lepton_edge.fsio import atomic_directory, atomic_write_text
+from firmware_bridge.kit import atomic_directory, atomic_write_text
 
 SLOT_COUNT = 2
 _ACTIVE_FILE = "active.json"

@@ -13,8 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lepton_edge.runtime.base import TensorSpec
-from lepton_edge.runtime.tflm import TflmRunner, load_tflm
+from firmware_bridge.kit import TensorSpec, TflmRunner, load_tflm
 
 if TYPE_CHECKING:
     from firmware_bridge.host import Device

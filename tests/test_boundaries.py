@@ -66,3 +66,16 @@ def test_device_side_process_never_loads_tensorflow():
     proc = subprocess.run([sys.executable, "-c", code], cwd=sides.REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert len(modules) > 20
+
+
+def test_firmware_bridge_takes_from_lepton_edge_through_kit():
+    """firmware_bridge's modules import ``lepton_edge.errors`` and, for the rest, ``firmware_bridge.kit``;
+    the simulated device's engine runs TFLite Micro through ``lepton_edge.runtime`` itself."""
+    gates = {"firmware_bridge/kit.py", "firmware_bridge/engine.py"}
+    scattered = {}
+    for path in sorted((sides.REPO / "firmware_bridge").glob("*.py")):
+        taken = sorted({name for name, _ in sides.imported_modules(sides.parse(path))
+                        if name.split(".")[0] == "lepton_edge" and name != "lepton_edge.errors"})
+        if taken and sides.rel(path) not in gates:
+            scattered[sides.rel(path)] = taken
+    assert not scattered, f"import these through firmware_bridge/kit.py: {scattered}"
