@@ -30,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=__doc__.splitlines()[0])
     p.add_argument("--profile", default=DEFAULT_PROFILE, metavar="NAME",
                    help=f"microcontroller profile to convert for (default {DEFAULT_PROFILE})")
-    p.add_argument("--out", default="demo-out", metavar="DIR", help="where the demo writes its files (default demo-out)")
+    p.add_argument("--out", default="demo-out", metavar="DIR",
+                   help="where the demo writes its files (default demo-out)")
     p.set_defaults(func=run)
 
 
@@ -64,6 +65,7 @@ def _daemon(stack: ExitStack, logs: Path, name: str, args: list[str], ready: str
             proc.kill()
     stack.callback(stop)
     lines: list[str] = []
+    assert proc.stdout is not None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
@@ -81,8 +83,8 @@ def _daemon(stack: ExitStack, logs: Path, name: str, args: list[str], ready: str
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from lepton_edge.tools.mosquitto import Broker, free_port
     from lepton_edge.profiles import load_profile
+    from lepton_edge.tools.mosquitto import Broker, free_port
     from lepton_edge.tools.samples import keyword_data, train_keyword_model
 
     profile = load_profile(args.profile)  # fail early, with one line, on a wrong name
@@ -99,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     x, y = keyword_data(256, seed=1)
     np.save(out / "calibration.npy", x[:128])
     np.savez(out / "eval.npz", x=x[128:], y=y[128:])
-    np.savez(out / "train.npz", **dict(zip("xy", keyword_data(1200, seed=2))))
+    np.savez(out / "train.npz", **dict(zip("xy", keyword_data(1200, seed=2), strict=True)))
     print(f"{keras_model}; calibration {out / 'calibration.npy'}, held-out {out / 'eval.npz'}, "
           f"fine-tuning {out / 'train.npz'}")
 
@@ -228,9 +230,9 @@ def _infer(agent_url: str, samples, labels) -> None:
 
     _heading(f"curl -s {agent_url}/v1/infer -d '{{\"inputs\": [...490 floats...]}}'   # x {len(samples)}")
     url = urlsplit(agent_url)
-    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)  # one keep-alive connection
+    conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=10)  # one keep-alive connection
     correct, latencies, first = 0, [], None
-    for sample, label in zip(samples, labels):
+    for sample, label in zip(samples, labels, strict=True):
         conn.request("POST", "/v1/infer", json.dumps({"inputs": sample.reshape(-1).round(4).tolist()}),
                      {"Content-Type": "application/json"})
         answer = json.loads(conn.getresponse().read())

@@ -165,7 +165,7 @@ def run_board(args: argparse.Namespace) -> int:
 
     def on_term(*_: object) -> None:  # only signal here: the loop below waits for the board and cleans up
         stopping.append(True)
-        if running.alive():
+        if running.proc is not None and running.alive():
             running.proc.terminate()
     signal.signal(signal.SIGTERM, on_term)
     how = f"QEMU {board.machine}" if board.emulated else "Linux, ASan+UBSan"
@@ -186,5 +186,5 @@ def run_board(args: argparse.Namespace) -> int:
         running.stop()
     if stopping or code in (0, None):
         return 0
-    words = last_words(running.log.read_text(errors="replace"))
+    words = last_words(running.log.read_text(errors="replace")) if running.log else "no log"
     raise BoardFailed(f"firmware {board.name} stopped with exit code {code}: {words} (log: {running.log})")

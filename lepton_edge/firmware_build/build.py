@@ -33,13 +33,13 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
-from typing import Callable, Iterator
 
-from lepton_edge.errors import BadInput, LeptonError
+from lepton_edge.errors import LeptonError
 from lepton_edge.firmware_build.boards import Board, get_board
 
 REPO = Path(__file__).resolve().parents[2]
@@ -135,10 +135,10 @@ def tflm_tree(*, lay_out: bool = True, progress: BuildProgress | None = None) ->
     and ``lay_out``). A missing tree is one line of :class:`ToolMissing` naming both places."""
     env = os.environ.get(ENV_TFLM)
     if env:
-        tree = Path(env).expanduser().resolve()
-        if not (tree / "tensorflow" / "lite" / "micro").is_dir():
+        own = Path(env).expanduser().resolve()
+        if not (own / "tensorflow" / "lite" / "micro").is_dir():
             raise ToolMissing(f"{ENV_TFLM}={env} is not a TFLite Micro tree (no tensorflow/lite/micro in it)")
-        return tree
+        return own
     tree = default_tflm_tree()
     script = THIRD_PARTY / "tflm-tree.sh"
     if tree is not None and (tree / ".tree-complete").exists():
@@ -266,7 +266,7 @@ def _lib_commands(board: str, tree: Path, firmware_dir: Path) -> str:
     return run.stdout.replace(str(lib), "$LIB").replace(str(out), "$BUILD").replace(str(tree), "$TFLM")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _compiler_version(compiler: str) -> str:
     exe = compiler.split()[0] if compiler else ""
     if not exe or shutil.which(exe) is None:
@@ -531,7 +531,8 @@ def _make(spec: Board, tree: Path, keys: Keys, final: Path, progress: BuildProgr
     except ValueError as exc:
         raise BuildFailed(f"board.mk of {spec.name}: {exc}") from None
     fw = FirmwareBuild(board=spec.name, profile=variables.get("PROFILE") or spec.profile, directory=final,
-                       executable=final / exe.name, map_file=final / "firmware.map", text_bytes=text_b, data_bytes=data_b,
+                       executable=final / exe.name, map_file=final / "firmware.map", text_bytes=text_b,
+                       data_bytes=data_b,
                        bss_bytes=bss_b, arena_capacity_bytes=arena, slot_bytes=slot, ops=firmware_ops(),
                        key=keys.build, build_seconds=seconds, compiler=keys.compiler, cached=False)
     _save(fw, work)
@@ -549,7 +550,7 @@ def _own_group_dying_with_parent() -> None:  # runs in make's process between fo
         import ctypes
 
         ctypes.CDLL(None).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG: we die, make is told
-    except Exception:  # noqa: BLE001 - not Linux: best effort
+    except Exception:
         pass
 
 

@@ -23,9 +23,10 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Sequence
+from typing import IO
 
 from lepton_edge.errors import CheckFailed, LeptonError
 from lepton_edge.firmware_build.boards import get_board
@@ -47,7 +48,7 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         import ctypes
 
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except Exception:  # noqa: BLE001 - best effort: not Linux, no libc
+    except Exception:
         pass
     os.setpgrp()  # a Ctrl-C on the terminal goes to us; we stop the board ourselves
 
@@ -202,7 +203,7 @@ class RunningBoard:
             self._log_fh.close()
             self._log_fh = None
 
-    def __enter__(self) -> "RunningBoard":
+    def __enter__(self) -> RunningBoard:
         return self
 
     def __exit__(self, *exc) -> None:
