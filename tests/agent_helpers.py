@@ -1,6 +1,6 @@
 """Helpers for the agent's tests: signed artifacts made from the MLPerf Tiny models, configs, agent processes.
 
-An artifact here is what the converter will produce (manifest per docs/CONTRACTS.md), built from an
+An artifact here is what the converter will produce (manifest per docs/DESIGN.md), built from an
 int8 model that is already quantized: planned with ``plan_model``, written with
 ``write_artifact_files`` inside ``atomic_directory``. The self-test's expected digests come from
 running the model on each installed backend.

@@ -2,10 +2,10 @@
 
 ``onnx2tf.convert()`` downloads a sample-image file from the internet when a model's inputs look like
 images, unless ``calibration_image_sample_data_20x128x128x3_float32.npy`` lies in the current directory
-(DESIGN.md). So it runs in a child process whose working directory is a fresh temporary directory
-holding a fixed, pre-written file of that name, with proxies pointing at a closed local port so that
-any request it still tried would fail at once instead of leaving the machine. The child process also
-keeps onnx2tf's chatter and its changes to TensorFlow's global state out of ours.
+(docs/DESIGN.md, "Facts the code relies on"). So it runs in a child process whose working directory is a
+fresh temporary directory holding a fixed, pre-written file of that name, with proxies pointing at a
+closed local port so that any request it still tried would fail at once instead of leaving the machine.
+The child process also keeps onnx2tf's chatter and its changes to TensorFlow's global state out of ours.
 
 Run as ``python -m lepton_edge.convert.onnx_import MODEL.onnx OUTDIR [--batch-size 1]`` (the child).
 """

@@ -60,7 +60,8 @@ def self_test(attempt: Attempt, data: Dataset, profile: Profile) -> dict:
 
 def build_manifest(opts: ConvertOptions, profile: Profile, source: SourceModel, attempt: Attempt,
                    calibration: Dataset | None, self_test: dict) -> dict:
-    """The manifest's fields (docs/CONTRACTS.md); ``model`` and ``signer`` are added when written."""
+    """The manifest's fields (docs/DESIGN.md, "The artifact and its manifest"); ``model`` and ``signer``
+    are added when written."""
     from lepton_edge.runtime.base import io_specs
     from lepton_edge.tflite.reader import parse_model
 

@@ -1,7 +1,8 @@
 """Pruning Keras models: zero the smallest weights, or remove the weakest channels; optional fine-tuning.
 
 ``prune_weights`` (unstructured) zeroes the smallest-magnitude fraction of every convolution and
-dense kernel. TFLite stores weights densely, so the file does not shrink; it compresses (DESIGN.md).
+dense kernel. TFLite stores weights densely, so the file does not shrink; it compresses (docs/DESIGN.md,
+"Facts the code relies on").
 
 ``prune_channels`` (structured) removes the weakest output channels of a convolution or dense layer
 and the matching input slices of what reads them, and rebuilds a smaller model: flash, RAM and time

@@ -1,6 +1,6 @@
 """Which tensors live in the arena, from when to when, and the lower bound on any plan.
 
-Definitions follow DESIGN.md ("The lower bound the planner is measured against"): a tensor of the
+Definitions follow docs/DESIGN.md ("The lower bound the planner is measured against"): a tensor of the
 subgraph is planned when it has no constant data and is not a variable; it is live from the first
 operator that reads or writes it to the last that reads it; graph inputs are live from operator 0,
 graph outputs until the last operator; its size is its byte size rounded up to 16.

@@ -55,7 +55,7 @@ class ArenaPlan:
     operators: int
     tensors: int
     planned_tensors: int
-    lower_bound_bytes: int  # DESIGN.md's bound: tensors only
+    lower_bound_bytes: int  # docs/DESIGN.md's lower bound: tensors only
     lower_bound_with_scratch_bytes: int  # the same with kernels' scratch requests counted
     scratch_bytes: int
     head_bytes: int

@@ -1,7 +1,8 @@
 """Edit a .tflite model's metadata and write it back without losing buffer alignment.
 
 The schema asks for buffer data aligned to 16 bytes, but the generated Python object API packs
-byte vectors with alignment 1 (DESIGN.md: 4-byte alignment survives by luck, 16 is lost). We pack
+byte vectors with alignment 1 (docs/DESIGN.md, "Facts the code relies on": 4-byte alignment survives by
+luck, 16 is lost). We pack
 every buffer's data ourselves with 16-byte alignment, so no buffer of the written model is less
 aligned than in its input. Uses only ``flatbuffers`` and the vendored schema: device-safe.
 """
