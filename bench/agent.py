@@ -299,7 +299,8 @@ def main() -> int:
         print_json({"results": records, **memory, **verdicts})
         return 0
     rows = [(r["model"], r["backend"], f"{r['bare_p50_ms']:.4f}", f"{r['runner_p50_ms']:.4f}",
-             f"{r['runner_added_us']:.1f}", f"{r['runner_p50_diff_us']:+.1f}", f"{r['api_p50_ms']:.3f}", f"{r['api_p99_ms']:.3f}",
+             f"{r['runner_added_us']:.1f}", f"{r['runner_p50_diff_us']:+.1f}", f"{r['api_p50_ms']:.3f}",
+             f"{r['api_p99_ms']:.3f}",
              f"{r['api_over_bare_ms']:+.3f}", f"{r['rps_1']:,.0f}", f"{r['rps_4']:,.0f}") for r in records]
     print(render_table(["model", "backend", "bare p50 ms", "Runner p50 ms", "Runner +us", "p50 diff us",
                         "API p50 ms", "API p99 ms", "API-bare ms", "req/s 1 client", "req/s 4 clients"], rows,
@@ -309,7 +310,8 @@ def main() -> int:
           "invoke takes milliseconds.")
     for backend in backends:
         worst = max(r["runner_added_us"] for r in records if r["backend"] == backend)
-        print(f"Runner adds <= {RUNNER_BUDGET_US:g} us per call on {backend}: {'yes' if worst <= RUNNER_BUDGET_US else 'NO'} "
+        verdict = "yes" if worst <= RUNNER_BUDGET_US else "NO"
+        print(f"Runner adds <= {RUNNER_BUDGET_US:g} us per call on {backend}: {verdict} "
               f"(worst row {worst:.1f} us)")
     if "tflm" in backends:
         print("  On tflm, multi-millisecond reference-kernel invokes leave the CPU caches cold, so the Runner's few "

@@ -40,8 +40,13 @@ from lepton_edge.artifact import generate_keypair, load_private_key, write_artif
 from lepton_edge.console import print_json, render_table  # noqa: E402
 from lepton_edge.fleet.controller import Controller, ControllerOptions  # noqa: E402
 from lepton_edge.fsio import atomic_directory  # noqa: E402
-from lepton_edge.mqtt import DeviceTopics, Progress, SessionOptions, parse_broker_url  # noqa: E402
-from lepton_edge.mqtt import MqttClient  # noqa: E402
+from lepton_edge.mqtt import (  # noqa: E402
+    DeviceTopics,
+    MqttClient,
+    Progress,
+    SessionOptions,
+    parse_broker_url,
+)
 from lepton_edge.tools.mosquitto import Broker  # noqa: E402  (a broker on a free port with its own config)
 
 # Mosquitto's defaults drop QoS 1 messages past 1000 queued for a client, and leave Nagle's algorithm on
@@ -138,7 +143,8 @@ def bench_delivery(tmp: Path, sizes: list[int], runs: int, broker_conf: dict, la
                         raise SystemExit(f"delivery of {size} bytes failed: {controller.job(job)}")
                     times.append(healthy[job] - started)
                 best, med = min(times), statistics.median(times)
-                records.append({"broker": label, "size_bytes": size, "runs": runs, "median_s": round(med, 4), "best_s": round(best, 4),
+                records.append({"broker": label, "size_bytes": size, "runs": runs, "median_s": round(med, 4),
+                                "best_s": round(best, 4),
                                 "median_mb_s": round(size / med / 1e6, 2)})
         finally:
             send(proc, "stop")
@@ -176,7 +182,6 @@ def bench_gateway_delivery(tmp: Path, runs: int, broker_conf: dict, baud: int) -
     gateway's store, flashed over serial, sha256 and self-test on the device, health check, healthy."""
     from agent_helpers import build_artifact, write_config
     from conftest import MLPERF_INT8
-
     from firmware_bridge.link import PortOptions
     from lepton_edge.agent.config import load_config
     from lepton_edge.agent.mqtt_link import LinkOptions, start_mqtt
@@ -223,7 +228,6 @@ def bench_agent_delivery(tmp: Path, runs: int, broker_conf: dict) -> list[dict]:
     deployment created -> job verified, blocks fetched into the inactive slot, sha256, health check, healthy."""
     from agent_helpers import build_artifact, write_config
     from conftest import MLPERF_FLOAT
-
     from lepton_edge.agent.config import load_config
     from lepton_edge.agent.daemon import Agent
     from lepton_edge.agent.mqtt_link import LinkOptions, start_mqtt
@@ -295,7 +299,8 @@ def bench_ingest(tmp: Path, devices: int, processes: int, broker_conf: dict, loa
                 procs = []
             db = controller.db
             lat = sorted(r[0] * 1000 for r in db._conn().execute("SELECT received - ts FROM telemetry"))
-            dups = db._conn().execute("SELECT COUNT(*) - COUNT(DISTINCT device || ':' || seq) FROM telemetry").fetchone()[0]
+            dups = db._conn().execute(
+                "SELECT COUNT(*) - COUNT(DISTINCT device || ':' || seq) FROM telemetry").fetchone()[0]
             if load == "steady":  # rows that arrived within the window, per second
                 in_window = db._conn().execute("SELECT COUNT(*) FROM telemetry WHERE received BETWEEN ? AND ?",
                                                (wall0, wall1)).fetchone()[0]
@@ -387,7 +392,8 @@ def main() -> int:
         print("OTA delivery (controller -> simulated device, the real agent, or a simulated microcontroller behind "
               "the gateway; loopback; deployment created -> healthy)")
         print(render_table(("broker", "artifact", "runs", "median s", "best s", "MB/s"),
-                           [(r["broker"], f"{r['size_bytes'] / 1e6:.3g} MB", r["runs"], f"{r['median_s']:.3f}", f"{r['best_s']:.3f}",
+                           [(r["broker"], f"{r['size_bytes'] / 1e6:.3g} MB", r["runs"], f"{r['median_s']:.3f}",
+                             f"{r['best_s']:.3f}",
                              f"{r['median_mb_s']:.3g}") for r in result["delivery"]]))
         print()
     if "ingest" in result:

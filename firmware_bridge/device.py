@@ -11,17 +11,17 @@ import hashlib
 import time
 import zlib
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
-from lepton_edge.errors import LeptonError
 from firmware_bridge import protocol as p
 from firmware_bridge.engine import LoadedModel, LoadError, load_model
-from firmware_bridge.payload import host_arena_bytes
 from firmware_bridge.frame import PROTOCOL_VERSION, DroppedFrame, Frame, FrameReader, encode_frame
+from firmware_bridge.payload import host_arena_bytes
 from firmware_bridge.protocol import Msg, Nak
 from firmware_bridge.ranges import RangeSet
 from firmware_bridge.slots import SLOT_COUNT, SlotRecord, SlotStore
+from lepton_edge.errors import LeptonError
 
 DEFAULT_HOST_PAYLOAD = 256  # every host takes this much; HELLO may say more
 _REMEMBERED_ANSWERS = 8
@@ -338,7 +338,7 @@ class DeviceCore:
             raise _Refuse(Nak.HASH_MISMATCH, "input CRC mismatch", crc)
         try:
             output, us = model.invoke(data)
-        except Exception as exc:  # noqa: BLE001 - the interpreter's failure goes back as a NAK
+        except Exception as exc:  # the interpreter's failure goes back as a NAK
             self.counters["invoke_errors"] += 1
             raise _Refuse(Nak.INVOKE_FAILED, f"{type(exc).__name__}: {exc}") from None
         self.counters["invocations"] += 1
@@ -368,7 +368,8 @@ class DeviceCore:
 
     def _require_model(self) -> LoadedModel:
         if self.model is None:
-            raise _Refuse(Nak.NO_MODEL, "no model: flash one first" + (f" ({self.boot_error})" if self.boot_error else ""))
+            raise _Refuse(Nak.NO_MODEL,
+                          "no model: flash one first" + (f" ({self.boot_error})" if self.boot_error else ""))
         return self.model
 
     def describe(self) -> str:

@@ -82,7 +82,7 @@ def load_model(model_bytes: bytes, arena_bytes: int, ram_budget_bytes: int, *,
         why = str(failure)
         arena = "arena" in why.lower() or "allocate" in log.text.lower()
         last = [line.strip() for line in log.text.splitlines() if line.strip()][-1:]
-        raise LoadError("; ".join([why] + last), arena=arena)
+        raise LoadError("; ".join([why, *last]), arena=arena)
     return LoadedModel(runner, arena_bytes, head, tail)
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from lepton_edge.errors import LeptonError
 from firmware_bridge.protocol import Nak, NakInfo
+from lepton_edge.errors import LeptonError
 
 
 class BridgeError(LeptonError):

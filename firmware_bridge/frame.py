@@ -15,7 +15,6 @@ from __future__ import annotations
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import Union
 
 from firmware_bridge import cobs
 
@@ -47,7 +46,7 @@ class DroppedFrame:
     header_consistent: bool = False  # the header's length matches the bytes received
 
 
-FrameEvent = Union[Frame, DroppedFrame]
+FrameEvent = Frame | DroppedFrame
 ERROR_KINDS = ("cobs", "short", "crc", "version", "length", "overflow")
 
 

@@ -13,10 +13,9 @@ import hashlib
 import random
 import time
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
-from lepton_edge.errors import CheckFailed, LeptonError
 from firmware_bridge import protocol as p
 from firmware_bridge.errors import BridgeError, DeviceRebooted, DeviceRefused, DeviceTimeout
 from firmware_bridge.frame import PROTOCOL_VERSION, wire_size
@@ -25,6 +24,7 @@ from firmware_bridge.payload import ModelPayload, ram_needed
 from firmware_bridge.protocol import Msg, Nak
 from firmware_bridge.sizing import FrameSizer, LineTimer
 from firmware_bridge.transfer import ProgressFn, TransferLost, UploadStats, upload
+from lepton_edge.errors import CheckFailed, LeptonError
 
 HELLO_TIMEOUT_S = 5.0
 REQUEST_TIMEOUT_S = 15.0
@@ -68,7 +68,7 @@ class FitCheck:
     margin_source: str
 
 
-def connect(options: PortOptions, *, hello_timeout: float = HELLO_TIMEOUT_S, settle: float = 0.2) -> "Device":
+def connect(options: PortOptions, *, hello_timeout: float = HELLO_TIMEOUT_S, settle: float = 0.2) -> Device:
     """Open the port, wait for the device's HELLO (its boot announcement, or the answer to ours)."""
     ser = open_serial(options)
     device = Device(Link(ser, options.url), options)
@@ -117,7 +117,7 @@ class Device:
         self._invoke_allowance_s = 0.5
         self.reboots_seen = 0
 
-    def __enter__(self) -> "Device":
+    def __enter__(self) -> Device:
         return self
 
     def __exit__(self, *exc) -> None:

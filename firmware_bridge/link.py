@@ -88,7 +88,7 @@ class Link:
         while not self._closing.is_set():
             try:
                 data = self.ser.read(max(1, self.ser.in_waiting))
-            except Exception as exc:  # noqa: BLE001 - any failure of the port ends the link
+            except Exception as exc:  # any failure of the port ends the link
                 if not self._closing.is_set():
                     self._failure = _reason(exc) or type(exc).__name__
                 break
@@ -109,7 +109,7 @@ class Link:
             raise PortError(f"the device on {self.name} went away: {self._failure}")
         try:
             self.ser.write(data)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise PortError(f"{self.name}: write failed: {_reason(exc)}") from None
         self.bytes_out += len(data)
 

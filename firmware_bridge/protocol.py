@@ -117,7 +117,7 @@ class DeviceHello:
                             self.slot_bytes) + _pstr(self.profile) + _pstr(self.firmware))
 
     @classmethod
-    def unpack(cls, data: bytes) -> "DeviceHello":
+    def unpack(cls, data: bytes) -> DeviceHello:
         version, window, max_payload, ram, slot = _take(_HELLO, data, 0, "HELLO answer")
         profile, at = _read_pstr(data, _HELLO.size, "HELLO profile")
         firmware, _ = _read_pstr(data, at, "HELLO firmware")
@@ -148,7 +148,7 @@ class SlotInfo:
         return _SLOT.pack(flags, self.size, self.arena_bytes, version, digest) + _pstr(self.name)
 
     @classmethod
-    def unpack_from(cls, data: bytes, offset: int) -> tuple["SlotInfo", int]:
+    def unpack_from(cls, data: bytes, offset: int) -> tuple[SlotInfo, int]:
         flags, size, arena, version, digest = _take(_SLOT, data, offset, "INFO slot")
         name, at = _read_pstr(data, offset + _SLOT.size, "INFO slot name")
         valid = bool(flags & 1)
@@ -180,7 +180,7 @@ class DeviceInfo:
                                      self.input_bytes, self.output_bytes)
 
     @classmethod
-    def unpack(cls, data: bytes) -> "DeviceInfo":
+    def unpack(cls, data: bytes) -> DeviceInfo:
         active, count = _take(_INFO_HEAD, data, 0, "INFO")
         at, slots = _INFO_HEAD.size, []
         for _ in range(count):
@@ -217,7 +217,7 @@ class DeviceStats:
         return _STATS.pack(*(min(getattr(self, f), 0xFFFFFFFF) for f in STATS_FIELDS))
 
     @classmethod
-    def unpack(cls, data: bytes) -> "DeviceStats":
+    def unpack(cls, data: bytes) -> DeviceStats:
         return cls(*_take(_STATS, data, 0, "STATS"))
 
 
@@ -246,7 +246,7 @@ class ModelBegin:
                            self.manifest_len, self.signature_len)
 
     @classmethod
-    def unpack(cls, data: bytes) -> "ModelBegin":
+    def unpack(cls, data: bytes) -> ModelBegin:
         xfer, size, digest, arena, mlen, slen = _take(_BEGIN, data, 0, "MODEL_BEGIN")
         return cls(xfer, size, digest.hex(), arena, mlen, slen)
 
@@ -269,7 +269,7 @@ class DataAck:
         return _DATA_ACK.pack(self.xfer, self.offset, self.length, self.contiguous)
 
     @classmethod
-    def unpack(cls, data: bytes) -> "DataAck":
+    def unpack(cls, data: bytes) -> DataAck:
         return cls(*_take(_DATA_ACK, data, 0, "data ACK"))
 
 
@@ -332,7 +332,7 @@ class InvokeRequest:
         return _INVOKE.pack(self.xfer, self.input_len, self.input_crc, self.reply_max) + self.inline
 
     @classmethod
-    def unpack(cls, data: bytes) -> "InvokeRequest":
+    def unpack(cls, data: bytes) -> InvokeRequest:
         xfer, n, crc, reply_max = _take(_INVOKE, data, 0, "INVOKE")
         return cls(xfer, n, crc, reply_max, data[_INVOKE.size:])
 
@@ -351,7 +351,7 @@ class InvokeAnswer:
         return _RESULT.pack(self.device_us, self.output_len, self.output_crc) + self.inline
 
     @classmethod
-    def unpack(cls, data: bytes) -> "InvokeAnswer":
+    def unpack(cls, data: bytes) -> InvokeAnswer:
         us, n, crc = _take(_RESULT, data, 0, "INVOKE answer")
         return cls(us, n, crc, data[_RESULT.size:])
 
@@ -397,7 +397,7 @@ class NakInfo:
             self.message.encode("utf-8")[:NAK_MESSAGE_MAX]
 
     @classmethod
-    def unpack(cls, data: bytes) -> "NakInfo":
+    def unpack(cls, data: bytes) -> NakInfo:
         code, request, detail = _take(_NAK, data, 0, "NAK")
         return cls(code, request, detail, data[_NAK.size:].decode("utf-8", "replace"))
 

@@ -15,7 +15,7 @@ class RangeSet:
             self.add(start, end)
 
     def __iter__(self):
-        return iter(zip(self._starts, self._ends))
+        return iter(zip(self._starts, self._ends, strict=False))
 
     def __bool__(self) -> bool:
         return bool(self._starts)

@@ -7,9 +7,10 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 from firmware_bridge.device import DeviceCore, DeviceIdentity
 from firmware_bridge.faults import LineFaults, Pacer

@@ -10,8 +10,8 @@ catches losses at the tail. What is sent again is cut to the current frame size,
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from firmware_bridge import protocol as p
 from firmware_bridge.errors import BridgeError, DeviceRebooted, DeviceRefused, DeviceTimeout

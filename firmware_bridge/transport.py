@@ -60,7 +60,7 @@ class TcpTransport:
             if self._client is None:
                 try:
                     client, _ = self._server.accept()
-                except (socket.timeout, OSError):
+                except (TimeoutError, OSError):
                     return None
                 client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 self._client = client

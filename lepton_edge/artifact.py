@@ -14,9 +14,10 @@ import base64
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from lepton_edge.errors import BadInput
 from lepton_edge.fsio import atomic_write_bytes

@@ -12,7 +12,8 @@ import argparse
 import importlib
 import os
 import sys
-from typing import NoReturn, Sequence
+from collections.abc import Sequence
+from typing import NoReturn
 
 from lepton_edge import __version__
 from lepton_edge.errors import LeptonError
@@ -44,7 +45,8 @@ class _OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _OneLineParser(prog="lepton-edge", description="Ship ML models to microcontrollers and small Linux boards.")
+    parser = _OneLineParser(prog="lepton-edge",
+                            description="Ship ML models to microcontrollers and small Linux boards.")
     parser.add_argument("--version", action="version", version=f"lepton-edge {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_OneLineParser)
     sub.required = True
@@ -69,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
-    except Exception as exc:  # noqa: BLE001 - the promise is one line, never a traceback
+    except Exception as exc:  # the promise is one line, never a traceback
         if os.environ.get("LEPTON_DEBUG"):
             raise
         print(f"lepton-edge {args.command}: internal error: {type(exc).__name__}: {exc} "

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence, TextIO
+from typing import Any, TextIO
 
 
 def human_bytes(n: float) -> str:

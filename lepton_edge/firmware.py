@@ -12,9 +12,9 @@ and output's scale and zero point with inline quantize and dequantize helpers. `
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from lepton_edge.errors import BadInput
 from lepton_edge.tflite.reader import parse_model
@@ -157,7 +157,8 @@ def _io_block(kind: str, index: int, t: IoTensor, *, alias: bool) -> str:
         elements *= d
     ctype = _C_TYPES.get(t.dtype)
     if ctype is None:
-        raise BadInput(f"firmware: {kind.lower()} '{t.name}' has type {t.dtype}, which the firmware header cannot express")
+        raise BadInput(f"firmware: {kind.lower()} '{t.name}' has type {t.dtype}, "
+                       "which the firmware header cannot express")
     quantized = t.scale is not None and t.dtype in _INT_RANGES
     out = [f"// {kind.lower()} {index}: '{_comment(t.name)}' {t.dtype}{list(t.shape)}"]
     for p in prefixes:

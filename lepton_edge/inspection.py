@@ -6,8 +6,9 @@ TensorFlow, only the plain model of :mod:`lepton_edge.tflite.model`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 from lepton_edge.runtime.op_support import unsupported_ops, unsupported_reason, unsupported_types
 from lepton_edge.tflite.macs import subgraph_macs
@@ -166,7 +167,7 @@ def inspect_model(model: TFLiteModel, profile: ProfileLike | None = None, source
     macs = subgraph_macs(sg)
     kinds: dict[str, list[int]] = {}
     operators = []
-    for op, m in zip(sg.operators, macs):
+    for op, m in zip(sg.operators, macs, strict=False):
         entry = kinds.setdefault(op.opcode, [0, 0])
         entry[0] += 1
         entry[1] += m
@@ -185,7 +186,8 @@ def inspect_model(model: TFLiteModel, profile: ProfileLike | None = None, source
         weight_bytes=model.weight_bytes(),
         activation_bytes=activation_bytes(sg),
         total_macs=total,
-        ops_by_kind=[OpKind(k, c, m) for k, (c, m) in sorted(kinds.items(), key=lambda kv: (-kv[1][1], -kv[1][0], kv[0]))],
+        ops_by_kind=[OpKind(k, c, m)
+                     for k, (c, m) in sorted(kinds.items(), key=lambda kv: (-kv[1][1], -kv[1][0], kv[0]))],
         operators=operators,
         inputs=_tensors(sg, sg.inputs),
         outputs=_tensors(sg, sg.outputs),

@@ -94,7 +94,8 @@ def test_status_metrics_and_healthz(kws_agent):
 
 
 @pytest.mark.parametrize("content_type, body, status, message", [
-    ("application/octet-stream", bytes(489), 400, "body has 489 bytes; the input tensor(s) int8[1, 49, 10, 1] take 490"),
+    ("application/octet-stream", bytes(489), 400,
+     "body has 489 bytes; the input tensor(s) int8[1, 49, 10, 1] take 490"),
     ("application/json", b'{"inputs": [1, 2', 400, "not valid JSON"),
     ("application/json", b'[1, 2]', 400, "JSON object with 'inputs'"),
     ("application/json", json.dumps({"inputs": [0.5] * 489}).encode(), 400, "needs 490 values, got 489"),

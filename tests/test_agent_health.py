@@ -92,7 +92,7 @@ def test_a_model_tflite_micro_cannot_allocate_is_rolled_back(tmp_path, signing, 
         assert agent.current().runner.arena_bytes == load_artifact(first, [agent.config.security.trusted_keys[0]]) \
             .manifest["arena"]["total_bytes"]
         starved = make_artifact("ic", 2, profile="stm32l4r5", arena_total_bytes=4096)  # signed, fits, too small
-        with pytest.raises(CheckFailed, match="cannot load: .*4096-byte arena"):
+        with pytest.raises(CheckFailed, match=r"cannot load: .*4096-byte arena"):
             agent.deploy_path(starved)
         assert agent.current().name == "kws_ref_model_int8"
         assert agent.store.state().active == "a" and not agent.store.state().pending

@@ -88,7 +88,8 @@ from lepton_edge.agent.store import ModelStore
 from lepton_edge.artifact import load_public_key
 store_dir, key, *artifacts = sys.argv[1:]
 store = ModelStore(store_dir, InstallPolicy((load_public_key(key),), True))
-parts = [tuple((Path(a) / f).read_bytes() for f in ("manifest.json", "manifest.sig", "model.tflite")) for a in artifacts]
+parts = [tuple((Path(a) / f).read_bytes() for f in ("manifest.json", "manifest.sig", "model.tflite"))
+         for a in artifacts]
 print("open", flush=True)
 i = 0
 while True:

@@ -56,7 +56,7 @@ def running_agent(tmp_path, broker, fleet, signing, make_artifact):
 
 
 def test_an_update_is_verified_activated_and_reported_while_inference_goes_on(fleet, running_agent, make_artifact):
-    agent, link = running_agent(make_artifact("kws", 1))
+    agent, _link = running_agent(make_artifact("kws", 1))
     failures, answers = [], []
     stop = threading.Event()
 
@@ -129,11 +129,11 @@ def test_model_bytes_altered_after_signing_fail_and_the_old_model_keeps_serving(
                                                                                  make_artifact, running_agent):
     art_id = fleet.upload(make_artifact("kws", 2))
     model = fleet.controller.artifacts.model_path(art_id)
-    status, dep = api(fleet.http.url, "POST", "/v1/deployments", {"artifact": art_id, "devices": [DEVICE]})
+    _status, dep = api(fleet.http.url, "POST", "/v1/deployments", {"artifact": art_id, "devices": [DEVICE]})
     data = bytearray(model.read_bytes())
     data[len(data) // 2] ^= 0x01
     model.write_bytes(bytes(data))  # the device is not up yet: it will download the altered bytes
-    agent, link = running_agent(make_artifact("kws", 1))
+    agent, _link = running_agent(make_artifact("kws", 1))
     d = fleet.wait_done(dep["deployment"])
     assert d["state"] == "failed" and "sha256" in d["reason"], d
     assert agent.current().version == 1 and agent.store.state().active == "a"
@@ -196,7 +196,7 @@ def test_an_agent_killed_mid_download_resumes_after_restart(fleet, broker, tmp_p
 
 
 def test_status_is_retained_and_the_last_will_says_offline(fleet, broker, running_agent, make_artifact):
-    agent, link = running_agent(make_artifact("kws", 1))
+    _agent, link = running_agent(make_artifact("kws", 1))
     seen = []
     watcher = MqttClient(parse_broker_url(broker.url()), "status-watcher")
     watcher.subscribe(link.topics.status, lambda t, p: seen.append(Status.from_bytes(p)))

@@ -99,7 +99,7 @@ def test_models_that_do_not_fit_are_refused(tmp_path, make_artifact, signing):
         store.install(*parts(make_artifact("kws", 1, profile="stm32l4r5")))  # 54 KB model
     store.close()
     store = ModelStore(tmp_path / "s3", variant("little-ram", "ram_bytes = 262144", "ram_bytes = 32768"))
-    with pytest.raises(CheckFailed, match="needs .* bytes of RAM on tflm, little-ram's budget is 19660"):
+    with pytest.raises(CheckFailed, match=r"needs .* bytes of RAM on tflm, little-ram's budget is 19660"):
         store.install(*parts(make_artifact("kws", 1, profile="stm32l4r5")))  # 24 KB arena
     assert not any((tmp_path / "s3" / "slots").iterdir())
 

@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
-from lepton_edge.agent.update import (Activate, Admit, Drop, ModelChanged, OtaOptions, PublishProgress, RequestBlock,
-                                      Resend, UpdateMachine, Verify, WriteBlock)
+from lepton_edge.agent.update import (
+    Activate,
+    Admit,
+    Drop,
+    ModelChanged,
+    OtaOptions,
+    PublishProgress,
+    RequestBlock,
+    Resend,
+    UpdateMachine,
+    Verify,
+    WriteBlock,
+)
 from lepton_edge.mqtt import BLOCK_EXPIRED, Block, OtaJob, OtaState
 
 SHA = "ab" * 32
@@ -26,7 +37,7 @@ def kinds(actions: list) -> list:
 
 
 def test_a_job_is_accepted_then_blocks_are_asked_for_a_window_at_a_time():
-    m, actions = admitted(OtaOptions(window=2))
+    _m, actions = admitted(OtaOptions(window=2))
     assert kinds(actions) == [("PublishProgress", OtaState.ACCEPTED), ("PublishProgress", OtaState.DOWNLOADING),
                               ("RequestBlock", 0), ("RequestBlock", 4096)]
     assert actions[3] == RequestBlock(JOB.job, 4096, 4096)
@@ -78,7 +89,7 @@ def test_a_refused_block_fails_the_job_with_the_bytes_held():
 
 
 def test_a_resumed_download_asks_only_for_what_is_missing():
-    m, actions = admitted(received=8192)
+    _m, actions = admitted(received=8192)
     assert actions[0] == PublishProgress(JOB, OtaState.ACCEPTED, 8192)
     assert [a.offset for a in actions if isinstance(a, RequestBlock)] == [8192]
 

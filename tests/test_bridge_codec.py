@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from firmware_bridge import cobs
-from firmware_bridge.frame import Frame, DroppedFrame, FrameReader, decode_frame, encode_frame, wire_size
+from firmware_bridge.frame import DroppedFrame, Frame, FrameReader, decode_frame, encode_frame, wire_size
 
 REPO = Path(__file__).resolve().parent.parent
 PROTOCOL = REPO / "firmware_bridge" / "PROTOCOL.md"

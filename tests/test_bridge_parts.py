@@ -36,7 +36,7 @@ def test_rangeset_matches_a_set_of_integers():
                 ref -= set(range(a, b))
             flat = [i for s, e in ranges for i in range(s, e)]
             assert flat == sorted(ref)
-            assert all(e1 < s2 for (_, e1), (s2, _) in zip(list(ranges), list(ranges)[1:]))  # merged
+            assert all(e1 < s2 for (_, e1), (s2, _) in zip(list(ranges), list(ranges)[1:], strict=False))  # merged
         assert ranges.first_gap(0, 130) == next((i for i in range(130) if i not in ref), None)
         assert ranges.prefix() == next(i for i in range(200) if i not in ref)
 

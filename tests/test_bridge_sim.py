@@ -137,9 +137,10 @@ def test_float_model_validates_within_tolerance(tmp_path, payload):
 # --- artifacts: manifest, signature, version ---------------------------------------------------
 
 def make_artifact(directory, planned: ModelPayload, *, version: int, key=None, name: str = "kws"):
+    import base64
+
     from lepton_edge.artifact import load_artifact, sha256_hex, write_artifact_files
     from lepton_edge.fsio import atomic_directory
-    import base64
 
     runner = load_tflm(planned.model, planned.arena_bytes)
     inputs = np.random.default_rng(0).integers(-128, 128, runner.inputs[0].shape, dtype=np.int8)

@@ -12,8 +12,14 @@ import pytest
 
 from conftest import MLPERF_INT8, require_shared
 from convert_helpers import compile_model_array, cxx
-from lepton_edge.firmware import (TFLM_ADD_METHODS, IoTensor, model_config_header, op_resolver_header,
-                                  used_operators, write_firmware)
+from lepton_edge.firmware import (
+    TFLM_ADD_METHODS,
+    IoTensor,
+    model_config_header,
+    op_resolver_header,
+    used_operators,
+    write_firmware,
+)
 from lepton_edge.runtime.base import TensorSpec, dequantize, quantize
 from lepton_edge.runtime.op_support import TFLM_BUILTIN_OPS
 

@@ -80,7 +80,7 @@ def devices(broker):
 def wait_online(url: str, *device_ids: str, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        status, body = api(url, "GET", "/v1/devices")
+        _status, body = api(url, "GET", "/v1/devices")
         if {d["device"] for d in body["devices"] if d["online"]} >= set(device_ids):
             return
         time.sleep(0.05)
@@ -292,7 +292,7 @@ def test_http_api_answers_errors_as_json(serve, tmp_path):
 
 
 def test_upload_requires_a_trusted_signature_when_the_controller_has_keys(broker, tmp_path):
-    priv, pub, pub_path = keypair(tmp_path / "keys")
+    priv, _pub, pub_path = keypair(tmp_path / "keys")
     s = Serve(broker, tmp_path / "store", "--http", "127.0.0.1:0", "--trusted-key", str(pub_path))
     try:
         signed = make_artifact(tmp_path / "signed", size=1000, private_key=priv)

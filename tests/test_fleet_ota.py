@@ -20,11 +20,18 @@ import pytest
 from conftest import REPO
 from fleet_helpers import api, keypair, make_artifact, upload_body
 from lepton_edge.fleet.controller import Controller, ControllerOptions
-from lepton_edge.tools.devsim import SimDevice, SimFleet, SimOptions
 from lepton_edge.fleet.http_api import HttpApi, HttpListen
-from lepton_edge.mqtt import (BLOCK_UNKNOWN_JOB, Block, BlockRequest, DeviceTopics, ModelInfo, SessionOptions,
-                              parse_broker_url)
-from lepton_edge.mqtt import MqttClient
+from lepton_edge.mqtt import (
+    BLOCK_UNKNOWN_JOB,
+    Block,
+    BlockRequest,
+    DeviceTopics,
+    ModelInfo,
+    MqttClient,
+    SessionOptions,
+    parse_broker_url,
+)
+from lepton_edge.tools.devsim import SimDevice, SimFleet, SimOptions
 from mosquitto import Broker
 
 FAST = SessionOptions(min_backoff_s=0.1, max_backoff_s=1.0, max_queued=1000)
@@ -67,7 +74,8 @@ class Env:
         return body["artifact"]
 
     def deploy(self, artifact_id: str, devices: list[str], **kw) -> dict:
-        status, body = api(self.http.url, "POST", "/v1/deployments", {"artifact": artifact_id, "devices": devices, **kw})
+        status, body = api(self.http.url, "POST", "/v1/deployments",
+                           {"artifact": artifact_id, "devices": devices, **kw})
         assert status == 201, body
         return body
 

@@ -13,11 +13,21 @@ import pytest
 from conftest import run_cli
 from fleet_helpers import api, keypair, make_artifact, upload_body
 from lepton_edge.fleet.controller import Controller, ControllerOptions
-from lepton_edge.tools.devsim import SimDevice, SimOptions
 from lepton_edge.fleet.http_api import HttpApi, HttpListen
-from lepton_edge.mqtt import (Block, BlockRequest, DeviceTopics, OtaJob, Progress, SessionOptions, Status,
-                              Telemetry, new_job_id, parse_broker_url)
-from lepton_edge.mqtt import MqttClient
+from lepton_edge.mqtt import (
+    Block,
+    BlockRequest,
+    DeviceTopics,
+    MqttClient,
+    OtaJob,
+    Progress,
+    SessionOptions,
+    Status,
+    Telemetry,
+    new_job_id,
+    parse_broker_url,
+)
+from lepton_edge.tools.devsim import SimDevice, SimOptions
 from mosquitto import Broker, make_ca
 
 USERS = {"controller": "ctl-secret", "dev-a": "a-secret", "dev-b": "b-secret"}
@@ -147,7 +157,7 @@ def test_the_ota_flow_works_under_acl_passwords_and_tls(secured, tmp_path):
         assert wait_for(lambda: controller.is_online("dev-a"))
         art = make_artifact(tmp_path / "art", size=300_000, private_key=priv)
         status, up = api(http.url, "POST", "/v1/artifacts", upload_body(art))
-        status, dep = api(http.url, "POST", "/v1/deployments", {"artifact": up["artifact"], "devices": ["dev-a"]})
+        status, _dep = api(http.url, "POST", "/v1/deployments", {"artifact": up["artifact"], "devices": ["dev-a"]})
         assert status == 201
         p = dev.wait_state({"healthy", "failed"}, 10)
         assert p is not None and p.state == "healthy", dev.progress_log

@@ -37,11 +37,11 @@ def test_artifacts_are_kept_whole_by_manifest_sha256(tmp_path, artifact):
 
 
 def test_a_bad_upload_leaves_nothing_behind(tmp_path, artifact):
-    art, pub = artifact
+    art, _pub = artifact
     store = ArtifactStore(tmp_path / "store")
-    with pytest.raises(BadInput, match="sha256|size"):
+    with pytest.raises(BadInput, match=r"sha256|size"):
         store.put(art.manifest_bytes, art.signature, art.model_bytes[:-1] + b"!")
-    other_priv, other_pub, _ = keypair(tmp_path / "other")
+    _other_priv, other_pub, _ = keypair(tmp_path / "other")
     with pytest.raises(BadInput, match="signature"):
         store.put(art.manifest_bytes, art.signature, art.model_bytes, trusted_keys=[other_pub], require_signature=True)
     with pytest.raises(BadInput):
@@ -52,7 +52,7 @@ def test_a_bad_upload_leaves_nothing_behind(tmp_path, artifact):
 
 
 def test_database_uses_wal_and_records_the_fleet(tmp_path, artifact):
-    art, _ = artifact
+    _art, _ = artifact
     db = FleetDB(tmp_path / "fleet.db")
     assert db.journal_mode().lower() == "wal"
     model = ModelInfo("m", 1, "ab" * 32, "a")
@@ -77,7 +77,7 @@ def test_jobs_states_supersede_and_expire(tmp_path, artifact):
     db = FleetDB(tmp_path / "fleet.db")
     db.add_artifact(stored)
     now = time.time()
-    dep1, (job1,), sup = db.create_deployment(stored, ["d1"], now + 100, 4096, now)
+    _dep1, (job1,), sup = db.create_deployment(stored, ["d1"], now + 100, 4096, now)
     assert sup == [] and job1.state == "pending"
     assert db.mark_sent(job1.id, now) and not db.mark_sent(job1.id, now)
     assert db.record_progress(job1.id, "d1", Progress(job1.id, "downloading", 10, 5000), now) == "downloading"

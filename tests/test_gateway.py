@@ -20,8 +20,8 @@ from bridge_helpers import SimProcess
 from conftest import REPO, assert_one_line_error, run_cli
 from fleet_helpers import DEVICE, Fleet
 from lepton_edge.artifact import load_artifact
-from lepton_edge.tools.mosquitto import free_port
 from lepton_edge.runtime.factory import open_runner
+from lepton_edge.tools.mosquitto import free_port
 from mosquitto import Broker
 
 PROFILE = "arduino-nano-33-ble"
@@ -131,7 +131,7 @@ def test_a_serial_device_joins_the_fleet_and_takes_signed_updates(bench, fleet, 
     assert d["state"] == "healthy", d
     assert wait_for(lambda: (device_record(fleet)["model"] or {}).get("version") == 2, 10, "status with v2")
     b.stop_gateway()
-    stats, info = b.sim.stats()
+    _stats, info = b.sim.stats()
     flashed = load_artifact(ad, (), require_signature=False)
     assert info.active.sha256 == flashed.sha256
     assert info.active.version == 2 and info.active.name == flashed.name

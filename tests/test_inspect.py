@@ -41,9 +41,10 @@ def test_json_matches_litert(mlperf_int8: Path) -> None:
     assert report["activation_bytes"] > 0
     assert report["profile"] is None
 
-    for ours, theirs in ((report["inputs"], interp.get_input_details()), (report["outputs"], interp.get_output_details())):
+    for ours, theirs in ((report["inputs"], interp.get_input_details()),
+                         (report["outputs"], interp.get_output_details())):
         assert len(ours) == len(theirs)
-        for o, t in zip(ours, theirs):
+        for o, t in zip(ours, theirs, strict=False):
             scale, zero_point = t["quantization"]
             assert o["name"] == t["name"]
             assert o["shape"] == t["shape"].tolist()

@@ -13,8 +13,7 @@ import time
 import pytest
 
 from conftest import REPO
-from lepton_edge.mqtt import DeviceTopics, SessionOptions, Status, parse_broker_url
-from lepton_edge.mqtt import MqttClient
+from lepton_edge.mqtt import DeviceTopics, MqttClient, SessionOptions, Status, parse_broker_url
 from mosquitto import Broker, make_ca
 
 

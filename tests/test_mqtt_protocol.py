@@ -7,9 +7,24 @@ import json
 import pytest
 
 from lepton_edge.errors import BadInput
-from lepton_edge.mqtt import (BLOCK_EXPIRED, BLOCK_HEADER, Block, BlockRequest, DeviceTopics, ModelInfo, OtaJob,
-                              PayloadError, Progress, Status, Telemetry, fleet_filter, new_job_id,
-                              offline_will_payload, parse_broker_url, parse_topic)
+from lepton_edge.mqtt import (
+    BLOCK_EXPIRED,
+    BLOCK_HEADER,
+    Block,
+    BlockRequest,
+    DeviceTopics,
+    ModelInfo,
+    OtaJob,
+    PayloadError,
+    Progress,
+    Status,
+    Telemetry,
+    fleet_filter,
+    new_job_id,
+    offline_will_payload,
+    parse_broker_url,
+    parse_topic,
+)
 
 
 def test_topics_of_a_device_and_their_parsing():
@@ -35,7 +50,8 @@ def test_broker_urls():
     c = parse_broker_url("mqtt://example.org")
     assert (c.host, c.port, c.tls, c.username, c.password, c.protocol) == ("example.org", 1883, False, None, None, "5")
     c = parse_broker_url("mqtts://dev%2F1:p%40ss:w@10.0.0.5", protocol="3.1.1")
-    assert (c.host, c.port, c.tls, c.username, c.password, c.protocol) == ("10.0.0.5", 8883, True, "dev/1", "p@ss:w", "3.1.1")
+    assert (c.host, c.port, c.tls, c.username, c.password, c.protocol) == (
+        "10.0.0.5", 8883, True, "dev/1", "p@ss:w", "3.1.1")
     assert "p@ss" not in repr(c) and "p@ss" not in c.display_url
     assert parse_broker_url("mqtt://[::1]:1999").display_url == "mqtt://[::1]:1999"
     for bad in ("http://host", "mqtt://", "mqtt://host:99999", "mqtt://host/path", "host:1883"):

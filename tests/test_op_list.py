@@ -14,8 +14,14 @@ import pytest
 import firmware_bridge
 from conftest import MLPERF_INT8, require_shared, run_cli
 from lepton_edge.firmware import TFLM_ADD_METHODS
-from lepton_edge.runtime.op_support import (TFLM_BUILTIN_OPS, firmware_ops, is_supported, parse_ops_header,
-                                            unsupported_ops, unsupported_reason)
+from lepton_edge.runtime.op_support import (
+    TFLM_BUILTIN_OPS,
+    firmware_ops,
+    is_supported,
+    parse_ops_header,
+    unsupported_ops,
+    unsupported_reason,
+)
 from lepton_edge.tflite.vendor import schema_py_generated as fb
 
 OPS_H = Path(firmware_bridge.__file__).parent / "firmware" / "core" / "ops.h"

@@ -7,17 +7,15 @@ import json
 import random
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from conftest import MLPERF_FLOAT, MLPERF_INT8, assert_one_line_error, require_shared, run_cli
 from lepton_edge.plan.assign import assign_offsets, find_conflicts
 from lepton_edge.plan.embed import OFFLINE_PLAN_METADATA, embedded_plan, encode_plan
 from lepton_edge.plan.lifetimes import Lifetime, lower_bound, tensor_lifetimes
-from lepton_edge.tools.samples import BRANCHING
 from lepton_edge.tflite import writer
 from lepton_edge.tflite.reader import parse_model, read_model_file
-from lepton_edge.tflite.vendor import schema_py_generated as fb
+from lepton_edge.tools.samples import BRANCHING
 from tflm_reference import random_inputs, tflm_run
 
 
@@ -97,7 +95,7 @@ def test_embedding_never_loses_buffer_alignment(name, tmp_path):
     before = writer.buffer_data_offsets(model.read_bytes())
     after = writer.buffer_data_offsets(out.read_bytes())
     assert len(after) == len(before) + 1  # the plan's own buffer
-    for i, (a, b) in enumerate(zip(before, after)):
+    for i, (a, b) in enumerate(zip(before, after, strict=False)):
         if a is not None:
             assert b is not None and alignment(b) >= alignment(a), (i, a, b)
     assert all(b % 16 == 0 for b in after if b is not None)

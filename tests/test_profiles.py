@@ -155,7 +155,8 @@ def test_good_custom_profile(tmp_path: Path) -> None:
 def test_unknown_name_in_process() -> None:
     with pytest.raises(BadInput) as info:
         load_profile("stm32l4")
-    assert str(info.value) == "unknown profile 'stm32l4' (closest: stm32l4r5, stm32h743); see 'lepton-edge profiles list'"
+    assert str(info.value) == ("unknown profile 'stm32l4' (closest: stm32l4r5, stm32h743); "
+                               "see 'lepton-edge profiles list'")
 
 
 # --- the command line -----------------------------------------------------------------------

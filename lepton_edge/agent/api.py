@@ -88,14 +88,14 @@ class ApiHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = f"lepton-edge-agent/{__version__}"
     sys_version = ""
-    server: "_ServerMixin"
+    server: _ServerMixin
 
     def setup(self) -> None:
         self.timeout = self.server.idle_timeout_s
         self.disable_nagle_algorithm = self.server.is_tcp
         super().setup()
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args: Any) -> None:  # the base class's name
         log.debug("api: " + format, *args)
 
     # --- responses -------------------------------------------------------------------------------
@@ -166,7 +166,7 @@ class ApiHandler(BaseHTTPRequestHandler):
                 self._error(503 if isinstance(exc, Unavailable) else 400, str(exc), INFER)
             except (ConnectionError, TimeoutError):
                 self.close_connection = True
-            except Exception as exc:  # noqa: BLE001 - a failure answers this client only
+            except Exception as exc:  # a failure answers this client only
                 log.exception("api: inference failed")
                 server.app.metrics.observe_error()
                 self._error(500, f"inference failed: {type(exc).__name__}: {exc}", INFER)
@@ -236,7 +236,7 @@ class _ServerMixin:
         self._connections: set[socket.socket] = set()
         self.draining = False
 
-    def process_request(self, request, client_address) -> None:  # noqa: ANN001 - socketserver's signature
+    def process_request(self, request, client_address) -> None:  # socketserver's signature
         if self.draining or not self._slots.acquire(blocking=False):
             try:
                 request.sendall(_BUSY)
@@ -248,7 +248,7 @@ class _ServerMixin:
             self._connections.add(request)
         super().process_request(request, client_address)  # type: ignore[misc]
 
-    def process_request_thread(self, request, client_address) -> None:  # noqa: ANN001
+    def process_request_thread(self, request, client_address) -> None:
         try:
             super().process_request_thread(request, client_address)  # type: ignore[misc]
         finally:
@@ -256,10 +256,10 @@ class _ServerMixin:
                 self._connections.discard(request)
             self._slots.release()
 
-    def handle_error(self, request, client_address) -> None:  # noqa: ANN001
+    def handle_error(self, request, client_address) -> None:
         log.debug("api: connection error", exc_info=True)
 
-    def in_flight(self) -> "_InFlight":
+    def in_flight(self) -> _InFlight:
         return _InFlight(self)
 
     def drain(self, timeout_s: float) -> bool:

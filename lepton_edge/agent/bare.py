@@ -21,8 +21,8 @@ from lepton_edge.tflite.reader import parse_model
 def bare_model_artifact(model_bytes: bytes, source: Path, profile: Profile, backend: str,
                         version: int) -> tuple[bytes, bytes]:
     """``(manifest_bytes, model_bytes)`` for a bare model; the model comes back with its arena plan embedded."""
-    from lepton_edge.plan.planner import plan_model
     from lepton_edge.plan.measure import tflm_available
+    from lepton_edge.plan.planner import plan_model
 
     parse_model(model_bytes, str(source))  # one-line error for a file that is not a model
     try:

@@ -21,13 +21,13 @@ and ``X-Latency-Ms`` the interpreter time. An optional ``X-Input-Dtype`` request
 from __future__ import annotations
 
 import json
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from lepton_edge.errors import ApiError
 from lepton_edge.runtime.base import TensorSpec, dequantize, quantize
-
 
 _KIND_NAMES = {"U": "strings", "b": "booleans", "O": "ragged lists or mixed values"}
 
@@ -89,12 +89,12 @@ def decode_json(body: bytes, specs: Sequence[TensorSpec]) -> tuple[list[np.ndarr
     if not isinstance(quantized, bool):
         raise ApiError(400, "'quantized' must be true or false")
     entries = _entries(request["inputs"], specs)
-    return [_to_tensor(v, s, quantized) for v, s in zip(entries, specs)], quantized
+    return [_to_tensor(v, s, quantized) for v, s in zip(entries, specs, strict=False)], quantized
 
 
 def encode_json(outputs: Sequence[np.ndarray], specs: Sequence[TensorSpec], *, quantized: bool, latency_ms: float,
                 name: str, version: int) -> bytes:
-    values = [(o if quantized else dequantize(o, s)).ravel().tolist() for o, s in zip(outputs, specs)]
+    values = [(o if quantized else dequantize(o, s)).ravel().tolist() for o, s in zip(outputs, specs, strict=False)]
     return json.dumps({"outputs": values, "latency_ms": round(latency_ms, 4), "model": name,
                        "version": version}).encode()
 
@@ -115,7 +115,8 @@ def decode_binary(body: bytes, specs: Sequence[TensorSpec], dtype_header: str | 
 
 
 def split_tensor_bytes(raw: bytes, specs: Sequence[TensorSpec]) -> list[np.ndarray]:
-    """Raw bytes of several tensors, concatenated in order -> one (read-only) array each; ValueError on a size mismatch."""
+    """Raw bytes of several tensors, concatenated in order -> one (read-only) array each; ValueError on a
+    size mismatch."""
     expected = sum(s.nbytes for s in specs)
     if len(raw) != expected:
         raise ValueError(f"{len(raw)} bytes where the tensors take {expected}")

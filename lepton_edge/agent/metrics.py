@@ -10,6 +10,7 @@ import threading
 import time
 from collections import deque
 from typing import Any
+
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.exposition import generate_latest

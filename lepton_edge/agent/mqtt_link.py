@@ -26,8 +26,15 @@ from lepton_edge.agent.member import FleetMember
 from lepton_edge.agent.ota import OtaClient, model_info, route_ota
 from lepton_edge.agent.telemetry import TelemetrySampler
 from lepton_edge.agent.update import OtaOptions
-from lepton_edge.mqtt import (DeviceTopics, MqttClient, SessionOptions, Status, Will, offline_will_payload,
-                              parse_broker_url)
+from lepton_edge.mqtt import (
+    DeviceTopics,
+    MqttClient,
+    SessionOptions,
+    Status,
+    Will,
+    offline_will_payload,
+    parse_broker_url,
+)
 
 if TYPE_CHECKING:
     from lepton_edge.agent.config import MqttConfig
@@ -103,7 +110,7 @@ class MqttLink:
         while not self._stop.wait(interval):
             try:
                 self.client.publish(self.topics.telemetry, self.sampler.sample().to_bytes(), qos=1)
-            except Exception:  # noqa: BLE001 - telemetry must never take the agent down
+            except Exception:  # telemetry must never take the agent down
                 log.exception("telemetry sample failed")
 
 

@@ -28,16 +28,41 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from lepton_edge.agent.update import (FINISHED_KEPT, TERMINAL_STATES, Action, Activate, Admit, Drop, ModelChanged,
-                                      OtaOptions, PublishProgress, RequestBlock, Resend, UpdateMachine, Verify,
-                                      WriteBlock)
+from lepton_edge.agent.update import (
+    FINISHED_KEPT,
+    TERMINAL_STATES,
+    Action,
+    Activate,
+    Admit,
+    Drop,
+    ModelChanged,
+    OtaOptions,
+    PublishProgress,
+    RequestBlock,
+    Resend,
+    UpdateMachine,
+    Verify,
+    WriteBlock,
+)
 from lepton_edge.artifact import verify_manifest
 from lepton_edge.errors import BadInput, CheckFailed
-from lepton_edge.mqtt import (OTA_DATA, OTA_JOB, Block, BlockRequest, DeviceTopics, ModelInfo, MqttClient, OtaJob,
-                              OtaState, Progress, Router)
+from lepton_edge.mqtt import (
+    OTA_DATA,
+    OTA_JOB,
+    Block,
+    BlockRequest,
+    DeviceTopics,
+    ModelInfo,
+    MqttClient,
+    OtaJob,
+    OtaState,
+    Progress,
+    Router,
+)
 
 if TYPE_CHECKING:
     from lepton_edge.agent.member import FleetMember
@@ -321,6 +346,6 @@ class OtaClient:
                 elif kind == "reconnect":
                     runner.on_reconnect()
                 runner.on_timer(self._connected())
-            except Exception:  # noqa: BLE001 - the OTA worker must survive anything one message does
+            except Exception:  # the OTA worker must survive anything one message does
                 log.exception("OTA: unexpected error")
                 runner.fail("internal error in the OTA client")

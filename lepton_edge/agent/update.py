@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import collections
 from dataclasses import dataclass, field
-from typing import Union
 
 from lepton_edge.mqtt.messages import BLOCK_OK, Block, OtaJob, OtaState
 
@@ -120,7 +119,7 @@ class ModelChanged:
     """The device runs another model, or the old one again: say so in ``status``."""
 
 
-Action = Union[Admit, RequestBlock, WriteBlock, PublishProgress, Resend, Drop, Verify, Activate, ModelChanged]
+Action = Admit | RequestBlock | WriteBlock | PublishProgress | Resend | Drop | Verify | Activate | ModelChanged
 
 
 # --- the machine -------------------------------------------------------------------------------
@@ -233,7 +232,7 @@ class UpdateMachine:
         """Installed; ``activate`` false: it is the model the device runs and has confirmed already."""
         if not activate:
             return self._report(step.job, OtaState.HEALTHY, step.size)
-        return self._report(step.job, OtaState.ACTIVATING, step.size) + [Activate(step.job, step.size)]
+        return [*self._report(step.job, OtaState.ACTIVATING, step.size), Activate(step.job, step.size)]
 
     def on_verify_failed(self, step: Verify, reason: str) -> list[Action]:
         return self._report(step.job, OtaState.FAILED, step.size, reason)
@@ -241,8 +240,8 @@ class UpdateMachine:
     def on_activated(self, step: Activate, rollback_reason: str | None) -> list[Action]:
         """The health check ran: passed (``None``), or failed and the device went back to its old model."""
         if rollback_reason is None:
-            return self._report(step.job, OtaState.HEALTHY, step.size) + [ModelChanged()]
-        return self._report(step.job, OtaState.ROLLED_BACK, step.size, rollback_reason) + [ModelChanged()]
+            return [*self._report(step.job, OtaState.HEALTHY, step.size), ModelChanged()]
+        return [*self._report(step.job, OtaState.ROLLED_BACK, step.size, rollback_reason), ModelChanged()]
 
     def on_activate_failed(self, step: Activate, reason: str) -> list[Action]:
         return self._report(step.job, OtaState.FAILED, step.size, f"cannot activate: {reason}")
@@ -253,7 +252,7 @@ class UpdateMachine:
         if dl is None:
             return []
         self.download = None
-        return [Drop(dl.job)] + self._report(dl.job, OtaState.FAILED, dl.received, reason)
+        return [Drop(dl.job), *self._report(dl.job, OtaState.FAILED, dl.received, reason)]
 
     # -- internals --
     def _report(self, job: OtaJob, state: OtaState, received: int, reason: str | None = None) -> list[Action]:
@@ -266,7 +265,7 @@ class UpdateMachine:
 
     def _complete(self, dl: Download) -> list[Action]:
         self.download = None
-        return self._report(dl.job, OtaState.VERIFYING, dl.size) + [Verify(dl.job, dl.size)]
+        return [*self._report(dl.job, OtaState.VERIFYING, dl.size), Verify(dl.job, dl.size)]
 
     def _pump(self, dl: Download, now: float) -> list[Action]:
         opts = self.options

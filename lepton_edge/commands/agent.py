@@ -11,7 +11,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("agent", help="run the on-device agent: A/B model store, runtime and local API",
                        description="Serve the active model of the store over a local HTTP API. SIGTERM stops "
                                    "gracefully, SIGHUP reloads the configuration.")
-    p.add_argument("--config", required=True, metavar="AGENT.toml", help="agent configuration (see examples/agent.toml)")
+    p.add_argument("--config", required=True, metavar="AGENT.toml",
+                   help="agent configuration (see examples/agent.toml)")
     p.add_argument("--model", metavar="ARTIFACT_DIR|MODEL.tflite",
                    help="install and activate this model first, with the checks an over-the-air update gets "
                         "(a bare .tflite only when [security] require_signature = false)")

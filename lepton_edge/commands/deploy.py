@@ -21,7 +21,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--device", action="append", default=[], metavar="ID", required=True,
                    help="a target device (repeatable)")
     p.add_argument("--wait", action="store_true", help="follow the deployment until it finishes")
-    p.add_argument("--timeout", type=float, default=300.0, metavar="S", help="with --wait: give up after S (default 300)")
+    p.add_argument("--timeout", type=float, default=300.0, metavar="S",
+                   help="with --wait: give up after S (default 300)")
     p.add_argument("--expires", type=float, metavar="S", help="the jobs' lifetime (default: the controller's)")
     p.add_argument("--token-file", metavar="FILE", help="bearer token for the controller's API")
     p.add_argument("--connect-timeout", type=float, default=10.0, metavar="S",

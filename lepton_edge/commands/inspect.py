@@ -20,8 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lepton_edge.profiles import load_optional_profile
     from lepton_edge.inspection import inspect_model
+    from lepton_edge.profiles import load_optional_profile
     from lepton_edge.tflite.reader import read_model_file
 
     profile = load_optional_profile(args.profile)

@@ -13,7 +13,8 @@ def add_broker_args(parser: argparse.ArgumentParser, *, required: bool = True) -
     parser.add_argument("--cert", metavar="PEM", help="client certificate (mqtts://)")
     parser.add_argument("--key", metavar="PEM", help="client certificate's private key (mqtts://)")
     parser.add_argument("--mqtt-version", choices=("5", "3.1.1"), default="5", help="MQTT protocol (default 5)")
-    parser.add_argument("--fleet", default="default", metavar="NAME", help="fleet name, a topic level (default: default)")
+    parser.add_argument("--fleet", default="default", metavar="NAME",
+                        help="fleet name, a topic level (default: default)")
 
 
 def broker_from_args(args: argparse.Namespace) -> Any:

@@ -8,9 +8,9 @@ input became NHWC, data in either layout is accepted (NCHW is transposed).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -36,7 +36,7 @@ class Dataset:
     def __len__(self) -> int:
         return len(self.xs[0])
 
-    def head(self, n: int) -> "Dataset":
+    def head(self, n: int) -> Dataset:
         return Dataset([x[:n] for x in self.xs], None if self.y is None else self.y[:n], self.origin,
                        self.synthetic, list(self.notes))
 
@@ -63,7 +63,7 @@ def load_dataset(spec: str, inputs: Sequence[InputInfo], *, what: str, source_la
         raise BadInput(f"{what} data {path}: the model has {len(inputs)} inputs "
                        f"({', '.join(i.name for i in inputs)}); give an .npz with one key per input name")
     transposed = source_layout != layout
-    xs = [_fit_array(a, info, f"{what} data {path}", transposed) for a, info in zip(arrays, inputs)]
+    xs = [_fit_array(a, info, f"{what} data {path}", transposed) for a, info in zip(arrays, inputs, strict=False)]
     n = len(xs[0])
     if any(len(x) != n for x in xs):
         raise BadInput(f"{what} data {path}: inputs have different sample counts {[len(x) for x in xs]}")
@@ -71,7 +71,7 @@ def load_dataset(spec: str, inputs: Sequence[InputInfo], *, what: str, source_la
         raise BadInput(f"{what} data {path}: holds no samples")
     notes = []
     if any(np.issubdtype(a.dtype, np.integer) and np.issubdtype(np.dtype(i.dtype), np.floating)
-           for a, i in zip(arrays, inputs)):
+           for a, i in zip(arrays, inputs, strict=False)):
         notes.append(f"{what} data cast from {arrays[0].dtype} to float32 as is (no rescaling)")
     if y is not None:
         y = _check_labels(y, n, f"{what} data {path}")

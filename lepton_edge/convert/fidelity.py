@@ -6,8 +6,8 @@ kernels up to rounding in a few operators); the float reference is the source mo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
 
 import numpy as np
 
@@ -87,7 +87,7 @@ def accuracy(output: np.ndarray, labels: np.ndarray) -> float | None:
     y = np.asarray(labels)
     if y.ndim == 2 and y.shape[1] == np.asarray(output).reshape(len(output), -1).shape[1] and y.shape[1] > 1:
         y = y.argmax(axis=1)
-    elif y.ndim != 1 or y.dtype.kind == "f" and not np.all(y == np.round(y)):
+    elif y.ndim != 1 or (y.dtype.kind == "f" and not np.all(y == np.round(y))):
         return None
     return round(100.0 * float(np.mean(pred == y.astype(np.int64))), 4)
 

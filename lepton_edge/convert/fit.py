@@ -37,7 +37,7 @@ class FitResult:
         return self.verdict.fits
 
 
-def fit_to_profile(model_bytes: bytes, source: str, profile: Profile, target: "TargetMeasurer | None" = None
+def fit_to_profile(model_bytes: bytes, source: str, profile: Profile, target: TargetMeasurer | None = None
                    ) -> FitResult:
     """Plan ``model_bytes`` for ``profile`` and check it against the profile's budgets.
 

@@ -8,9 +8,10 @@ become NHWC); float ``.tflite`` (packaging only). Every failure is one :class:`B
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -69,7 +70,7 @@ class SourceModel:
             self._workdir.cleanup()
             self._workdir = None
 
-    def __enter__(self) -> "SourceModel":
+    def __enter__(self) -> SourceModel:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -134,7 +135,7 @@ def _load_keras(path: Path, fmt: str) -> SourceModel:
         try:
             with quiet():
                 model = k.models.load_model(str(path), compile=False)
-        except Exception as exc:  # noqa: BLE001 - Keras raises anything from TypeError to OSError
+        except Exception as exc:  # Keras raises anything from TypeError to OSError
             errors.append(f"{'Keras 3' if flavor == 'keras3' else 'tf_keras'}: {short_error(exc, 160)}")
             continue
         src = SourceModel(path, fmt, _keras_inputs(model, path), "", "", keras_model=model, keras_flavor=flavor)
@@ -169,7 +170,7 @@ def _load_saved_model(path: Path, model_dir: Path, fmt: str, source_layout: str 
     try:
         with quiet():
             loaded = tf.saved_model.load(str(model_dir))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # tf_keras fails in many ways (ValueError, OSError, KeyError, ...)
         raise BadInput(f"{path}: cannot load the SavedModel ({short_error(exc, 200)})") from None
     fn = _signature(loaded, path)
     specs = fn.structured_input_signature[1]
@@ -227,7 +228,7 @@ def keras_from_saved_model(source: SourceModel) -> tuple[Any, str]:
     try:
         with quiet():
             model = k.models.load_model(str(source.saved_model_dir), compile=False)
-    except Exception as exc:  # noqa: BLE001 - tf_keras fails in many ways (ValueError, OSError, KeyError, ...)
+    except Exception as exc:
         reason = (str(exc).strip().splitlines() or [""])[0] or type(exc).__name__
         return None, f"tf_keras cannot load this SavedModel as Keras: {reason}"
     if not isinstance(model, k.Model):  # a SavedModel not made by Keras loads as a plain TensorFlow object
@@ -282,7 +283,7 @@ def _saved_model_predictor(source: SourceModel, batch: int) -> Predictor:
         chunks = []
         with quiet():
             for start in range(0, n, step):
-                out = fn(**{name: tf.constant(x[start:start + step]) for name, x in zip(names, xs)})
+                out = fn(**{name: tf.constant(x[start:start + step]) for name, x in zip(names, xs, strict=False)})
                 chunks.append([np.asarray(out[k]) for k in sorted(out)])
         return [np.concatenate([c[i] for c in chunks]) for i in range(len(chunks[0]))]
 
@@ -323,7 +324,7 @@ def _onnxruntime_predictor(source: SourceModel) -> Predictor | None:
         outs = []
         for i in range(len(xs[0])):
             feeds = {}
-            for name, x in zip(names, xs):
+            for name, x in zip(names, xs, strict=False):
                 sample = x[i:i + 1].astype(np.float32)
                 feeds[name] = np.transpose(sample, to_source) if to_source and sample.ndim == rank else sample
             outs.append(session.run(None, feeds))

@@ -46,7 +46,7 @@ def read_onnx_inputs(path: Path) -> list[OnnxInput]:
     try:
         model = onnx.load(str(path))
         onnx.checker.check_model(model)
-    except Exception as exc:  # noqa: BLE001 - protobuf and checker raise many kinds
+    except Exception as exc:  # protobuf and checker raise many kinds
         raise BadInput(f"{path}: not a valid ONNX model ({' '.join(str(exc).split())[:200]})") from None
     inits = {i.name for i in model.graph.initializer}
     out = []

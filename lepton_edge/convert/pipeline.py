@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from lepton_edge.convert.calibration import (MAX_CALIBRATION_SAMPLES, SYNTHETIC, Dataset, load_dataset,
-                                              synthetic_dataset)
-from lepton_edge.convert.fidelity import Fidelity, compare, is_poor, looks_like_probabilities, run_converted
 from lepton_edge.convert import package
+from lepton_edge.convert.calibration import MAX_CALIBRATION_SAMPLES, SYNTHETIC, Dataset, load_dataset, synthetic_dataset
+from lepton_edge.convert.fidelity import Fidelity, compare, is_poor, looks_like_probabilities, run_converted
 from lepton_edge.convert.fit import fit_to_profile
 from lepton_edge.convert.load import QUANTIZABLE_FORMATS, SourceModel, detect_format
 from lepton_edge.convert.options import ConvertOptions, Settings
@@ -131,11 +131,13 @@ def _convert_loaded(opts: ConvertOptions, profile: Profile, source: SourceModel,
         from lepton_edge.convert.quantize import layer_losses
 
         losses = layer_losses(source, calibration, fid_data.head(64), keras_model=chosen.keras_model)
-        chosen.fidelity.worst_layers = [l.to_dict() for l in losses]
+        chosen.fidelity.worst_layers = [loss.to_dict() for loss in losses]
     drop = _drop(chosen.fidelity)
     if opts.max_drop is not None and drop is not None and drop > opts.max_drop:
+        metric = ("accuracy" if chosen.fidelity and chosen.fidelity.accuracy_drop is not None
+                  else "top-1 agreement")
         result.failure = (f"fidelity: loses {drop:.2f} points "
-                          f"({'accuracy' if chosen.fidelity and chosen.fidelity.accuracy_drop is not None else 'top-1 agreement'}), "
+                          f"({metric}), "
                           f"more than --max-drop {opts.max_drop:g}")
         return result
     announce("self-test: running the artifact's model on its runtimes")
@@ -240,7 +242,8 @@ def _attempt(opts: ConvertOptions, profile: Profile, source: SourceModel, settin
     if settings.prune or settings.prune_channels:
         model, pruning = _pruned(opts, settings, keras_model, flavor, train, announce)
     mode = settings.quantize
-    model_bytes = convert_to_tflite(source, mode, opts.io if mode == "int8" else "float", calibration, keras_model=model)
+    model_bytes = convert_to_tflite(source, mode, opts.io if mode == "int8" else "float", calibration,
+                                    keras_model=model)
     announce(f"planning the arena and checking the fit to {profile.name}")
     fit = fit_to_profile(model_bytes, f"{Path(opts.model).name} ({settings.label})", profile, target)
     announce(f"measuring fidelity on {fid_data.origin}")  # always some data: _fidelity_data falls back to random

@@ -17,6 +17,7 @@ Both work on Keras 3 and ``tf_keras`` models alike (graph from ``get_config()``,
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,7 +71,7 @@ def prune_weights(model: Any, sparsity: float) -> tuple[dict[str, np.ndarray], P
         if not weights:
             continue
         kernel = weights[0]
-        n_zero = int(round(sparsity * kernel.size))
+        n_zero = int(round(sparsity * kernel.size))  # noqa: RUF046 - a numpy float rounds to a float
         mask = np.ones(kernel.size, dtype=kernel.dtype)
         mask[np.argsort(np.abs(kernel), axis=None, kind="stable")[:n_zero]] = 0
         mask = mask.reshape(kernel.shape)
@@ -128,7 +129,7 @@ def prune_channels(model: Any, flavor: str, fraction: float) -> tuple[Any, Prune
             continue
         kernel = layer.get_weights()[0]
         channels = kernel.shape[-1]
-        keep_n = max(1, int(round(channels * (1.0 - fraction))))
+        keep_n = max(1, int(round(channels * (1.0 - fraction))))  # noqa: RUF046 - a numpy float rounds to a float
         if keep_n >= channels:
             report.skipped.append({"layer": name, "reason": f"{channels} channels: nothing to remove"})
             continue
@@ -151,15 +152,16 @@ def prune_channels(model: Any, flavor: str, fraction: float) -> tuple[Any, Prune
 def _graph(model: Any) -> _Graph:
     config = model.get_config()
     layers = config.get("layers") or []
-    classes = {l.get("config", {}).get("name") or l.get("name"): l["class_name"] for l in layers}
+    classes = {layer.get("config", {}).get("name") or layer.get("name"): layer["class_name"]
+               for layer in layers}
     consumers: dict[str, list[str]] = {n: [] for n in classes}
     producers: dict[str, list[str]] = {n: [] for n in classes}
     shared: set[str] = set()
     names = list(classes)
-    if "input_layers" in config or any("inbound_nodes" in l for l in layers):  # functional
-        for l in layers:
-            name = l.get("config", {}).get("name") or l.get("name")
-            nodes = l.get("inbound_nodes") or []
+    if "input_layers" in config or any("inbound_nodes" in layer for layer in layers):  # functional
+        for layer in layers:
+            name = layer.get("config", {}).get("name") or layer.get("name")
+            nodes = layer.get("inbound_nodes") or []
             if len(nodes) > 1:
                 shared.add(name)
             for src in _history_names(nodes):
@@ -167,7 +169,7 @@ def _graph(model: Any) -> _Graph:
                 consumers.setdefault(src, []).append(name)
         outputs = {o[0] for o in _as_list_of_histories(config.get("output_layers"))}
     else:  # Sequential: a chain
-        for a, b in zip(names, names[1:]):
+        for a, b in itertools.pairwise(names):
             consumers[a].append(b)
             producers[b].append(a)
         outputs = {names[-1]} if names else set()
@@ -312,7 +314,7 @@ def _rebuild(model: Any, flavor: str, new_width: dict[str, int], edits: dict[str
                     weights = _edit_weights(type(layer).__name__, weights, edit)
                 if weights:
                     layer.set_weights(weights)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise BadInput(f"--prune-channels: cannot rebuild the model ({short_error(exc)})") from None
     return new
 
@@ -359,7 +361,7 @@ def fine_tune(model: Any, flavor: str, train: Dataset, *, epochs: int, learning_
             model.compile(optimizer=k.optimizers.Adam(learning_rate=learning_rate), loss=loss)
             history = model.fit(x, y, epochs=epochs, batch_size=32, shuffle=True, verbose=0,
                                 callbacks=[KeepMasks()] if masks else [])
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise BadInput(f"--train: fine-tuning failed ({short_error(exc)})") from None
     apply_masks(model, masks)
     losses = history.history.get("loss", [])
@@ -396,7 +398,8 @@ def kernel_sparsity(model_bytes: bytes, min_elements: int = 1024) -> float | Non
         if not t.has_data or t.num_elements < min_elements:
             continue
         data = obj.buffers[t.buffer].data
-        values = np.asarray(data, dtype=np.uint8).view(np.dtype(t.dtype) if t.dtype in ("int8", "float32") else np.uint8)
+        view = np.dtype(t.dtype) if t.dtype in ("int8", "float32") else np.uint8
+        values = np.asarray(data, dtype=np.uint8).view(view)
         zeros += int(np.count_nonzero(values == 0))
         total += values.size
     return None if total == 0 else zeros / total

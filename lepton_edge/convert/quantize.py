@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -63,7 +64,7 @@ def convert_to_tflite(source: SourceModel, mode: str, io_type: str = "int8", cal
     try:
         with quiet():
             return bytes(converter.convert())
-    except Exception as exc:  # noqa: BLE001 - the converter raises ConverterError, RuntimeError, ValueError...
+    except Exception as exc:  # the converter raises ConverterError, RuntimeError, ValueError...
         raise BadInput(f"{source.path}: TensorFlow Lite cannot convert this model"
                        f"{' to ' + mode if mode != 'none' else ''} ({short_error(exc)})") from None
 
@@ -81,7 +82,7 @@ def layer_losses(source: SourceModel, calibration: Dataset, probe: Dataset, kera
             debugger.run()
             buf = io.StringIO()
             debugger.layer_statistics_dump(buf)
-    except Exception:  # noqa: BLE001 - a diagnosis, never a reason to fail the conversion
+    except Exception:  # a diagnosis, never a reason to fail the conversion
         return []
     losses = []
     for row in csv.DictReader(io.StringIO(buf.getvalue())):
@@ -92,7 +93,7 @@ def layer_losses(source: SourceModel, calibration: Dataset, probe: Dataset, kera
         if scale > 0 and np.isfinite(mse):
             losses.append(LayerLoss(row.get("op_name", "?"), _short_tensor_name(row.get("tensor_name", "")),
                                     float(np.sqrt(mse) / scale), mse, scale))
-    losses.sort(key=lambda l: l.rmse_over_scale, reverse=True)
+    losses.sort(key=lambda loss: loss.rmse_over_scale, reverse=True)
     return losses[:top]
 
 
@@ -124,7 +125,7 @@ def _keras_converter(tf: Any, model: Any, source: SourceModel) -> Any:
         with quiet():
             frozen = convert_variables_to_constants_v2(serve.get_concrete_function(*specs))
             return tf.lite.TFLiteConverter.from_concrete_functions([frozen])
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise BadInput(f"{source.path}: cannot trace the Keras model for conversion ({short_error(exc)})") from None
 
 

@@ -12,7 +12,8 @@ import io
 import logging
 import os
 import warnings
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from lepton_edge.stdio import Captured, captured_fd2
 

@@ -25,17 +25,48 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from lepton_edge.errors import BadInput
-from lepton_edge.fleet.store import (EXPIRABLE_STATES, PENDING, SENT, TERMINAL_JOB_STATES, ArtifactStore,
-                                     FleetDB, JobRow, TelemetryRecord)
-from lepton_edge.mqtt import (BLOCK_BAD_RANGE, BLOCK_EXPIRED, BLOCK_UNAVAILABLE, BLOCK_UNKNOWN_JOB, DEFAULT_BLOCK_SIZE,
-                              DEFAULT_FLEET, MAX_BLOCK_SIZE, OTA_GET, OTA_PROGRESS, STATUS, TELEMETRY, Block,
-                              BlockRequest, BrokerConfig, DeviceTopics, MqttClient, OtaJob, Progress, Router,
-                              SessionOptions, Status, Telemetry, check_name, fleet_filter)
+from lepton_edge.fleet.store import (
+    EXPIRABLE_STATES,
+    PENDING,
+    SENT,
+    TERMINAL_JOB_STATES,
+    ArtifactStore,
+    FleetDB,
+    JobRow,
+    TelemetryRecord,
+)
+from lepton_edge.mqtt import (
+    BLOCK_BAD_RANGE,
+    BLOCK_EXPIRED,
+    BLOCK_UNAVAILABLE,
+    BLOCK_UNKNOWN_JOB,
+    DEFAULT_BLOCK_SIZE,
+    DEFAULT_FLEET,
+    MAX_BLOCK_SIZE,
+    OTA_GET,
+    OTA_PROGRESS,
+    STATUS,
+    TELEMETRY,
+    Block,
+    BlockRequest,
+    BrokerConfig,
+    DeviceTopics,
+    MqttClient,
+    OtaJob,
+    Progress,
+    Router,
+    SessionOptions,
+    Status,
+    Telemetry,
+    check_name,
+    fleet_filter,
+)
 
 log = logging.getLogger("lepton_edge.fleet")
 
@@ -95,7 +126,8 @@ def _telemetry_and_text(payload: bytes) -> tuple[Telemetry, str]:
 class Controller:
     """Start with :meth:`start`, stop with :meth:`stop`; the HTTP API calls the public methods."""
 
-    def __init__(self, broker: BrokerConfig, store_dir: str | os.PathLike[str], db_path: str | os.PathLike[str] | None = None,
+    def __init__(self, broker: BrokerConfig, store_dir: str | os.PathLike[str],
+                 db_path: str | os.PathLike[str] | None = None,
                  options: ControllerOptions = ControllerOptions()) -> None:
         check_name(options.fleet, "fleet")
         self.options = options
@@ -383,7 +415,7 @@ class Controller:
             if items:
                 try:
                     self._apply(items)
-                except Exception:  # noqa: BLE001 - a bad batch must not stop ingest
+                except Exception:  # a bad batch must not stop ingest
                     log.exception("could not write %d records", len(items))
                 for _ in items:
                     self._ingest.task_done()

@@ -57,7 +57,8 @@ class DeviceBars:
             frac = 1.0 if state == "healthy" else (received / total if total else 0.0)
             bar = "#" * int(min(1.0, frac) * self.width)
             note = f" {s['reason'][:60]}" if s.get("reason") else ""
-            out.append(f"\x1b[2K{device.ljust(self.label)} [{bar.ljust(self.width)}] {frac * 100:5.1f}% {state}{note}\n")
+            out.append(f"\x1b[2K{device.ljust(self.label)} [{bar.ljust(self.width)}] "
+                       f"{frac * 100:5.1f}% {state}{note}\n")
         self.stream.write("".join(out))
         self.stream.flush()
         self._drawn = True

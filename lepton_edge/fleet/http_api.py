@@ -124,19 +124,19 @@ class _Handler(BaseHTTPRequestHandler):
         # Without this a keep-alive response waits ~40 ms for the client's delayed ACK (Nagle).
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
+    def log_message(self, format: str, *args: Any) -> None:  # the stdlib's name
         log.debug("%s %s", self.address_string(), format % args)
 
-    def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+    def do_GET(self) -> None:  # the stdlib's name
         self._dispatch("GET")
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self._dispatch("POST")
 
-    def do_PUT(self) -> None:  # noqa: N802
+    def do_PUT(self) -> None:
         self._dispatch("PUT")
 
-    def do_DELETE(self) -> None:  # noqa: N802
+    def do_DELETE(self) -> None:
         self._dispatch("DELETE")
 
     def _dispatch(self, method: str) -> None:
@@ -185,7 +185,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(404, {"error": str(exc)})
         except BadInput as exc:
             self._reply(400, {"error": str(exc)})
-        except Exception as exc:  # noqa: BLE001 - the client gets one line, the log the traceback
+        except Exception as exc:  # the client gets one line, the log the traceback
             log.exception("%s %s failed", method, path)
             self._reply(500, {"error": f"internal error: {type(exc).__name__}: {exc}"})
 

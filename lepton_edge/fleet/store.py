@@ -22,12 +22,12 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-from lepton_edge.artifact import (MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE, sha256_hex, verify_manifest,
-                                  verify_model)
+from lepton_edge.artifact import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE, sha256_hex, verify_manifest, verify_model
 from lepton_edge.errors import BadInput
 from lepton_edge.fsio import atomic_directory
 from lepton_edge.mqtt import TERMINAL_OTA_STATES, Progress, Status, Telemetry
@@ -211,7 +211,8 @@ class FleetDB:
         self._local = threading.local()
 
     # -- devices, status, telemetry --
-    def record_status(self, device: str, status: Status, received: float, conn: sqlite3.Connection | None = None) -> None:
+    def record_status(self, device: str, status: Status, received: float,
+                      conn: sqlite3.Connection | None = None) -> None:
         sql = ("INSERT INTO devices(device, online, agent, offline_reason, model_name, model_version, model_sha256,"
                " slot, first_seen, last_seen, status_at) VALUES(?,?,?,?,?,?,?,?,?,?,?)"
                " ON CONFLICT(device) DO UPDATE SET online=excluded.online, agent=COALESCE(excluded.agent, agent),"
@@ -239,9 +240,11 @@ class FleetDB:
             latest: dict[str, TelemetryRecord] = {}
             for r in records:
                 latest[r.device] = r
-            c.executemany("INSERT INTO devices(device, first_seen, last_seen, telemetry, telemetry_at) VALUES(?,?,?,?,?)"
+            c.executemany("INSERT INTO devices(device, first_seen, last_seen, telemetry, telemetry_at)"
+                          " VALUES(?,?,?,?,?)"
                           " ON CONFLICT(device) DO UPDATE SET telemetry=excluded.telemetry,"
-                          " telemetry_at=excluded.telemetry_at, last_seen=MAX(COALESCE(last_seen, 0), excluded.last_seen)",
+                          " telemetry_at=excluded.telemetry_at,"
+                          " last_seen=MAX(COALESCE(last_seen, 0), excluded.last_seen)",
                           [(d, r.received, r.received, r.raw, r.received) for d, r in latest.items()])
         if conn is not None:
             run(conn)

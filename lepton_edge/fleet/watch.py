@@ -19,8 +19,19 @@ from typing import Any, TextIO
 
 from lepton_edge.console import human_bytes, render_table
 from lepton_edge.errors import CheckFailed
-from lepton_edge.mqtt import (OTA_PROGRESS, STATUS, TELEMETRY, BrokerConfig, MqttClient, Progress, Router,
-                              SessionOptions, Status, Telemetry, fleet_filter)
+from lepton_edge.mqtt import (
+    OTA_PROGRESS,
+    STATUS,
+    TELEMETRY,
+    BrokerConfig,
+    MqttClient,
+    Progress,
+    Router,
+    SessionOptions,
+    Status,
+    Telemetry,
+    fleet_filter,
+)
 
 log = logging.getLogger("lepton_edge.fleet.watch")
 

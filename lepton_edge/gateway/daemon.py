@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from firmware_bridge.host import check_sizes
 from firmware_bridge.link import PortOptions

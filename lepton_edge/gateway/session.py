@@ -20,8 +20,9 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 from firmware_bridge.errors import BridgeError, DeviceRefused
 from firmware_bridge.host import Device, connect
@@ -149,7 +150,7 @@ class SerialSession:
     def _notify(self, connected: bool) -> None:
         try:
             self._on_change(connected)
-        except Exception:  # noqa: BLE001 - a failing listener must not stop the reconnection
+        except Exception:  # a failing listener must not stop the reconnection
             log.exception("gateway: handling a %s device failed", "connected" if connected else "lost")
 
     # --- the thread ------------------------------------------------------------------------------

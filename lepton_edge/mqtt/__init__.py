@@ -12,20 +12,64 @@ when a client is made).
 
 from __future__ import annotations
 
-from lepton_edge.mqtt.broker import (DEFAULT_PORT, DEFAULT_TLS_PORT, BrokerConfig, SessionOptions, Will,
-                                     parse_broker_url, tls_context)
+from lepton_edge.mqtt.broker import (
+                                     DEFAULT_PORT,
+                                     DEFAULT_TLS_PORT,
+                                     BrokerConfig,
+                                     SessionOptions,
+                                     Will,
+                                     parse_broker_url,
+                                     tls_context,
+)
 from lepton_edge.mqtt.client import MqttClient, NetworkLoop, TimerHandle, make_paho_client
-from lepton_edge.mqtt.messages import (BLOCK_BAD_RANGE, BLOCK_EXPIRED, BLOCK_HEADER, BLOCK_OK, BLOCK_STATUS_TEXT,
-                                       BLOCK_UNAVAILABLE, BLOCK_UNKNOWN_JOB, DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE,
-                                       OTA_STATES, PAYLOAD_SCHEMA, TELEMETRY_FIELDS, TERMINAL_OTA_STATES, Block,
-                                       BlockRequest, ModelInfo, OtaJob, OtaState, PayloadError, Progress, Status,
-                                       Telemetry, decode_json, encode_json, new_job_id, offline_will_payload)
+from lepton_edge.mqtt.messages import (
+                                     BLOCK_BAD_RANGE,
+                                     BLOCK_EXPIRED,
+                                     BLOCK_HEADER,
+                                     BLOCK_OK,
+                                     BLOCK_STATUS_TEXT,
+                                     BLOCK_UNAVAILABLE,
+                                     BLOCK_UNKNOWN_JOB,
+                                     DEFAULT_BLOCK_SIZE,
+                                     MAX_BLOCK_SIZE,
+                                     OTA_STATES,
+                                     PAYLOAD_SCHEMA,
+                                     TELEMETRY_FIELDS,
+                                     TERMINAL_OTA_STATES,
+                                     Block,
+                                     BlockRequest,
+                                     ModelInfo,
+                                     OtaJob,
+                                     OtaState,
+                                     PayloadError,
+                                     Progress,
+                                     Status,
+                                     Telemetry,
+                                     decode_json,
+                                     encode_json,
+                                     new_job_id,
+                                     offline_will_payload,
+)
 from lepton_edge.mqtt.router import Router
-from lepton_edge.mqtt.topics import (DEFAULT_FLEET, KINDS, OTA_DATA, OTA_GET, OTA_JOB, OTA_PROGRESS, STATUS,
-                                     TELEMETRY, TOPIC_ROOT, DeviceTopics, TopicParts, check_name, fleet_filter,
-                                     parse_topic, topic_matches)
+from lepton_edge.mqtt.topics import (
+                                     DEFAULT_FLEET,
+                                     KINDS,
+                                     OTA_DATA,
+                                     OTA_GET,
+                                     OTA_JOB,
+                                     OTA_PROGRESS,
+                                     STATUS,
+                                     TELEMETRY,
+                                     TOPIC_ROOT,
+                                     DeviceTopics,
+                                     TopicParts,
+                                     check_name,
+                                     fleet_filter,
+                                     parse_topic,
+                                     topic_matches,
+)
 
-__all__ = [
+__all__ = [  # noqa: RUF022 - grouped by module, as the imports above
     # topics
     "DEFAULT_FLEET", "KINDS", "OTA_DATA", "OTA_GET", "OTA_JOB", "OTA_PROGRESS", "STATUS", "TELEMETRY", "TOPIC_ROOT",
     "DeviceTopics", "TopicParts", "check_name", "fleet_filter", "parse_topic", "topic_matches",

@@ -64,7 +64,8 @@ def parse_broker_url(url: str, *, ca: str | Path | None = None, cert: str | Path
             if not path.is_file():
                 raise BadInput(f"--{name} {value}: no such file")
             files[name] = path
-    protocol = {"5": "5", "5.0": "5", "v5": "5", "3.1.1": "3.1.1", "311": "3.1.1", "v311": "3.1.1"}.get(str(protocol), "")
+    versions = {"5": "5", "5.0": "5", "v5": "5", "3.1.1": "3.1.1", "311": "3.1.1", "v311": "3.1.1"}
+    protocol = versions.get(str(protocol), "")
     if not protocol:
         raise BadInput("MQTT protocol must be 5 or 3.1.1")
     if not 5 <= keepalive <= 65535:

@@ -26,7 +26,8 @@ import selectors
 import socket
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from lepton_edge.mqtt.broker import BrokerConfig, SessionOptions, Will, tls_context
 from lepton_edge.mqtt.topics import topic_matches
@@ -230,7 +231,7 @@ class NetworkLoop:
     def _guard(self, fn: Callable[..., Any], *args: Any) -> None:
         try:
             fn(*args)
-        except Exception:  # noqa: BLE001 - one bad handler must not stop the devices' network
+        except Exception:  # one bad handler must not stop the devices' network
             log.exception("%s: error in %s", self.name, getattr(fn, "__qualname__", fn))
 
     def _close(self) -> None:
@@ -374,7 +375,7 @@ class MqttClient:
         self._connected.set()
         if self._subs:
             filters = list(self._subs)
-            result, mid = client.subscribe([(f, self._subs[f][0]) for f in filters])
+            _result, mid = client.subscribe([(f, self._subs[f][0]) for f in filters])
             self._sub_mids[mid] = filters
         if self._user_connect:
             self._user_connect()
@@ -401,7 +402,7 @@ class MqttClient:
             if topic_matches(self._filter_levels(topic_filter), levels, topic):
                 try:
                     handler(topic, msg.payload)
-                except Exception:  # noqa: BLE001 - a bad message must not take the connection down
+                except Exception:  # a bad message must not take the connection down
                     log.exception("%s: handler for %s failed", self.client_id, topic)
 
     def _filter_levels(self, topic_filter: str) -> list[str]:
@@ -416,7 +417,7 @@ class MqttClient:
 
     def _on_subscribe(self, client: Any, userdata: Any, mid: int, reasons: Any, properties: Any) -> None:
         filters = self._sub_mids.pop(mid, [])
-        for topic_filter, code in zip(filters, reasons):
+        for topic_filter, code in zip(filters, reasons, strict=False):
             if code.is_failure:
                 self.refused_subscriptions.append(topic_filter)
                 self.last_error = f"broker refused the subscription to {topic_filter}: {code}"
@@ -471,7 +472,7 @@ class MqttClient:
     def _do_subscribe(self, topic_filter: str, handler: Handler, qos: int) -> None:
         self._subs[topic_filter] = (qos, handler)
         if self._connected.is_set():
-            result, mid = self._paho.subscribe(topic_filter, qos)
+            _result, mid = self._paho.subscribe(topic_filter, qos)
             self._sub_mids[mid] = [topic_filter]
 
     def _handover_publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:

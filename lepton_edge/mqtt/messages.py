@@ -209,7 +209,8 @@ class OtaJob:
         return cls(job, _get(obj, "deployment", str, what), _b64(_get(obj, "manifest_b64", str, what), what),
                    None if sig is None else _b64(_get(obj, "signature_b64", str, what), what),
                    _get(obj, "sha256", str, what), size, block,
-                   float(_get(obj, "expires_at", (int, float), what)), float(_get(obj, "issued_at", (int, float), what)))
+                   float(_get(obj, "expires_at", (int, float), what)),
+                   float(_get(obj, "issued_at", (int, float), what)))
 
 
 def _b64(text: str, what: str) -> bytes:

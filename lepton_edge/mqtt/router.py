@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from lepton_edge.mqtt.messages import PayloadError
 from lepton_edge.mqtt.topics import parse_topic

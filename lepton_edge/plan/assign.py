@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 from lepton_edge.plan.lifetimes import Lifetime, live_bytes_per_op, lower_bound
 

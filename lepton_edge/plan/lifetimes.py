@@ -22,7 +22,7 @@ class Lifetime:
     first: int  # first operator at which it is live
     last: int  # last operator at which it is live
 
-    def overlaps(self, other: "Lifetime") -> bool:
+    def overlaps(self, other: Lifetime) -> bool:
         return self.first <= other.last and other.first <= self.last
 
 

@@ -47,7 +47,8 @@ def measure_with_tflm(model_bytes: bytes, start_guess: int, source: str = "model
             [sys.executable, "-m", "lepton_edge.plan.tflm_probe", path, "--search-from", str(start_guess)],
             capture_output=True, text=True, timeout=_PROBE_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        raise BadInput(f"{source}: TFLite Micro did not finish allocating the model within {_PROBE_TIMEOUT_S} s") from None
+        raise BadInput(f"{source}: TFLite Micro did not finish allocating the model "
+                       f"within {_PROBE_TIMEOUT_S} s") from None
     finally:
         os.unlink(path)
     try:

@@ -56,7 +56,7 @@ class TargetMeasurer:
             r = run_probe(self.firmware, model_bytes)
         except CheckFailed:
             raise
-        except Exception as exc:  # noqa: BLE001 - the probe's own words, as one line
+        except Exception as exc:  # the probe's own words, as one line
             raise CheckFailed(f"the {self.board.name} firmware could not measure the model: "
                               f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
         return TargetFigures(int(r.head), int(r.tail), int(r.used), int(r.min_arena))
@@ -66,7 +66,7 @@ def _build_command(board_name: str) -> str:
     return f"lepton-edge firmware build --board {board_name}"
 
 
-def resolve_measure(mode: str, profile: "Profile | None") -> TargetMeasurer | None:
+def resolve_measure(mode: str, profile: Profile | None) -> TargetMeasurer | None:
     """The target to measure on for ``mode`` and ``profile``, or None for the host figures.
 
     ``target`` that cannot be honoured is one line of :class:`CheckFailed` (exit 1) naming the command

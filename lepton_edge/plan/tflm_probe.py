@@ -42,7 +42,7 @@ def failure_reason(model: bytes, arena: int, inputs: Sequence[TensorSpec]) -> st
     if not err:
         return ""
     lines = [line.strip() for line in log.text.splitlines() if line.strip()]
-    return "; ".join(lines[-2:] + [err])
+    return "; ".join([*lines[-2:], err])
 
 
 def allocations(model: bytes, arena: int, inputs: Sequence[TensorSpec]) -> dict[str, int]:
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             arena = len(model) * 10 + 65536
         result["arena_bytes"] = arena
         result.update(allocations(model, arena, inputs))
-    except Exception as exc:  # noqa: BLE001 - reported to the parent as data
+    except Exception as exc:  # reported to the parent as data
         result = {"error": str(exc) or type(exc).__name__}
     print(json.dumps(result))
     return 0

@@ -18,9 +18,9 @@ TFLite Micro ships (an application may register them); they are informational on
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable
 
 RUNTIMES = ("tflm", "litert")
 #: The agent's in-process TFLite Micro (the Python wheel, every upstream kernel).

@@ -15,7 +15,7 @@ A malformed operator (missing tensor, negative or missing dimension) counts 0 ra
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 from lepton_edge.tflite.model import Operator, Subgraph, TFLiteModel
 

@@ -16,7 +16,9 @@ from lepton_edge.tflite.model import TENSOR_TYPES, Operator, Quantization, Subgr
 from lepton_edge.tflite.vendor import schema_py_generated as fb
 
 _BUILTIN_NAMES: dict[int, str] = {
-    value: name for name, value in vars(fb.BuiltinOperator).items() if not name.startswith("_") and isinstance(value, int)
+    value: name
+    for name, value in vars(fb.BuiltinOperator).items()
+    if not name.startswith("_") and isinstance(value, int)
 }
 
 #: Exceptions the flatbuffers runtime raises on malformed data.

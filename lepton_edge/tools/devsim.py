@@ -38,9 +38,24 @@ from lepton_edge.agent.update import OtaOptions
 from lepton_edge.artifact import verify_manifest, verify_model
 from lepton_edge.errors import BadInput, CheckFailed, LeptonError
 from lepton_edge.fsio import atomic_write_text
-from lepton_edge.mqtt import (DEFAULT_FLEET, BrokerConfig, DeviceTopics, ModelInfo, MqttClient, NetworkLoop, OtaJob,
-                              OtaState, Progress, SessionOptions, Status, Telemetry, TimerHandle, Will,
-                              offline_will_payload, parse_broker_url)
+from lepton_edge.mqtt import (
+    DEFAULT_FLEET,
+    BrokerConfig,
+    DeviceTopics,
+    ModelInfo,
+    MqttClient,
+    NetworkLoop,
+    OtaJob,
+    OtaState,
+    Progress,
+    SessionOptions,
+    Status,
+    Telemetry,
+    TimerHandle,
+    Will,
+    offline_will_payload,
+    parse_broker_url,
+)
 
 log = logging.getLogger("lepton_edge.tools.devsim")
 

@@ -28,7 +28,6 @@ from urllib.parse import quote
 
 from lepton_edge.errors import LeptonError
 
-
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
 

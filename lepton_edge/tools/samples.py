@@ -11,8 +11,8 @@ import contextlib
 import io
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -58,7 +58,8 @@ def residual(tf):
     inp = _input(tf, (32, 32, 3))
     x = _conv(tf, inp, 16)
     for filters, stride in ((16, 1), (24, 2), (32, 2)):
-        shortcut = x if stride == 1 and x.shape[-1] == filters else tf.keras.layers.Conv2D(filters, 1, strides=stride)(x)
+        shortcut = (x if stride == 1 and x.shape[-1] == filters
+                    else tf.keras.layers.Conv2D(filters, 1, strides=stride)(x))
         y = _conv(tf, x, filters, stride=stride)
         y = tf.keras.layers.Conv2D(filters, 3, padding="same")(y)
         x = tf.keras.layers.ReLU()(tf.keras.layers.Add()([shortcut, y]))
