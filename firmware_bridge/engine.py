@@ -70,13 +70,13 @@ def load_model(model_bytes: bytes, arena_bytes: int, ram_budget_bytes: int, *,
     if missing:
         raise LoadError(f"operator {', '.join(missing)} is not in the firmware's op list (core/ops.h)")
     own = max(arena_bytes, host_arena_bytes or 0)
+    failure: LeptonError | None = None
     with captured_fd2() as log:
         try:
             runner = load_tflm(model_bytes, own, ram_budget_bytes=max(ram_budget_bytes, own), source="model")
         except LeptonError as exc:
             failure = exc
         else:
-            failure = None
             head, tail = _allocations(model_bytes, own, runner)
     if failure is not None:
         why = str(failure)
