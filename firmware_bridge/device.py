@@ -13,6 +13,7 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from firmware_bridge import protocol as p
 from firmware_bridge.engine import LoadedModel, LoadError, load_model
@@ -22,6 +23,9 @@ from firmware_bridge.protocol import Msg, Nak
 from firmware_bridge.ranges import RangeSet
 from firmware_bridge.slots import SLOT_COUNT, SlotRecord, SlotStore
 from lepton_edge.errors import LeptonError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 DEFAULT_HOST_PAYLOAD = 256  # every host takes this much; HELLO may say more
 _REMEMBERED_ANSWERS = 8
@@ -71,7 +75,7 @@ class _Staged:
 class DeviceCore:
     """One boot of the device. A restart is a new ``DeviceCore`` on the same :class:`SlotStore`."""
 
-    def __init__(self, identity: DeviceIdentity, store: SlotStore, *, trusted_keys: tuple = (),
+    def __init__(self, identity: DeviceIdentity, store: SlotStore, *, trusted_keys: tuple[Ed25519PublicKey, ...] = (),
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.identity = identity
         self.store = store

@@ -15,6 +15,7 @@ import time
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from firmware_bridge import protocol as p
 from firmware_bridge.errors import BridgeError, DeviceRebooted, DeviceRefused, DeviceTimeout
@@ -25,6 +26,9 @@ from firmware_bridge.protocol import Msg, Nak
 from firmware_bridge.sizing import FrameSizer, LineTimer
 from firmware_bridge.transfer import ProgressFn, TransferLost, UploadStats, upload
 from lepton_edge.errors import CheckFailed, LeptonError
+
+if TYPE_CHECKING:
+    from firmware_bridge.kit import Artifact
 
 HELLO_TIMEOUT_S = 5.0
 REQUEST_TIMEOUT_S = 15.0
@@ -120,7 +124,7 @@ class Device:
     def __enter__(self) -> Device:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def close(self) -> None:
@@ -152,8 +156,9 @@ class Device:
         except DeviceTimeout:
             raise DeviceTimeout(f"no device answered HELLO on {self.name} within {timeout:g} s "
                                 "(is firmware speaking PROTOCOL.md running? right --baud?)") from None
-        self._adopt(p.DeviceHello.unpack(answer))
-        return self.hello
+        hello = p.DeviceHello.unpack(answer)
+        self._adopt(hello)
+        return hello
 
     def _adopt(self, hello: p.DeviceHello) -> None:
         if hello.protocol_version != PROTOCOL_VERSION:
@@ -272,7 +277,7 @@ class Device:
             raise
         return True
 
-    def flash(self, model, *, progress: ProgressFn | None = None, force: bool = False,
+    def flash(self, model: ModelPayload | Artifact, *, progress: ProgressFn | None = None, force: bool = False,
               attempts: int = 3, confirm: bool = True) -> FlashResult:
         """Send a model to the inactive slot, have the device verify and activate it, then check.
 
@@ -349,7 +354,7 @@ class Device:
 
     # --- inference -----------------------------------------------------------------------------
 
-    def invoke(self, inputs: bytes | Sequence, *, attempts: int = 3) -> InvokeResult:
+    def invoke(self, inputs: bytes | Sequence[Any], *, attempts: int = 3) -> InvokeResult:
         """Run the active model on the concatenated input tensors (bytes, or arrays in input order)."""
         data = inputs if isinstance(inputs, (bytes, bytearray, memoryview)) else \
             b"".join(_tensor_bytes(a) for a in inputs)
@@ -403,7 +408,7 @@ class _FrameTooBig(BridgeError):
     """A request's frame is larger than the noisy line lets through; cut it and ask again."""
 
 
-def _tensor_bytes(array) -> bytes:
+def _tensor_bytes(array: Any) -> bytes:
     import numpy as np
 
     return np.ascontiguousarray(array).tobytes()

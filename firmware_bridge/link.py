@@ -13,9 +13,13 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from firmware_bridge.errors import PortError
 from firmware_bridge.frame import Frame, FrameReader, encode_frame
+
+if TYPE_CHECKING:
+    from serial import SerialBase  # pyserial: untyped
 
 HOST_MAX_PAYLOAD = 16384  # the largest answer the host takes (said in HELLO)
 
@@ -29,7 +33,7 @@ class PortOptions:
     reset: bool = False
 
 
-def open_serial(options: PortOptions):
+def open_serial(options: PortOptions) -> SerialBase:
     """Open the port without a reset (unless ``options.reset``); :class:`PortError` if it cannot be."""
     import serial
 
@@ -53,7 +57,7 @@ def _reason(exc: BaseException) -> str:
     return text.split("] ", 1)[-1] if text.startswith("[Errno") else text
 
 
-def pulse_reset(ser, options: PortOptions) -> None:
+def pulse_reset(ser: SerialBase, options: PortOptions) -> None:
     """Hold the board in reset for 100 ms through RTS (ESP32: EN) with DTR released (ESP32: IO0 high),
     then release; a DTR edge resets the boards wired the Arduino way. Ports without modem lines
     (pseudo-terminals, sockets) ignore it."""
@@ -72,7 +76,7 @@ def pulse_reset(ser, options: PortOptions) -> None:
 class Link:
     """Frames to and from an open port. One thread reads; the caller writes and takes frames."""
 
-    def __init__(self, ser, name: str) -> None:
+    def __init__(self, ser: SerialBase, name: str) -> None:
         self.ser = ser
         self.name = name
         self.reader = FrameReader(HOST_MAX_PAYLOAD)

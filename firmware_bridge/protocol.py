@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 from lepton_edge.errors import LeptonError
 
@@ -63,7 +64,7 @@ class MalformedPayload(LeptonError, ValueError):
     """A serial frame's payload too short or malformed for its message type."""
 
 
-def _take(fmt: struct.Struct, data: bytes, offset: int, what: str) -> tuple:
+def _take(fmt: struct.Struct, data: bytes, offset: int, what: str) -> tuple[Any, ...]:
     if len(data) < offset + fmt.size:
         raise MalformedPayload(f"{what}: {len(data)} bytes, needs at least {offset + fmt.size}")
     return fmt.unpack_from(data, offset)
@@ -94,7 +95,7 @@ def pack_host_hello(max_payload: int) -> bytes:
 
 
 def unpack_host_hello(data: bytes) -> int:
-    return _take(_HOST_HELLO, data, 0, "HELLO")[0]
+    return int(_take(_HOST_HELLO, data, 0, "HELLO")[0])
 
 
 _HELLO = struct.Struct("<BBHII")
@@ -290,7 +291,7 @@ def pack_xfer(xfer: int) -> bytes:
 
 
 def unpack_xfer(data: bytes) -> int:
-    return _take(_XFER, data, 0, "transfer id")[0]
+    return int(_take(_XFER, data, 0, "transfer id")[0])
 
 
 _U32 = struct.Struct("<I")
@@ -302,7 +303,7 @@ def pack_u32(value: int) -> bytes:
 
 
 def unpack_u32(data: bytes) -> int:
-    return _take(_U32, data, 0, "u32")[0]
+    return int(_take(_U32, data, 0, "u32")[0])
 
 
 def pack_u8(value: int) -> bytes:
@@ -310,7 +311,7 @@ def pack_u8(value: int) -> bytes:
 
 
 def unpack_u8(data: bytes) -> int:
-    return _take(_U8, data, 0, "u8")[0]
+    return int(_take(_U8, data, 0, "u8")[0])
 
 
 # --- inference ---------------------------------------------------------------------------------

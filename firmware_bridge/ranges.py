@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+from collections.abc import Iterator
 
 
 class RangeSet:
@@ -14,7 +15,7 @@ class RangeSet:
         for start, end in ranges or ():
             self.add(start, end)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[tuple[int, int]]:
         return iter(zip(self._starts, self._ends, strict=False))
 
     def __bool__(self) -> bool:

@@ -10,11 +10,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from firmware_bridge.device import DeviceCore, DeviceIdentity
 from firmware_bridge.faults import LineFaults, Pacer
 from firmware_bridge.slots import SlotStore
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 FIRMWARE = "lepton-edge-sim"
 
@@ -40,7 +43,7 @@ class DeviceSimOptions:
     max_payload: int = 4096
     window: int = 8
     boot_ms: int = 100  # after a RESET the device hears nothing for this long
-    trusted_keys: tuple = field(default_factory=tuple)
+    trusted_keys: tuple[Ed25519PublicKey, ...] = field(default_factory=tuple)
 
 
 def default_state_dir(profile_name: str) -> Path:

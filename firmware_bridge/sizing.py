@@ -55,7 +55,7 @@ class FrameSizer:
             return 0.0
         loss_ratio = min(self._lost / self._frames, 0.95)
         mean_bytes = self._bytes / self._frames
-        return 1.0 - (1.0 - loss_ratio) ** (1.0 / mean_bytes)
+        return float(1.0 - (1.0 - loss_ratio) ** (1.0 / mean_bytes))
 
     @property
     def size(self) -> int:

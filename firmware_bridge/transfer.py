@@ -12,12 +12,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from firmware_bridge import protocol as p
 from firmware_bridge.errors import BridgeError, DeviceRebooted, DeviceRefused, DeviceTimeout
 from firmware_bridge.frame import wire_size
+from firmware_bridge.link import Link
 from firmware_bridge.protocol import Msg, Nak
 from firmware_bridge.ranges import RangeSet
+from firmware_bridge.sizing import FrameSizer, LineTimer
 
 ProgressFn = Callable[[int, int], None]
 NO_PROGRESS_TIMEOUT_S = 10.0
@@ -44,13 +47,27 @@ class UploadStats:
     bytes_sent: int = 0  # payload bytes sent, repeats included
 
 
-def upload(device, kind: int, xfer: int, data: bytes, *, start: int = 0, progress: ProgressFn | None = None,
-           no_progress_timeout: float = NO_PROGRESS_TIMEOUT_S) -> UploadStats:
+class UploadDevice(Protocol):
+    """What :func:`upload` uses of a :class:`firmware_bridge.host.Device`."""
+
+    link: Link
+    sizer: FrameSizer
+    timer: LineTimer
+    hello: p.DeviceHello | None
+
+    def next_seq(self) -> int: ...
+
+    def note_announce(self, payload: bytes) -> None: ...
+
+
+def upload(device: UploadDevice, kind: int, xfer: int, data: bytes, *, start: int = 0,
+           progress: ProgressFn | None = None, no_progress_timeout: float = NO_PROGRESS_TIMEOUT_S) -> UploadStats:
     """Send ``data[start:]`` as ``kind`` frames (MODEL_DATA or INPUT_DATA) until the device holds all of it.
 
     ``device`` is a :class:`firmware_bridge.host.Device` (its link, sizer, timer, sequence numbers).
     """
-    link, sizer, timer = device.link, device.sizer, device.timer
+    link, sizer, timer, hello = device.link, device.sizer, device.timer, device.hello
+    assert hello is not None, "upload before HELLO"
     total = len(data)
     pending = RangeSet([(start, total)])
     held = RangeSet([(0, start)])
@@ -58,7 +75,7 @@ def upload(device, kind: int, xfer: int, data: bytes, *, start: int = 0, progres
     stats = UploadStats()
     order = 0
     last_answer = time.monotonic()
-    window = max(1, device.hello.window)
+    window = max(1, hello.window)
     header = p.DATA_HEADER.size
     answer_wire = wire_size(p.DataAck.SIZE)
 
@@ -70,7 +87,9 @@ def upload(device, kind: int, xfer: int, data: bytes, *, start: int = 0, progres
     while pending or flights:
         # Fill the window.
         while pending and len(flights) < window:
-            s, e = pending.first()
+            first = pending.first()
+            assert first is not None  # pending is not empty
+            s, e = first
             n = max(1, min(e - s, sizer.size - header))
             pending.remove(s, s + n)
             seq = device.next_seq()
@@ -140,7 +159,7 @@ def upload(device, kind: int, xfer: int, data: bytes, *, start: int = 0, progres
                 raise TransferLost(nak.message)
             # TOO_LARGE for a frame within the device's limit: its delimiter was lost on the line and
             # it reached the device merged with the next frame. That is a loss like any other.
-            merged = nak.code == Nak.TOO_LARGE and header + flight.length <= device.hello.max_payload
+            merged = nak.code == Nak.TOO_LARGE and header + flight.length <= hello.max_payload
             if nak.code in (Nak.CRC, Nak.BUSY, Nak.SEQUENCE) or merged:
                 last_answer = now
                 give_back(flight)
