@@ -10,6 +10,7 @@ import base64
 import datetime as _dt
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,7 @@ from lepton_edge.profiles import Profile
 if TYPE_CHECKING:
     from lepton_edge.convert.options import ConvertOptions
     from lepton_edge.convert.result import Attempt
+    from lepton_edge.runtime.base import Runner
 
 
 def self_test(attempt: Attempt, data: Dataset, profile: Profile) -> dict:
@@ -39,7 +41,7 @@ def self_test(attempt: Attempt, data: Dataset, profile: Profile) -> dict:
     specs, _ = io_specs(parse_model(model_bytes))
     inputs = [quantize(x, spec) for x, spec in zip(data.sample(0), specs, strict=False)]
     digests = {}
-    runners = []
+    runners: list[tuple[str, Callable[[], Runner]]] = []
     plan = attempt.fit.plan
     if attempt.fit.tflm_runs and plan is not None and attempt.settings.quantize not in LITERT_ONLY_MODES:
         # The host's own interpreter: sized from the host measurement, never the target's (smaller) figure.
