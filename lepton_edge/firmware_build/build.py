@@ -41,6 +41,7 @@ from pathlib import Path
 
 from lepton_edge.errors import LeptonError
 from lepton_edge.firmware_build.boards import Board, get_board
+from lepton_edge.runtime.op_support import firmware_ops
 
 REPO = Path(__file__).resolve().parents[2]
 BRIDGE_DIR = REPO / "firmware_bridge"
@@ -309,12 +310,6 @@ def build_keys(board: str, tree: Path, bridge_dir: Path = BRIDGE_DIR) -> Keys:
 
 # ---------------------------------------------------------------- ops, sizes
 
-def firmware_ops(firmware_dir: Path = FIRMWARE_DIR) -> tuple[str, ...]:
-    """The builtin operators of ``core/ops.h`` (the X-macro list), in its order."""
-    text = (Path(firmware_dir) / "core" / "ops.h").read_text()
-    return tuple(re.findall(r"^\s*X\(\s*([A-Z0-9_]+)\s*,", text, re.M))
-
-
 def _sizes(size_tool: str, exe: Path) -> tuple[int, int, int]:
     run = subprocess.run([*(size_tool or "size").split(), "-B", str(exe)], capture_output=True, text=True)
     lines = run.stdout.strip().splitlines()
@@ -533,7 +528,7 @@ def _make(spec: Board, tree: Path, keys: Keys, final: Path, progress: BuildProgr
     fw = FirmwareBuild(board=spec.name, profile=variables.get("PROFILE") or spec.profile, directory=final,
                        executable=final / exe.name, map_file=final / "firmware.map", text_bytes=text_b,
                        data_bytes=data_b,
-                       bss_bytes=bss_b, arena_capacity_bytes=arena, slot_bytes=slot, ops=firmware_ops(),
+                       bss_bytes=bss_b, arena_capacity_bytes=arena, slot_bytes=slot, ops=tuple(firmware_ops()),
                        key=keys.build, build_seconds=seconds, compiler=keys.compiler, cached=False)
     _save(fw, work)
     shutil.rmtree(final, ignore_errors=True)
