@@ -71,9 +71,9 @@ def check_options(opts: ConvertOptions) -> tuple[Profile, str]:
     if opts.quantize == "int8" and not opts.calibration:
         raise BadInput("--quantize int8 needs --calibration data (X.npy, X.npz or a directory) to set the int8 "
                        "ranges; --calibration synthetic uses random values instead (poor accuracy)")
-    for flag, value in (("--calibration", opts.calibration), ("--eval", opts.eval), ("--train", opts.train)):
-        if value and value != SYNTHETIC and not Path(value).exists():
-            raise BadInput(f"{flag} {value}: no such file or directory")
+    for flag, data in (("--calibration", opts.calibration), ("--eval", opts.eval), ("--train", opts.train)):
+        if data and data != SYNTHETIC and not Path(data).exists():
+            raise BadInput(f"{flag} {data}: no such file or directory")
     if opts.sign_key:
         from lepton_edge.artifact import load_private_key
 
@@ -151,20 +151,23 @@ def _convert_loaded(opts: ConvertOptions, profile: Profile, source: SourceModel,
 
 def _load_data(opts: ConvertOptions, source: SourceModel, result: ConversionResult
                ) -> tuple[Dataset | None, Dataset | None, Dataset | None]:
-    kwargs = {"source_layout": source.source_layout, "layout": source.layout}
+    def load(spec: str, what: str, need_labels: bool = False) -> Dataset:
+        return load_dataset(spec, source.inputs, what=what, source_layout=source.source_layout, layout=source.layout,
+                            need_labels=need_labels)
+
     calibration = None
     if opts.calibration == SYNTHETIC:
         calibration = synthetic_dataset(source.inputs)
         result.warnings.append("WARNING: int8 ranges come from SYNTHETIC random data (--calibration synthetic), "
                                "not from real inputs: expect poor accuracy; the manifest records it")
     elif opts.calibration:
-        calibration = load_dataset(opts.calibration, source.inputs, what="calibration", **kwargs)
+        calibration = load(opts.calibration, "calibration")
         if len(calibration) > MAX_CALIBRATION_SAMPLES:
             calibration = calibration.head(MAX_CALIBRATION_SAMPLES)
             result.notes.append(f"calibration: the first {MAX_CALIBRATION_SAMPLES} samples are used")
         result.notes += calibration.notes
-    evaluation = load_dataset(opts.eval, source.inputs, what="eval", **kwargs) if opts.eval else None
-    train = load_dataset(opts.train, source.inputs, what="train", need_labels=True, **kwargs) if opts.train else None
+    evaluation = load(opts.eval, "eval") if opts.eval else None
+    train = load(opts.train, "train", need_labels=True) if opts.train else None
     return calibration, evaluation, train
 
 
