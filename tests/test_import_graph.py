@@ -1,6 +1,7 @@
 """The import graph of lepton_edge and firmware_bridge has no cycle (docs/DESIGN.md, "Layers").
 
-Every import counts: at module level, inside functions (lazy imports) and under ``if TYPE_CHECKING:``.
+Every import counts: at module level, inside functions (lazy imports), under ``if TYPE_CHECKING:``, and
+``importlib.import_module`` of a constant name (or of an f-string: every module its constant prefix names).
 Relative imports are resolved; ``from pkg import name`` is an edge to ``pkg.name`` when that is a module,
 else to ``pkg`` (a name its ``__init__`` defines). The packages a dotted import passes through are not
 edges: Python runs their ``__init__`` first, and a package's ``__init__`` that re-exports its modules is
@@ -46,7 +47,24 @@ def imports_of(name: str, path: Path, known: dict[str, Path]) -> set[str]:
             for alias in node.names:
                 sub = f"{module}.{alias.name}"
                 targets.add(sub if sub in known else module)
+        elif isinstance(node, ast.Call) and _is_import_module(node.func) and node.args:
+            targets.update(_dynamic_targets(node.args[0], known))
     return {t for t in targets if t in known and t != name}
+
+
+def _is_import_module(func: ast.expr) -> bool:
+    return (isinstance(func, ast.Attribute) and func.attr == "import_module") or \
+        (isinstance(func, ast.Name) and func.id == "import_module")
+
+
+def _dynamic_targets(arg: ast.expr, known: dict[str, Path]) -> set[str]:
+    """``import_module("a.b")`` is ``a.b``; ``import_module(f"a.b.{name}")`` may be any module of ``a.b``."""
+    if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+        return {arg.value}
+    if isinstance(arg, ast.JoinedStr) and arg.values and isinstance(arg.values[0], ast.Constant):
+        prefix = str(arg.values[0].value)
+        return {m for m in known if m.startswith(prefix) and "." not in m[len(prefix):]}
+    return set()
 
 
 def graph() -> dict[str, set[str]]:
@@ -96,6 +114,8 @@ def test_the_graph_sees_lazy_relative_and_type_checking_imports(tmp_path):
     known["p.a"].write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from p.b import X\n"
                             "def f():\n    from . import c\n    import p\n")
     assert imports_of("p.a", known["p.a"], known) == {"p.b", "p.c", "p"}
+    known["p.b"].write_text("import importlib\nfor n in ('a', 'c'):\n    importlib.import_module(f'p.{n}')\n")
+    assert imports_of("p.b", known["p.b"], known) == {"p.a", "p.c"}
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 

@@ -63,10 +63,10 @@ _LEFT_OUT = {
 
 
 def _ops_header() -> Path:
-    """ops.h beside the firmware_bridge package (installed as its package data)."""
-    import firmware_bridge
-
-    return Path(firmware_bridge.__file__).resolve().parent / "firmware" / "core" / "ops.h"
+    """ops.h in the firmware_bridge package's data. firmware_bridge is installed beside lepton_edge (the
+    same wheel, or the repository), so this is a path, not an import: the runtime does not depend on the
+    bridge's code (firmware_bridge.engine depends on the runtime)."""
+    return Path(__file__).resolve().parents[2] / "firmware_bridge" / "firmware" / "core" / "ops.h"
 
 
 def parse_ops_header(text: str) -> dict[str, str]:
