@@ -166,7 +166,7 @@ def _io_block(kind: str, index: int, t: IoTensor, *, alias: bool) -> str:
         if quantized:
             lo, hi = _INT_RANGES[t.dtype]
             out += [
-                f"constexpr float k{p}Scale = {_float(t.scale)};",
+                f"constexpr float k{p}Scale = {_float(t.scale or 0.0)};",  # quantized: scale is set
                 f"constexpr int k{p}ZeroPoint = {t.zero_point or 0};",
                 f"inline {ctype} Quantize{p}(float value) {{",
                 f"  long q = lroundf(value / k{p}Scale) + k{p}ZeroPoint;",

@@ -19,14 +19,20 @@ LATENCY_BASIS = ("total MACs / (clock_mhz x 1e6 x macs_per_cycle): an estimate t
 
 
 class ProfileLike(Protocol):
-    """The fields of :class:`lepton_edge.profiles.Profile` the inspector reads."""
+    """The fields of :class:`lepton_edge.profiles.Profile` the inspector reads (read-only: it is frozen)."""
 
-    name: str
-    runtime: str
-    kernel_library: str
-    tensor_types: Sequence[str]
-    clock_mhz: float
-    macs_per_cycle: float
+    @property
+    def name(self) -> str: ...
+    @property
+    def runtime(self) -> str: ...
+    @property
+    def kernel_library(self) -> str: ...
+    @property
+    def tensor_types(self) -> Sequence[str]: ...
+    @property
+    def clock_mhz(self) -> float: ...
+    @property
+    def macs_per_cycle(self) -> float: ...
 
 
 @dataclass(frozen=True)

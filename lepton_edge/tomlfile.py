@@ -5,15 +5,16 @@ Device-side: ``tomllib`` on Python 3.11+, the ``tomli`` backport on 3.10.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
 from lepton_edge.errors import BadInput
 
-try:
+if sys.version_info >= (3, 11):
     import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
+else:  # Python 3.10
+    import tomli as tomllib
 
 
 def read_toml(path: Path, what: str) -> dict[str, Any]:

@@ -27,7 +27,7 @@ import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -36,6 +36,9 @@ from lepton_edge.agent.codec import decode_binary, decode_json, encode_binary, e
 from lepton_edge.agent.config import Listen
 from lepton_edge.agent.metrics import CONTENT_TYPE
 from lepton_edge.errors import ApiError, BadInput, LeptonError, Unavailable
+
+if TYPE_CHECKING:
+    from lepton_edge.runtime.base import Runner
 
 log = logging.getLogger("lepton_edge.agent")
 
@@ -49,10 +52,14 @@ _BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\
 class ServedModelView(Protocol):
     """What the API needs from the model being served (see :class:`lepton_edge.agent.served.ServedModel`)."""
 
-    runner: Any
-    name: str
-    version: int
-    binary_headers: bytes
+    @property
+    def runner(self) -> Runner: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def version(self) -> int: ...
+    @property
+    def binary_headers(self) -> bytes: ...
 
 
 class ApiApp(Protocol):
@@ -62,7 +69,8 @@ class ApiApp(Protocol):
 
     def current(self) -> ServedModelView | None: ...
 
-    def infer(self, served: ServedModelView, arrays: list[np.ndarray]) -> tuple[list[np.ndarray], float]: ...
+    def infer(self, served: ServedModelView,
+              arrays: list[np.ndarray[Any, Any]]) -> tuple[list[np.ndarray[Any, Any]], float]: ...
 
     def status(self) -> dict[str, Any]: ...
 
@@ -91,8 +99,8 @@ class ApiHandler(BaseHTTPRequestHandler):
     server: _ServerMixin
 
     def setup(self) -> None:
-        self.timeout = self.server.idle_timeout_s
-        self.disable_nagle_algorithm = self.server.is_tcp
+        self.timeout = self.server.idle_timeout_s  # type: ignore[misc]  # per connection, not per class
+        self.disable_nagle_algorithm = self.server.is_tcp  # type: ignore[misc]
         super().setup()
 
     def log_message(self, format: str, *args: Any) -> None:  # the base class's name
@@ -218,7 +226,14 @@ class ApiHandler(BaseHTTPRequestHandler):
             raise ApiError(415, f"Content-Type {content_type!r}: use application/json or application/octet-stream")
 
 
-class _ServerMixin:
+# The mixin goes in front of a socketserver server: type-check it as one.
+if TYPE_CHECKING:
+    _ServerBase = socketserver.BaseServer
+else:
+    _ServerBase = object
+
+
+class _ServerMixin(_ServerBase):
     """Connection limit, in-flight tracking for a graceful stop, and the app the handlers call."""
 
     daemon_threads = True
@@ -236,7 +251,7 @@ class _ServerMixin:
         self._connections: set[socket.socket] = set()
         self.draining = False
 
-    def process_request(self, request, client_address) -> None:  # socketserver's signature
+    def process_request(self, request: Any, client_address: Any) -> None:
         if self.draining or not self._slots.acquire(blocking=False):
             try:
                 request.sendall(_BUSY)
@@ -246,17 +261,17 @@ class _ServerMixin:
             return
         with self._cond:
             self._connections.add(request)
-        super().process_request(request, client_address)  # type: ignore[misc]
+        super().process_request(request, client_address)
 
-    def process_request_thread(self, request, client_address) -> None:
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
-            super().process_request_thread(request, client_address)  # type: ignore[misc]
+            super().process_request_thread(request, client_address)  # type: ignore[misc]  # ThreadingMixIn's
         finally:
             with self._cond:
                 self._connections.discard(request)
             self._slots.release()
 
-    def handle_error(self, request, client_address) -> None:
+    def handle_error(self, request: Any, client_address: Any) -> None:
         log.debug("api: connection error", exc_info=True)
 
     def in_flight(self) -> _InFlight:

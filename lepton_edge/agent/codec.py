@@ -52,7 +52,7 @@ def _entries(inputs: Any, specs: Sequence[TensorSpec]) -> list[Any]:
     return inputs
 
 
-def _to_tensor(values: Any, spec: TensorSpec, quantized: bool) -> np.ndarray:
+def _to_tensor(values: Any, spec: TensorSpec, quantized: bool) -> np.ndarray[Any, Any]:
     where = f"input '{spec.name}' ({_describe(spec)})"
     try:
         arr = np.asarray(values)
@@ -77,7 +77,7 @@ def _to_tensor(values: Any, spec: TensorSpec, quantized: bool) -> np.ndarray:
     return arr.astype(dtype).reshape(spec.shape)
 
 
-def decode_json(body: bytes, specs: Sequence[TensorSpec]) -> tuple[list[np.ndarray], bool]:
+def decode_json(body: bytes, specs: Sequence[TensorSpec]) -> tuple[list[np.ndarray[Any, Any]], bool]:
     """The input tensors of a JSON request, and whether the caller speaks the model's integers."""
     try:
         request = json.loads(body)
@@ -92,14 +92,15 @@ def decode_json(body: bytes, specs: Sequence[TensorSpec]) -> tuple[list[np.ndarr
     return [_to_tensor(v, s, quantized) for v, s in zip(entries, specs, strict=False)], quantized
 
 
-def encode_json(outputs: Sequence[np.ndarray], specs: Sequence[TensorSpec], *, quantized: bool, latency_ms: float,
-                name: str, version: int) -> bytes:
+def encode_json(outputs: Sequence[np.ndarray[Any, Any]], specs: Sequence[TensorSpec], *, quantized: bool,
+                latency_ms: float, name: str, version: int) -> bytes:
     values = [(o if quantized else dequantize(o, s)).ravel().tolist() for o, s in zip(outputs, specs, strict=False)]
     return json.dumps({"outputs": values, "latency_ms": round(latency_ms, 4), "model": name,
                        "version": version}).encode()
 
 
-def decode_binary(body: bytes, specs: Sequence[TensorSpec], dtype_header: str | None = None) -> list[np.ndarray]:
+def decode_binary(body: bytes, specs: Sequence[TensorSpec],
+                  dtype_header: str | None = None) -> list[np.ndarray[Any, Any]]:
     """Split raw bytes (every input in order, model dtypes) into tensors."""
     if dtype_header is not None:
         claimed = [d.strip().lower() for d in dtype_header.split(",")]
@@ -114,7 +115,7 @@ def decode_binary(body: bytes, specs: Sequence[TensorSpec], dtype_header: str | 
                             f"{', '.join(_describe(s) for s in specs)} take {sum(s.nbytes for s in specs)}") from None
 
 
-def split_tensor_bytes(raw: bytes, specs: Sequence[TensorSpec]) -> list[np.ndarray]:
+def split_tensor_bytes(raw: bytes, specs: Sequence[TensorSpec]) -> list[np.ndarray[Any, Any]]:
     """Raw bytes of several tensors, concatenated in order -> one (read-only) array each; ValueError on a
     size mismatch."""
     expected = sum(s.nbytes for s in specs)
@@ -127,7 +128,7 @@ def split_tensor_bytes(raw: bytes, specs: Sequence[TensorSpec]) -> list[np.ndarr
     return arrays
 
 
-def encode_binary(outputs: Sequence[np.ndarray]) -> bytes:
+def encode_binary(outputs: Sequence[np.ndarray[Any, Any]]) -> bytes:
     if len(outputs) == 1:
         return outputs[0].tobytes()
     return b"".join(o.tobytes() for o in outputs)

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from lepton_edge import __version__
-from lepton_edge.agent.api import bound_url, make_server
+from lepton_edge.agent.api import ServedModelView, bound_url, make_server
 from lepton_edge.agent.bare import bare_model_artifact
 from lepton_edge.agent.config import AgentConfig, load_config
 from lepton_edge.agent.health import HealthReport, check_health
@@ -296,7 +296,7 @@ class Agent:
     def current(self) -> ServedModel | None:
         return self._served
 
-    def infer(self, served: ServedModel,
+    def infer(self, served: ServedModelView,
               arrays: list[np.ndarray[Any, Any]]) -> tuple[list[np.ndarray[Any, Any]], float]:
         outputs, latency_ms = served.runner.run_timed(arrays)
         self.metrics.observe_inference(latency_ms)

@@ -147,7 +147,8 @@ def _read_image(path: Path, sample_shape: Sequence[int], what: str) -> np.ndarra
     from PIL import Image, UnidentifiedImageError
 
     channels = sample_shape[-1] if len(sample_shape) == 3 else None
-    mode = {1: "L", 3: "RGB", 4: "RGBA"}.get(channels)
+    modes: dict[int | None, str] = {1: "L", 3: "RGB", 4: "RGBA"}
+    mode = modes.get(channels)
     if mode is None:
         raise BadInput(f"{what} data {path}: images feed inputs of shape (N, H, W, 1|3|4), "
                        f"not {['N', *sample_shape]}")

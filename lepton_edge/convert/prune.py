@@ -124,7 +124,7 @@ def prune_channels(model: Any, flavor: str, fraction: float) -> tuple[Any, Prune
         layer = model.get_layer(name)
         why = _producer_blocker(layer, name, graph)
         path = None if why else _walk(model, graph, name)
-        if why or isinstance(path, str):
+        if why or path is None or isinstance(path, str):
             report.skipped.append({"layer": name, "reason": why or path})
             continue
         kernel = layer.get_weights()[0]
@@ -198,7 +198,7 @@ def _history_names(obj: Any) -> list[str]:
     return found
 
 
-def _as_list_of_histories(obj: Any) -> list[list]:
+def _as_list_of_histories(obj: Any) -> list[list[Any] | tuple[Any, ...]]:
     if not obj:
         return []
     if isinstance(obj[0], str):
@@ -349,21 +349,21 @@ def fine_tune(model: Any, flavor: str, train: Dataset, *, epochs: int, learning_
         probe = model(train.sample(0) if len(train.xs) > 1 else train.xs[0][:8], training=False)
     out = np.asarray(probe[0] if isinstance(probe, (list, tuple)) else probe)
     loss, y = _loss_for(k, train.y, out)
-    masks = masks or {}
+    kept = masks or {}
 
-    class KeepMasks(k.callbacks.Callback):
+    class KeepMasks(k.callbacks.Callback):  # type: ignore[name-defined]  # Keras's, picked at run time
         def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
-            apply_masks(self.model, masks)
+            apply_masks(self.model, kept)
 
     x = train.xs if len(train.xs) > 1 else train.xs[0]
     try:
         with quiet():
             model.compile(optimizer=k.optimizers.Adam(learning_rate=learning_rate), loss=loss)
             history = model.fit(x, y, epochs=epochs, batch_size=32, shuffle=True, verbose=0,
-                                callbacks=[KeepMasks()] if masks else [])
+                                callbacks=[KeepMasks()] if kept else [])
     except Exception as exc:
         raise BadInput(f"--train: fine-tuning failed ({short_error(exc)})") from None
-    apply_masks(model, masks)
+    apply_masks(model, kept)
     losses = history.history.get("loss", [])
     return {"epochs": epochs, "learning_rate": learning_rate, "final_loss": float(losses[-1]) if losses else None}
 
@@ -397,6 +397,7 @@ def kernel_sparsity(model_bytes: bytes, min_elements: int = 1024) -> float | Non
         t = sg.tensors[op.inputs[1]]
         if not t.has_data or t.num_elements < min_elements:
             continue
+        assert obj.buffers is not None  # parse_model checked the buffers
         data = obj.buffers[t.buffer].data
         view = np.dtype(t.dtype) if t.dtype in ("int8", "float32") else np.uint8
         values = np.asarray(data, dtype=np.uint8).view(view)

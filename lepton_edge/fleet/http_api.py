@@ -38,7 +38,7 @@ import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from lepton_edge.errors import ApiError, BadInput
 from lepton_edge.fleet.controller import Controller, NotFound
@@ -233,6 +233,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(body)
+
+
+@overload
+def _b64(body: dict[str, Any], key: str) -> bytes: ...
+@overload
+def _b64(body: dict[str, Any], key: str, *, optional: bool) -> bytes | None: ...
 
 
 def _b64(body: dict[str, Any], key: str, *, optional: bool = False) -> bytes | None:

@@ -101,7 +101,7 @@ def assign_offsets(lifetimes: Sequence[Lifetime], n_ops: int, *, search_seconds:
             if best is None or head < best.head_bytes:
                 best = Assignment(offsets, head, f"{name}/{'best' if best_fit else 'first'}-fit")
                 best_order = order
-        if best.head_bytes == target:
+        if best is not None and best.head_bytes == target:
             return best
     assert best is not None
     if len(lifetimes) < 2 or search_seconds <= 0:

@@ -46,7 +46,8 @@ class TargetMeasurer:
     @property
     def label(self) -> str:
         """``cortex-m4 (qemu mps2-an386), cmsis-nn``."""
-        return self.board.measured_on()
+        label: str = self.board.measured_on()
+        return label
 
     def measure(self, model_bytes: bytes) -> TargetFigures:
         """Run the firmware's arena probe on ``model_bytes``; :class:`CheckFailed` when it cannot run it."""

@@ -94,7 +94,7 @@ def firmware_ops() -> dict[str, str]:
         raise RuntimeError(f"the firmware's operator list {path} is missing ({exc.strerror or exc})") from None
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> frozenset[str]:
     if name == "FIRMWARE_OPS":
         return frozenset(firmware_ops())
     raise AttributeError(name)

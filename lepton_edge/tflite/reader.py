@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import struct
 from pathlib import Path
+from typing import Any
 
 from lepton_edge.errors import BadInput
 from lepton_edge.tflite.model import TENSOR_TYPES, Operator, Quantization, Subgraph, Tensor, TFLiteModel
@@ -157,14 +158,14 @@ def _text(raw: bytes | None, reads: _ReadBudget, what: str) -> str:
     return raw.decode("utf-8", "replace")
 
 
-def _int_vector(arr, reads: _ReadBudget, what: str) -> tuple[int, ...]:
+def _int_vector(arr: Any, reads: _ReadBudget, what: str) -> tuple[int, ...]:
     if isinstance(arr, int):  # flatbuffers returns 0 for an absent vector
         return ()
     reads.take(len(arr), what)
     return tuple(int(v) for v in arr)
 
 
-def _index_vector(arr, n_tensors: int, what: str, reads: _ReadBudget, *, allow_optional: bool) -> tuple[int, ...]:
+def _index_vector(arr: Any, n_tensors: int, what: str, reads: _ReadBudget, *, allow_optional: bool) -> tuple[int, ...]:
     values = _int_vector(arr, reads, what)
     low = -1 if allow_optional else 0
     for v in values:
@@ -173,7 +174,7 @@ def _index_vector(arr, n_tensors: int, what: str, reads: _ReadBudget, *, allow_o
     return values
 
 
-def _read_tensor(t, index: int, n_buffers: int, buffer_sizes: list[int], reads: _ReadBudget) -> Tensor:
+def _read_tensor(t: fb.Tensor, index: int, n_buffers: int, buffer_sizes: list[int], reads: _ReadBudget) -> Tensor:
     shape = _int_vector(t.ShapeAsNumpy(), reads, f"tensor {index} shape")
     elements = 1
     for d in shape:
@@ -216,7 +217,7 @@ def _read_tensor(t, index: int, n_buffers: int, buffer_sizes: list[int], reads: 
     )
 
 
-def _read_operator(op, index: int, opcodes: list[str], n_tensors: int, reads: _ReadBudget) -> Operator:
+def _read_operator(op: fb.Operator, index: int, opcodes: list[str], n_tensors: int, reads: _ReadBudget) -> Operator:
     idx = op.OpcodeIndex()
     if idx >= len(opcodes):
         raise _Corrupt(f"operator {index} uses opcode {idx} of {len(opcodes)}")

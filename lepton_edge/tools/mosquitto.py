@@ -100,6 +100,7 @@ def _issue(directory: Path, cn: str, ca_cert_path: Path, ca_key_path: Path, *, s
 
     ca_cert = x509.load_pem_x509_certificate(ca_cert_path.read_bytes())
     ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey), "make_ca writes an EC key"
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.timezone.utc)
     builder = (x509.CertificateBuilder()

@@ -35,7 +35,7 @@ def _input(tf, shape: tuple, batch_size: int | None = 1):
     return tf.keras.Input(shape, batch_size=batch_size)
 
 
-def _conv(tf, x, filters: int, k: int = 3, stride: int = 1):
+def _conv(tf, x, filters: int, k: int | tuple[int, int] = 3, stride: int = 1):
     x = tf.keras.layers.Conv2D(filters, k, strides=stride, padding="same", use_bias=True)(x)
     return tf.keras.layers.ReLU()(x)
 
