@@ -69,13 +69,13 @@ def main() -> int:
     from lepton_edge.firmware_build.boards import BOARDS as SPECS
     from lepton_edge.firmware_build.launch import run_probe, start_board
     from lepton_edge.plan.planner import plan_model
-    from lepton_edge.plan.target import TargetMeasurer
+    from lepton_edge.firmware_build.target import FirmwareTarget
     from lepton_edge.profiles import load_profile
     from lepton_edge.runtime.base import io_specs
     from lepton_edge.tflite.reader import parse_model
 
     profile = load_profile(PROFILE)
-    m4 = TargetMeasurer(SPECS["qemu-m4"], builds["qemu-m4"])
+    m4 = FirmwareTarget(SPECS["qemu-m4"], builds["qemu-m4"])
     records: dict[str, dict] = {}
     for name in present:
         # Planned as flash plans a bare .tflite (deterministic), measured on the host and on qemu-m4.

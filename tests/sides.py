@@ -21,9 +21,6 @@ PACKAGE = REPO / "lepton_edge"
 DEVICE_DIRS = ("tflite", "plan", "runtime", "agent", "gateway", "mqtt")
 HOST_DIRS = ("convert", "fleet", "commands", "firmware_build")
 TOOLS_DIRS = ("tools",)
-# One deliberate crossing: `plan --measure target` / `convert --measure target` build and run the
-# board's firmware under QEMU (lepton_edge.firmware_build), imported inside the functions that do it.
-DEVICE_REACHES_HOST = {("lepton_edge/plan/target.py", "lepton_edge.firmware_build")}
 
 # What device-side code may import (top-level package names), besides the standard library.
 ALLOWED = {"numpy", "flatbuffers", "ai_edge_litert", "tflite_runtime", "tflite_micro", "paho", "serial",

@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from lepton_edge.profiles import load_optional_profile
     from lepton_edge.plan.planner import plan_model
-    from lepton_edge.plan.target import resolve_measure
+    from lepton_edge.firmware_build.target import resolve_measure
     from lepton_edge.tflite.reader import read_model_file
 
     profile = load_optional_profile(args.profile)

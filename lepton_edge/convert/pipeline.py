@@ -88,7 +88,7 @@ def convert(opts: ConvertOptions, announce: Announce = lambda _m: None) -> Conve
     started = time.perf_counter()
     profile, fmt = check_options(opts)
     from lepton_edge.convert.load import load_source
-    from lepton_edge.plan.target import resolve_measure
+    from lepton_edge.firmware_build.target import resolve_measure
 
     target = resolve_measure(opts.measure, profile)  # before TensorFlow: --measure target fails fast
     if target is not None:

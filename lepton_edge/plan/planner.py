@@ -100,7 +100,7 @@ def plan_model(model_bytes: bytes, source: str = "model", *, profile: Profile | 
                target: TargetMeasurer | None = None) -> ArenaPlan:
     """Plan ``model_bytes``. Raises :class:`BadInput` for models that cannot be planned statically.
 
-    With ``target`` (:func:`lepton_edge.plan.target.resolve_measure`) the tail and the recommended
+    With ``target`` (:func:`lepton_edge.firmware_build.target.resolve_measure`) the tail and the recommended
     arena are measured on the emulated core with the profile's kernels; the host's stay alongside."""
     model = parse_model(model_bytes, source)
     subgraph = check_plannable(model, source)
