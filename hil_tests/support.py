@@ -118,13 +118,17 @@ class Target:
 
 
 def reference_outputs(payload, inputs: bytes) -> bytes:
-    """TFLite Micro on the host, same bytes, same arena: what the device must answer."""
+    """TFLite Micro on the host, same bytes, the device's arena or the manifest's host figure when that is
+    larger (a recommendation measured on a 32-bit target can be too small for x86-64): what the device
+    must answer."""
     import numpy as np
 
+    from firmware_bridge.payload import host_arena_bytes
     from firmware_bridge.validation import split_outputs
     from lepton_edge.runtime.tflm import load_tflm
 
-    runner = load_tflm(payload.model, payload.arena_bytes)
+    arena = host_arena_bytes(payload.manifest, payload.arena_bytes) or payload.arena_bytes
+    runner = load_tflm(payload.model, arena)
     try:
         arrays = split_outputs(inputs, runner.inputs)
         return b"".join(np.ascontiguousarray(o).tobytes() for o in runner.run(arrays))

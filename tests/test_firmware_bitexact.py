@@ -71,9 +71,14 @@ def wheel_outputs(payload, inputs: list[bytes]) -> list[bytes]:
 
 
 def check_bit_exact(board: FirmwareBoard, host: FirmwareBoard, name: str) -> None:
+    check_artifact_bit_exact(board, host, require_shared(MLPERF_INT8[name]), name)
+
+
+def check_artifact_bit_exact(board: FirmwareBoard, host: FirmwareBoard, path, name: str) -> None:
+    """``path`` (an artifact or .tflite) flashed by the CLI to ``board``: ``validate --json`` reports 20
+    bit-exact outputs, and the same 20 inputs give the same bytes as on ``host`` and the wheel."""
     from firmware_bridge.payload import load_payload
 
-    path = require_shared(MLPERF_INT8[name])
     flashed = run_cli("flash", path, "--port", board.port, "--json")
     assert flashed.returncode == 0, flashed.stderr
     report = json.loads(run_cli("validate", path, "--port", board.port, "--samples", SAMPLES, "--seed", SEED,
