@@ -114,7 +114,7 @@ class Device:
     def __init__(self, link: Link, options: PortOptions) -> None:
         self.link = link
         self.options = options
-        self.hello: p.DeviceHello | None = None
+        self._hello: p.DeviceHello | None = None
         self.sizer = FrameSizer(256)
         self.timer = LineTimer(options.baud)
         self._seq = random.randrange(1, 0x10000)
@@ -164,7 +164,7 @@ class Device:
         if hello.protocol_version != PROTOCOL_VERSION:
             raise BridgeError(f"the device on {self.name} speaks protocol {hello.protocol_version}, "
                               f"this host {PROTOCOL_VERSION}")
-        self.hello = hello
+        self._hello = hello
         self.sizer = FrameSizer(max(32, min(hello.max_payload, HOST_MAX_PAYLOAD)))
 
     def note_announce(self, payload: bytes) -> None:
@@ -226,8 +226,8 @@ class Device:
                     nak = p.NakInfo.unpack(frame.payload)
                 except p.MalformedPayload:
                     continue
-                merged = nak.code == Nak.TOO_LARGE and self.hello is not None and \
-                    len(payload) <= self.hello.max_payload  # two frames run together on the line
+                merged = nak.code == Nak.TOO_LARGE and self._hello is not None and \
+                    len(payload) <= self._hello.max_payload  # two frames run together on the line
                 if nak.code in (Nak.CRC, Nak.BUSY) or merged:
                     time.sleep(0.05 if nak.code == Nak.BUSY else 0)
                     self.link.send(type_, seq, payload)
@@ -398,10 +398,15 @@ class Device:
             raise BridgeError("the outputs read back do not match the CRC the device announced")
         return InvokeResult(bytes(out), answer.device_us)
 
+    @property
+    def hello(self) -> p.DeviceHello:
+        """What the device said in its HELLO (:func:`connect` has it before it returns the device)."""
+        return self._require_hello()
+
     def _require_hello(self) -> p.DeviceHello:
-        if self.hello is None:
+        if self._hello is None:
             raise BridgeError(f"no HELLO from the device on {self.name} yet")
-        return self.hello
+        return self._hello
 
 
 class _FrameTooBig(BridgeError):

@@ -53,7 +53,8 @@ class UploadDevice(Protocol):
     link: Link
     sizer: FrameSizer
     timer: LineTimer
-    hello: p.DeviceHello | None
+    @property
+    def hello(self) -> p.DeviceHello: ...
 
     def next_seq(self) -> int: ...
 
@@ -67,7 +68,6 @@ def upload(device: UploadDevice, kind: int, xfer: int, data: bytes, *, start: in
     ``device`` is a :class:`firmware_bridge.host.Device` (its link, sizer, timer, sequence numbers).
     """
     link, sizer, timer, hello = device.link, device.sizer, device.timer, device.hello
-    assert hello is not None, "upload before HELLO"
     total = len(data)
     pending = RangeSet([(start, total)])
     held = RangeSet([(0, start)])
