@@ -2,13 +2,10 @@
 # CMSIS-NN kernels, the stm32l4r5 profile's arena RAM (640 KB * 0.75). Runs on the real board only;
 # here it compiles and links (see README.md). Compiler flags, OPT and BOARD_DEFINES/INCLUDES are
 # those of qemu-m4, so both link the same TFLM library; ST's headers reach our board sources only.
-CC := arm-none-eabi-gcc
-CXX := arm-none-eabi-g++
-AR := arm-none-eabi-ar
-SIZE := arm-none-eabi-size
-ARCH_FLAGS := -mthumb -mcpu=cortex-m4 -mfpu=fpv4-sp-d16 -mfloat-abi=hard
-KERNELS := cmsis_nn
-BOARD_SRCS := startup.cc board_nucleo.cc
+include $(BOARD_DIR)/../cortex-m/arm-gcc.mk
+ARCH_FLAGS := $(CORTEX_M4F_FLAGS)
+NUCLEO_SRCS := startup.cc board_nucleo.cc
+BOARD_SRCS := $(NUCLEO_SRCS) $(CORTEX_M_SRCS)
 LDSCRIPT := $(BOARD_DIR)/stm32l4r5zi.ld
 PROFILE := stm32l4r5
 ARENA_RAM_BYTES := 491520
@@ -18,7 +15,6 @@ ARENA_RAM_BYTES := 491520
 SLOT_BYTES := 901120
 MAX_PAYLOAD := 1024
 WINDOW := 4
-EXE := firmware.elf
 BOARD_LDFLAGS := -nostartfiles -Wl,--defsym=LEPTON_SLOT_BYTES=$(SLOT_BYTES)
 
 # ST's CMSIS device headers (cmsis_device_l4 v1.7.4), unpacked at build time into a cache directory
@@ -27,7 +23,7 @@ THIRD_PARTY_DIR ?= $(abspath $(BOARD_DIR)/../../../../../shared/third_party)
 ST_ARCHIVE := $(THIRD_PARTY_DIR)/cmsis-device-l4-v1.7.4.tar.gz
 ST_DEVICE_DIR ?= $(HOME)/.cache/lepton-edge/third_party/cmsis_device_l4-v1.7.4
 ST_HEADER := $(ST_DEVICE_DIR)/Include/stm32l4r5xx.h
-NUCLEO_OBJS := $(BOARD_SRCS:%.cc=$(BUILD_DIR)/obj/boards/nucleo-l4r5zi/%.o)
+NUCLEO_OBJS := $(NUCLEO_SRCS:%.cc=$(BUILD_DIR)/obj/boards/nucleo-l4r5zi/%.o)
 $(NUCLEO_OBJS): FW_CXXFLAGS += -DSTM32L4R5xx -I$(ST_DEVICE_DIR)/Include
 $(NUCLEO_OBJS): | $(ST_HEADER)
 

@@ -8,6 +8,8 @@
 #include <cstring>
 #include <sys/stat.h>
 
+#include "boards/cortex-m/runtime.h"
+
 extern "C" {
 // From the linker script.
 extern uint32_t _sidata[], _sdata[], _edata[], _sbss[], _ebss[], _estack[];
@@ -84,32 +86,9 @@ extern "C" void Reset_Handler() {
   Default_Handler();
 }
 
-// --- C and C++ run-time hooks ---------------------------------------------------------------
-extern "C" {
-void* __dso_handle = nullptr;
-// Static destructors never run on a board: register nothing.
-int __cxa_atexit(void (*)(void*), void*, void*) { return 0; }
-int atexit(void (*)()) { return 0; }
-void __cxa_pure_virtual() { Default_Handler(); }
-
-void* _sbrk(ptrdiff_t) {
-  errno = ENOMEM;
-  return reinterpret_cast<void*>(-1);
-}
-void _exit(int) { Default_Handler(); }
-int _kill(int, int) {
-  errno = EINVAL;
-  return -1;
-}
-int _getpid() { return 1; }
-int _write(int, const char*, int len) { return len; }
-int _read(int, char*, int) { return 0; }
-int _close(int) { return -1; }
-int _lseek(int, int, int) { return 0; }
-int _isatty(int) { return 1; }
-int _fstat(int, struct stat* st) {
-  std::memset(st, 0, sizeof(*st));
-  st->st_mode = S_IFCHR;
-  return 0;
-}
+// The program ended (boards/cortex-m/runtime.cc's _exit): a board restarts.
+extern "C" void lepton_board_exit(int) {
+  Default_Handler();
+  for (;;) {
+  }
 }

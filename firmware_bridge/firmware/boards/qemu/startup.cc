@@ -1,12 +1,13 @@
 // Start-up for the MPS2 boards under QEMU (AN386 Cortex-M4F, AN500 Cortex-M7): vector table,
 // .data/.bss set-up, FPU on, C++ constructors, and the few C library hooks a bare-metal
-// newlib-nano program needs. No heap: _sbrk fails, so any malloc shows at once.
+// newlib-nano program needs (boards/cortex-m/runtime.cc).
 #include <cerrno>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <sys/stat.h>
 
+#include "boards/cortex-m/runtime.h"
 #include "semihost.h"
 
 extern "C" {
@@ -115,33 +116,5 @@ extern "C" __attribute__((section(".isr_vector"), used)) const Handler g_vectors
     Default_Handler,
 };
 
-// --- C and C++ run-time hooks ---------------------------------------------------------------
-extern "C" {
-void* __dso_handle = nullptr;
-// Static destructors never run on a board (main never returns to a host): register nothing.
-int __cxa_atexit(void (*)(void*), void*, void*) { return 0; }
-int atexit(void (*)()) { return 0; }
-void __cxa_pure_virtual() { HardFault_Handler(); }
-
-// No heap: the firmware allocates nothing after start-up, and TFLM (TF_LITE_STATIC_MEMORY) none.
-void* _sbrk(ptrdiff_t) {
-  errno = ENOMEM;
-  return reinterpret_cast<void*>(-1);
-}
-void _exit(int code) { lepton::semihost::exit(code); }
-int _kill(int, int) {
-  errno = EINVAL;
-  return -1;
-}
-int _getpid() { return 1; }
-int _write(int, const char*, int len) { return len; }
-int _read(int, char*, int) { return 0; }
-int _close(int) { return -1; }
-int _lseek(int, int, int) { return 0; }
-int _isatty(int) { return 1; }
-int _fstat(int, struct stat* st) {
-  std::memset(st, 0, sizeof(*st));
-  st->st_mode = S_IFCHR;
-  return 0;
-}
-}
+// The program ended (boards/cortex-m/runtime.cc's _exit): stop the emulator with its status.
+extern "C" void lepton_board_exit(int code) { lepton::semihost::exit(code); }
