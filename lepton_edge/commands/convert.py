@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from lepton_edge.commands.measure_args import add_measure_argument
 from lepton_edge.console import human_bytes, print_json, render_table, step
 from lepton_edge.errors import CheckFailed
 
@@ -38,10 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="refuse to write an artifact that loses more accuracy (or top-1 agreement) than this")
     p.add_argument("--sign-key", metavar="KEY", help="Ed25519 private key (lepton-edge keys generate) to sign with")
     p.add_argument("--force", action="store_true", help="replace a non-empty OUTDIR")
-    p.add_argument("--measure", choices=("auto", "host", "target"), default="auto",
-                   help="where the arena is measured: target = the emulated core that plays the profile, with its "
-                        "kernel library (needs QEMU and a cached firmware build; no margin added), host = x86-64 "
-                        "TFLite Micro plus the profile's margin; auto (default): target when both are there")
+    add_measure_argument(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 

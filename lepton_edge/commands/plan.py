@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from lepton_edge.commands.measure_args import add_measure_argument
 from lepton_edge.console import human_bytes, print_json, render_table
 from lepton_edge.errors import BadInput, CheckFailed
 from lepton_edge.fsio import atomic_write_bytes
@@ -21,18 +22,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--embed", metavar="OUT.tflite", help="write a copy of the model with the plan embedded")
     p.add_argument("--plot", metavar="PLAN.png", help="draw the plan")
     p.add_argument("--no-measure", action="store_true", help="estimate tail and arena instead of running TFLite Micro")
-    p.add_argument("--measure", choices=("auto", "host", "target"), default="auto",
-                   help="where to measure the tail and the recommended arena: target = the emulated core that "
-                        "plays --profile with its kernel library (needs QEMU and a cached firmware build), host = "
-                        "x86-64 TFLite Micro; auto (default): target when both are there")
+    add_measure_argument(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from lepton_edge.profiles import load_optional_profile
-    from lepton_edge.plan.planner import plan_model
     from lepton_edge.firmware_build.target import resolve_measure
+    from lepton_edge.plan.planner import plan_model
+    from lepton_edge.profiles import load_optional_profile
     from lepton_edge.tflite.reader import read_model_file
 
     profile = load_optional_profile(args.profile)
