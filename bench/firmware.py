@@ -68,8 +68,8 @@ def main() -> int:
 
     from lepton_edge.firmware_build.boards import BOARDS as SPECS
     from lepton_edge.firmware_build.launch import run_probe, start_board
-    from lepton_edge.plan.planner import plan_model
     from lepton_edge.firmware_build.target import FirmwareTarget
+    from lepton_edge.plan.planner import plan_model
     from lepton_edge.profiles import load_profile
     from lepton_edge.runtime.base import io_specs
     from lepton_edge.tflite.reader import parse_model
@@ -129,7 +129,7 @@ def main() -> int:
         rec = records[name]
         host_outs = outputs[name]["host"]
         for board in ("qemu-m4", "qemu-m7"):
-            same = sum(a == b for a, b in zip(outputs[name][board], host_outs))
+            same = sum(a == b for a, b in zip(outputs[name][board], host_outs, strict=False))
             rec[f"bit_exact_{board.replace('-', '_')}_vs_host_build"] = same
             failed |= same != args.samples
         rec["bit_exact_qemu_m4_vs_tflite_micro_wheel"] = reference[name]["bit_exact"]

@@ -29,8 +29,8 @@ SANITIZER_MARKS = ("ERROR: AddressSanitizer", "runtime error:", "ERROR: LeakSani
 def firmware_missing(board: str) -> str | None:
     """Why ``board``'s firmware cannot run here (None: it can)."""
     try:
-        from lepton_edge.firmware_build import build as fwbuild
         from lepton_edge.firmware_build import boards as fwboards
+        from lepton_edge.firmware_build import build as fwbuild
     except ImportError as exc:
         return f"lepton_edge.firmware_build is not importable ({exc})"
     spec = fwboards.BOARDS.get(board)

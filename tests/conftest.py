@@ -152,3 +152,35 @@ def sim_process(tmp_path):
     yield start
     for sim in started:
         sim.stop()
+
+
+def _started_board(name: str, tmp_path_factory):
+    from device_targets import FirmwareBoard
+
+    board = FirmwareBoard(name, tmp_path_factory.mktemp(f"board-{name}") / "slots.bin")
+    board.start()
+    return board
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory):
+    """The reference firmware built for ``host`` (ASan), running for the test module (skips without its build)."""
+    board = _started_board("host", tmp_path_factory)
+    yield board
+    board.stop()
+
+
+@pytest.fixture(scope="module")
+def qemu_m4(tmp_path_factory):
+    """The reference firmware for ``qemu-m4`` (Cortex-M4F, CMSIS-NN) under QEMU, for the test module."""
+    board = _started_board("qemu-m4", tmp_path_factory)
+    yield board
+    board.stop()
+
+
+@pytest.fixture(scope="module")
+def qemu_m7(tmp_path_factory):
+    """The reference firmware for ``qemu-m7`` (Cortex-M7, CMSIS-NN) under QEMU, for the test module."""
+    board = _started_board("qemu-m7", tmp_path_factory)
+    yield board
+    board.stop()

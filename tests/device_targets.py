@@ -13,12 +13,12 @@ from conftest import REPO
 if str(REPO) not in sys.path:  # hil_tests is a package at the top of the repository
     sys.path.insert(0, str(REPO))
 
-from firmware_bridge import protocol as p  # noqa: E402
-from firmware_bridge.frame import Frame  # noqa: E402
-from firmware_bridge.link import HOST_MAX_PAYLOAD, Link, PortOptions, open_serial  # noqa: E402
-from firmware_bridge.protocol import Msg  # noqa: E402
-from hil_tests.boards import FirmwareBoard, firmware_missing, make_board, require_firmware  # noqa: E402,F401
-from hil_tests.support import Simulator  # noqa: E402,F401
+from firmware_bridge import protocol as p
+from firmware_bridge.frame import Frame
+from firmware_bridge.link import HOST_MAX_PAYLOAD, Link, PortOptions, open_serial
+from firmware_bridge.protocol import Msg
+from hil_tests.boards import FirmwareBoard, firmware_missing, make_board, require_firmware  # noqa: F401
+from hil_tests.support import Simulator  # noqa: F401
 
 #: The devices every conformance test runs on; the same test body for each.
 DEVICES = ("sim", "host", "qemu-m4")
@@ -34,7 +34,7 @@ class Board:
         self.device = make_board(kind, root / "g0", trusted_keys=trusted_keys, sim_profile=SIM_PROFILE)
         self._session: Raw | None = None
 
-    def session(self) -> "Raw":
+    def session(self) -> Raw:
         """One host session kept open across tests (QEMU notices a pty reopened only after up to a
         second); a new HELLO for each caller, so each starts a fresh protocol session."""
         if self._session is not None and (self._session.port != self.port or self._session.link.failure):
@@ -103,7 +103,7 @@ class Raw:
         if hello:
             self.handshake(timeout)
 
-    def __enter__(self) -> "Raw":
+    def __enter__(self) -> Raw:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -122,6 +122,6 @@ def test_pruning_a_savedmodel_keras_did_not_make_says_why(tmp_path):
 
     model = Double()
     tf.saved_model.save(model, str(tmp_path / "sm"), signatures=model.__call__)
-    with pytest.raises(BadInput, match="pruning needs a Keras model .*; this SavedModel was not saved by Keras"):
+    with pytest.raises(BadInput, match=r"pruning needs a Keras model .*; this SavedModel was not saved by Keras"):
         _convert(model=str(tmp_path / "sm"), profile="raspberry-pi-4", outdir=str(tmp_path / "out"),
                  quantize="none", io="float", prune_channels=0.25)

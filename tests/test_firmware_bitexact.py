@@ -16,33 +16,6 @@ from device_targets import FirmwareBoard
 SAMPLES, SEED = 20, 7
 
 
-def _board(name: str, tmp_path_factory):
-    board = FirmwareBoard(name, tmp_path_factory.mktemp(f"bitexact-{name}") / "slots.bin")
-    board.start()
-    return board
-
-
-@pytest.fixture(scope="module")
-def host(tmp_path_factory):
-    board = _board("host", tmp_path_factory)
-    yield board
-    board.stop()
-
-
-@pytest.fixture(scope="module")
-def qemu_m4(tmp_path_factory):
-    board = _board("qemu-m4", tmp_path_factory)
-    yield board
-    board.stop()
-
-
-@pytest.fixture(scope="module")
-def qemu_m7(tmp_path_factory):
-    board = _board("qemu-m7", tmp_path_factory)
-    yield board
-    board.stop()
-
-
 def validate_inputs(model: bytes) -> list[bytes]:
     """The inputs ``validate --samples 20 --seed 7`` draws, as bytes."""
     from firmware_bridge.validation import random_inputs

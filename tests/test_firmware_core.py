@@ -96,7 +96,7 @@ def test_the_manifest_reader_agrees_with_parse_manifest(tmp_path):
     assert run.returncode == 0, run.stderr.decode(errors="replace")
     lines = run.stdout.decode("utf-8", "replace").split("\n")[:-1]
     assert len(lines) == len(cases)
-    for case, line in zip(cases, lines):
+    for case, line in zip(cases, lines, strict=True):
         fields = line.split("\t")
         try:
             m = parse_manifest(case)

@@ -20,14 +20,6 @@ from firmware_bridge.protocol import Msg
 
 
 @pytest.fixture(scope="module")
-def host(tmp_path_factory):
-    board = FirmwareBoard("host", tmp_path_factory.mktemp("fuzz") / "slots.bin")
-    board.start()
-    yield board
-    board.stop()
-
-
-@pytest.fixture(scope="module")
 def kws():
     from firmware_bridge.payload import load_payload
 

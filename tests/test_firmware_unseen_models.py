@@ -20,7 +20,7 @@ import json
 import pytest
 
 from conftest import run_cli
-from test_firmware_bitexact import check_artifact_bit_exact, host, qemu_m4, qemu_m7  # noqa: F401
+from test_firmware_bitexact import check_artifact_bit_exact
 
 IOS = ("int8", "float")
 
@@ -63,10 +63,10 @@ def test_op_coverage_model_has_the_operators(op_coverage_artifact, io):
 
 
 @pytest.mark.parametrize("io", IOS)
-def test_op_coverage_on_qemu_m4_is_bit_exact(qemu_m4, host, op_coverage_artifact, io):  # noqa: F811
+def test_op_coverage_on_qemu_m4_is_bit_exact(qemu_m4, host, op_coverage_artifact, io):
     check_artifact_bit_exact(qemu_m4, host, op_coverage_artifact(io), f"op-coverage ({io} edges)")
 
 
 @pytest.mark.parametrize("io", IOS)
-def test_op_coverage_on_qemu_m7_is_bit_exact(qemu_m7, host, op_coverage_artifact, io):  # noqa: F811
+def test_op_coverage_on_qemu_m7_is_bit_exact(qemu_m7, host, op_coverage_artifact, io):
     check_artifact_bit_exact(qemu_m7, host, op_coverage_artifact(io), f"op-coverage ({io} edges)")

@@ -101,12 +101,12 @@ def print_report(result) -> None:
         print(render_table(["metric", "float", "converted"], frows, align="lrr"))
         if fid.worst_layers:
             print("layers that lose the most (quantization debugger, RMSE in quantization steps):")
-            for l in fid.worst_layers:
-                print(f"  {l['op']:<18} {l['tensor']}  rmse/scale {l['rmse_over_scale']:.2f}")
+            for loss in fid.worst_layers:
+                print(f"  {loss['op']:<18} {loss['tensor']}  rmse/scale {loss['rmse_over_scale']:.2f}")
     for p in chosen.pruning:
         how = f"fine-tuned {p['fine_tuned_epochs']} epochs" if p["fine_tuned_epochs"] else "one shot (no --train)"
         if p["kind"] == "channels":
-            pruned = ", ".join(f"{l['layer']} {l['channels']}->{l['kept']}" for l in p["layers"])
+            pruned = ", ".join(f"{layer['layer']} {layer['channels']}->{layer['kept']}" for layer in p["layers"])
             print(f"\nchannel pruning {p['amount']:g} ({how}): {pruned}")
             if p["skipped"]:
                 print("  left whole: " + "; ".join(f"{s['layer']} ({s['reason']})" for s in p["skipped"]))
