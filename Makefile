@@ -15,11 +15,13 @@ demo: setup
 	@$(PY) -m lepton_edge demo
 
 # The firmware is built before pytest starts (no test builds it): cached by its inputs in
-# ~/.cache/lepton-edge/firmware, so a second run only checks the keys. pytest runs on every core
-# (pytest-xdist), a file's tests on one worker (tests/conftest.py groups them); PYTEST_WORKERS=0 runs
-# them in one process.
+# ~/.cache/lepton-edge/firmware, so a second run only checks the keys. ruff and mypy (configured in
+# pyproject.toml) check the code first. pytest runs on every core (pytest-xdist), a file's tests on one
+# worker (tests/conftest.py groups them); PYTEST_WORKERS=0 runs them in one process.
 PYTEST_WORKERS ?= auto
 test: setup firmware
+	@$(VENV)/bin/ruff check --quiet .
+	@$(VENV)/bin/mypy
 	@$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup
 
 bench: setup

@@ -25,6 +25,13 @@ def pytest_addoption(parser):
                          f"(default {','.join(DEFAULT_TARGETS)})")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist these tests run on one worker: they share the session's devices."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None and "hil_tests" in item.path.parts:
+            item.add_marker(pytest.mark.xdist_group("hil_tests"))
+
+
 def pytest_generate_tests(metafunc):
     if "target_kind" not in metafunc.fixturenames:
         return

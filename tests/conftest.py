@@ -37,7 +37,7 @@ def require_shared(path: Path) -> Path:
 
 def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist (``make test``: ``-n auto --dist loadgroup``) the tests of one file run on one
-    worker, in order: they share module-scoped devices, brokers and built models. The hardware-in-the-loop
+    worker: they share module-scoped devices, brokers and built models. The hardware-in-the-loop
     tests share session-scoped devices across their files: they are one group."""
     for item in items:
         if item.get_closest_marker("xdist_group") is None:
