@@ -28,10 +28,14 @@ OP_COVERAGE_OPS = (
 OP_COVERAGE_SHAPE = (16, 16, 3)
 
 
-def op_coverage(tf):
-    """One of each, three outputs: the comments name the TFLite operator each layer becomes after int8 conversion."""
-    layers = tf.keras.layers
-    inp = tf.keras.Input(OP_COVERAGE_SHAPE, batch_size=1)
+def op_coverage(keras):
+    """One of each, three outputs: the comments name the TFLite operator each layer becomes after int8 conversion.
+
+    ``keras`` is Keras 3 itself, not ``tf.keras``: once ``tf_keras`` has been imported in the process
+    (the converter does, for Keras 2 era files), ``tf.keras`` may resolve to it, and it has no
+    ``hard_silu``."""
+    layers = keras.layers
+    inp = keras.Input(OP_COVERAGE_SHAPE, batch_size=1)
     x = layers.Conv2D(8, 3, padding="same")(inp)                     # CONV_2D
     x = layers.ReLU(max_value=6.0)(x)                                 # (fused into the CONV_2D)
     x = layers.ZeroPadding2D(((2, 0), (0, 2)))(x)                     # PAD (asymmetric: not folded)
@@ -61,19 +65,21 @@ def op_coverage(tf):
     probabilities = layers.Softmax()(x)                               # SOFTMAX
     # The intermediate tensors are outputs too: an untrained model's softmax hardly moves, and a
     # one-step difference in an early operator would vanish in the requantizations after it.
-    return tf.keras.Model(inp, [probabilities, activations, mixed], name="op_coverage")
+    return keras.Model(inp, [probabilities, activations, mixed], name="op_coverage")
 
 
 def save_op_coverage(out_dir: str | os.PathLike[str], seed: int = 0, calibration_samples: int = 16
                      ) -> tuple[Path, Path]:
     """Write ``op_coverage.keras`` and ``op_coverage_cal.npy`` (seeded uniform [-1, 1) calibration
     data) into ``out_dir``; return their paths, for ``lepton-edge convert MODEL --calibration DATA``."""
-    tf = _quiet_tensorflow()
-    tf.keras.utils.set_random_seed(seed)
+    _quiet_tensorflow()
+    import keras
+
+    keras.utils.set_random_seed(seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model_path, data_path = out / "op_coverage.keras", out / "op_coverage_cal.npy"
-    op_coverage(tf).save(model_path)
+    op_coverage(keras).save(model_path)
     rng = np.random.default_rng(seed)
     np.save(data_path, rng.uniform(-1.0, 1.0, (calibration_samples, *OP_COVERAGE_SHAPE)).astype(np.float32))
     return model_path, data_path
