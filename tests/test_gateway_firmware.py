@@ -10,6 +10,7 @@ import pytest
 
 from agent_helpers import AgentProcess, write_config
 from device_targets import FirmwareBoard
+from hil_tests.support import wait_for
 from lepton_edge.artifact import load_artifact
 from lepton_edge.runtime.factory import open_runner
 
@@ -32,6 +33,7 @@ def test_the_gateway_takes_a_qemu_board_through_two_signed_updates_and_a_rollbac
     gw = AgentProcess.start(config, command="gateway", extra=("--port", board.port, "--hello-timeout", "5"))
     try:
         fleet.wait_online(30)
+        assert wait_for(lambda: fleet.controller.devices(), 10)  # online in memory first, then written
         dev = fleet.controller.devices()[0]
         assert PROFILE in dev["agent"], dev
 
