@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import os
-import select
+import queue
 import signal
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
@@ -29,10 +31,25 @@ def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 def _daemon(*args: str, ready: str, timeout: float = 60) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-m", "lepton_edge", *args], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, bufsize=1)
-    seen = []
-    while select.select([proc.stdout], [], [], timeout)[0]:
-        line = proc.stdout.readline()
-        if not line:
+    # A thread reads the output for as long as the daemon runs: select() on the pipe misses lines that a
+    # readline() already pulled into the file's buffer, and an unread pipe would block the daemon's logging.
+    lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, name=f"{args[0]}-output", daemon=True).start()
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            break
+        if line is None:
             break
         seen.append(line)
         if ready in line:
