@@ -19,13 +19,14 @@ running, resumes one it has partly on disk, and reports ``healthy`` at once for 
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import logging
 import os
 import queue
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,7 @@ class Counters:
     blocks_served: int = 0
     bytes_served: int = 0
     telemetry_rows: int = 0
+    write_failures: int = 0      # records that could not be written (each logged with its device)
 
 
 def _telemetry_and_text(payload: bytes) -> tuple[Telemetry, str]:
@@ -428,6 +430,9 @@ class Controller:
                 self.db.prune_telemetry(time.time() - self.options.retention_s)
 
     def _apply(self, items: list[tuple]) -> None:
+        """Write a batch in one transaction. Each record runs under its own SAVEPOINT: one that cannot
+        be written (a value SQLite refuses, a constraint) costs only itself; it is counted in
+        ``counters.write_failures`` and logged with its device, and the rest of the batch is written."""
         telemetry = [item[1] for item in items if item[0] == "telemetry"]
         with self._lock:  # blocks served so far go in with the reports that follow them
             served, self._served = self._served, {}
@@ -435,16 +440,46 @@ class Controller:
             if served:
                 self.db.add_served({job: (b, n) for job, (b, n) in served.items()}, conn=conn)
             for item in items:
-                kind = item[0]
-                if kind == "status":
-                    self.db.record_status(item[1], item[2], item[3], conn=conn)
-                elif kind == "progress":
-                    self.db.record_progress(item[2].job, item[1], item[2], item[3], conn=conn)
-                elif kind == "sent":
-                    self.db.mark_sent(item[1], item[2], conn=conn)
-            if telemetry:
-                self.db.record_telemetry(telemetry, conn=conn)
-        self.counters.telemetry_rows += len(telemetry)
+                if item[0] != "telemetry":
+                    self._guarded(conn, item[1], item[0], functools.partial(self._write_record, conn, item))
+            written = 0
+            if telemetry and self._guarded(conn, None, "telemetry",
+                                           functools.partial(self.db.record_telemetry, telemetry, conn=conn),
+                                           quiet=True):
+                written = len(telemetry)
+            elif telemetry:  # one of them is bad: find it, keep the others
+                for record in telemetry:
+                    if self._guarded(conn, record.device, "telemetry",
+                                     functools.partial(self.db.record_telemetry, [record], conn=conn)):
+                        written += 1
+        self.counters.telemetry_rows += written
+
+    def _write_record(self, conn: Any, item: tuple) -> None:
+        kind = item[0]
+        if kind == "status":
+            self.db.record_status(item[1], item[2], item[3], conn=conn)
+        elif kind == "progress":
+            self.db.record_progress(item[2].job, item[1], item[2], item[3], conn=conn)
+        elif kind == "sent":
+            self.db.mark_sent(item[1], item[2], conn=conn)
+
+    def _guarded(self, conn: Any, device: str | None, kind: str, write: Callable[[], object], *,
+                 quiet: bool = False) -> bool:
+        """Run ``write`` under a SAVEPOINT; on failure undo only it. ``quiet``: a batch attempt whose
+        records are retried one by one (neither counted nor logged)."""
+        conn.execute("SAVEPOINT record")
+        try:
+            write()
+        except Exception as exc:
+            conn.execute("ROLLBACK TO record")
+            conn.execute("RELEASE record")
+            if not quiet:
+                self.counters.write_failures += 1
+                log.error("%s: could not write its %s record (%s: %s); the rest of the batch is written",
+                          device or "?", kind, type(exc).__name__, exc)
+            return False
+        conn.execute("RELEASE record")
+        return True
 
     def _housekeeping(self) -> None:
         with self._lock:

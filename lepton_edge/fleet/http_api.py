@@ -17,6 +17,10 @@ into ``<store>/api.token`` (mode 0600). With ``--token-file`` it is required on 
     GET  /v1/jobs/<id>                 the job and its state changes ("events")
     GET  /v1/devices                   {"devices": [{"device", "online", "model", "last_seen",
                                         "telemetry", "ota", ...}]}
+    GET  /v1/devices/<id>/telemetry    {"device", "series": [{"received", "seq", ...telemetry fields}]}
+                                       (query: since=<unix time>, limit=<n>; oldest first)
+    GET  /metrics                      Prometheus text format (lepton_edge.fleet.metrics)
+    GET  /  and  /dashboard/<file>     the web dashboard (static files, no token: the page asks for it)
 
 The artifact id is the sha256 of the manifest's exact bytes. Errors: ``{"error": "one line"}`` with
 400 (bad input), 401 (token), 404, 405, 411 (no Content-Length), 413 (too big) or 500.
@@ -30,6 +34,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import math
 import os
 import re
 import secrets
@@ -39,9 +44,13 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, overload
+from urllib.parse import parse_qs, urlsplit
 
 from lepton_edge.errors import ApiError, BadInput
 from lepton_edge.fleet.controller import Controller, NotFound
+from lepton_edge.fleet.dashboard import dashboard_asset
+from lepton_edge.fleet.metrics import render_metrics
+from lepton_edge.fleet.series import telemetry_series
 from lepton_edge.fsio import atomic_write_text
 
 log = logging.getLogger("lepton_edge.fleet.http")
@@ -145,8 +154,23 @@ class _Handler(BaseHTTPRequestHandler):
             if path == "/v1/health":
                 self._only(method, "GET")
                 return self._reply(200, self.server.controller.health())
+            if path == "/" or path.startswith("/dashboard/"):
+                self._only(method, "GET")
+                found = dashboard_asset("index.html" if path == "/" else path[len("/dashboard/"):])
+                if found is None:
+                    raise ApiError(404, f"no such file: {path}")
+                return self._reply_bytes(200, *found)
             self._authorize()
             c = self.server.controller
+            if path == "/metrics":
+                self._only(method, "GET")
+                return self._reply_bytes(200, *render_metrics(c))
+            m = re.fullmatch(r"/v1/devices/([A-Za-z0-9._-]{1,64})/telemetry", path)
+            if m:
+                self._only(method, "GET")
+                since, limit = _query_number(self.path, "since", 0.0), int(_query_number(self.path, "limit", 2000))
+                return self._reply(200, {"device": m.group(1),
+                                         "series": telemetry_series(c.db, m.group(1), since, limit)})
             if path == "/v1/devices":
                 self._only(method, "GET")
                 return self._reply(200, {"devices": c.devices()})
@@ -224,8 +248,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _reply(self, status: int, obj: Any, headers: dict[str, str] | None = None) -> None:
         body = (json.dumps(obj, separators=(",", ":")) + "\n").encode("utf-8")
+        self._reply_bytes(status, body, "application/json", headers)
+
+    def _reply_bytes(self, status: int, body: bytes, content_type: str,
+                     headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         for key, value in (headers or {}).items():
             self.send_header(key, value)
@@ -235,8 +263,36 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
+def _query_number(raw_path: str, key: str, default: float) -> float:
+    """A non-negative number from the query string (BadInput otherwise)."""
+    values = parse_qs(urlsplit(raw_path).query).get(key)
+    if not values:
+        return default
+    try:
+        value = float(values[-1])
+    except ValueError:
+        raise BadInput(f"query parameter {key!r} must be a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise BadInput(f"query parameter {key!r} must be a non-negative number")
+    return value
+
+
 @overload
 def _b64(body: dict[str, Any], key: str) -> bytes: ...
+def _query_number(raw_path: str, key: str, default: float) -> float:
+    """A non-negative number from the query string (BadInput otherwise)."""
+    values = parse_qs(urlsplit(raw_path).query).get(key)
+    if not values:
+        return default
+    try:
+        value = float(values[-1])
+    except ValueError:
+        raise BadInput(f"query parameter {key!r} must be a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise BadInput(f"query parameter {key!r} must be a non-negative number")
+    return value
+
+
 @overload
 def _b64(body: dict[str, Any], key: str, *, optional: bool) -> bytes | None: ...
 

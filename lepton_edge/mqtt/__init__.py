@@ -30,15 +30,20 @@ from lepton_edge.mqtt.messages import (
                                      BLOCK_STATUS_TEXT,
                                      BLOCK_UNAVAILABLE,
                                      BLOCK_UNKNOWN_JOB,
+                                     CONFIRM,
                                      DEFAULT_BLOCK_SIZE,
                                      MAX_BLOCK_SIZE,
+                                     MAX_TAGS,
+                                     OTA_COMMANDS,
                                      OTA_STATES,
                                      PAYLOAD_SCHEMA,
+                                     REVERT,
                                      TELEMETRY_FIELDS,
                                      TERMINAL_OTA_STATES,
                                      Block,
                                      BlockRequest,
                                      ModelInfo,
+                                     OtaCommand,
                                      OtaJob,
                                      OtaState,
                                      PayloadError,
@@ -49,6 +54,8 @@ from lepton_edge.mqtt.messages import (
                                      encode_json,
                                      new_job_id,
                                      offline_will_payload,
+                                     parse_ota_message,
+                                     valid_tag,
 )
 from lepton_edge.mqtt.router import Router
 from lepton_edge.mqtt.topics import (
@@ -75,9 +82,10 @@ __all__ = [  # noqa: RUF022 - grouped by module, as the imports above
     "DeviceTopics", "TopicParts", "check_name", "fleet_filter", "parse_topic", "topic_matches",
     # messages
     "BLOCK_BAD_RANGE", "BLOCK_EXPIRED", "BLOCK_HEADER", "BLOCK_OK", "BLOCK_STATUS_TEXT", "BLOCK_UNAVAILABLE",
-    "BLOCK_UNKNOWN_JOB", "DEFAULT_BLOCK_SIZE", "MAX_BLOCK_SIZE", "OTA_STATES", "PAYLOAD_SCHEMA", "TELEMETRY_FIELDS",
-    "TERMINAL_OTA_STATES", "Block", "BlockRequest", "ModelInfo", "OtaJob", "OtaState", "PayloadError", "Progress",
-    "Status", "Telemetry", "decode_json", "encode_json", "new_job_id", "offline_will_payload",
+    "BLOCK_UNKNOWN_JOB", "CONFIRM", "DEFAULT_BLOCK_SIZE", "MAX_BLOCK_SIZE", "MAX_TAGS", "OTA_COMMANDS", "OTA_STATES",
+    "PAYLOAD_SCHEMA", "REVERT", "TELEMETRY_FIELDS", "TERMINAL_OTA_STATES", "Block", "BlockRequest", "ModelInfo",
+    "OtaCommand", "OtaJob", "OtaState", "PayloadError", "Progress", "Status", "Telemetry", "decode_json",
+    "encode_json", "new_job_id", "offline_will_payload", "parse_ota_message", "valid_tag",
     # broker
     "DEFAULT_PORT", "DEFAULT_TLS_PORT", "BrokerConfig", "SessionOptions", "Will", "parse_broker_url", "tls_context",
     # client and router

@@ -105,20 +105,37 @@ class ModelInfo:
                    slot if isinstance(slot, str) else None)
 
 
+MAX_TAGS = 32
+
+
+def valid_tag(tag: str) -> bool:
+    """A device tag (``site:berlin``, ``hw:pi4``): 1 to 64 printable ASCII characters, no spaces."""
+    return 1 <= len(tag) <= 64 and all(33 <= ord(c) <= 126 for c in tag)
+
+
 @dataclass(frozen=True)
 class Status:
-    """``status`` (retained). ``online`` false comes from the Last Will or a clean shutdown."""
+    """``status`` (retained). ``online`` false comes from the Last Will or a clean shutdown.
+
+    ``tags`` (``[device] tags``: the groups a rollout selects by), ``profile`` (the device profile's
+    name) and ``latency_budget_ms`` (the served model's, from its manifest's self-test or the agent's
+    ``[health]``) are optional: an older agent sends none of them."""
 
     online: bool
     model: ModelInfo | None = None
     agent: str | None = None
     ts: float | None = None
     reason: str | None = None
+    tags: tuple[str, ...] = ()
+    profile: str | None = None
+    latency_budget_ms: float | None = None
 
     def to_bytes(self) -> bytes:
         return encode_json({"state": "online" if self.online else "offline",
                             "model": asdict(self.model) if self.model else None,
-                            "agent": self.agent, "ts": self.ts, "reason": self.reason})
+                            "agent": self.agent, "ts": self.ts, "reason": self.reason,
+                            "tags": list(self.tags), "profile": self.profile,
+                            "latency_budget_ms": self.latency_budget_ms})
 
     @classmethod
     def from_bytes(cls, payload: bytes) -> Status:
@@ -127,10 +144,18 @@ class Status:
         state = obj.get("state")
         if state not in ("online", "offline"):
             raise PayloadError(f"{what}: field 'state' must be 'online' or 'offline'")
-        agent, reason = obj.get("agent"), obj.get("reason")
+        agent, reason, profile = obj.get("agent"), obj.get("reason"), obj.get("profile")
+        tags = obj.get("tags")
+        if tags is None:
+            tags = []
+        if not isinstance(tags, list) or not all(isinstance(t, str) and valid_tag(t) for t in tags) \
+                or len(tags) > MAX_TAGS:
+            raise PayloadError(f"{what}: field 'tags' must be a list of at most {MAX_TAGS} tags "
+                               "(1 to 64 printable characters, no spaces)")
         return cls(state == "online", ModelInfo.from_obj(obj.get("model"), what),
                    agent if isinstance(agent, str) else None, _number(obj, "ts"),
-                   reason if isinstance(reason, str) else None)
+                   reason if isinstance(reason, str) else None, tuple(tags),
+                   profile if isinstance(profile, str) else None, _number(obj, "latency_budget_ms"))
 
 
 def offline_will_payload() -> bytes:
@@ -187,9 +212,10 @@ class OtaJob:
     block_size: int
     expires_at: float
     issued_at: float
+    staged: bool = False         # a staged rollout's job: keep the version floor until an OtaCommand confirms
 
     def to_bytes(self) -> bytes:
-        return encode_json({"job": self.job, "deployment": self.deployment,
+        return encode_json({"job": self.job, "deployment": self.deployment, "staged": self.staged,
                             "manifest_b64": base64.b64encode(self.manifest_bytes).decode("ascii"),
                             "signature_b64": base64.b64encode(self.signature).decode("ascii")
                             if self.signature is not None else None,
@@ -210,7 +236,70 @@ class OtaJob:
                    None if sig is None else _b64(_get(obj, "signature_b64", str, what), what),
                    _get(obj, "sha256", str, what), size, block,
                    float(_get(obj, "expires_at", (int, float), what)),
+                   float(_get(obj, "issued_at", (int, float), what)), obj.get("staged") is True)
+
+
+REVERT, CONFIRM = "revert", "confirm"
+OTA_COMMANDS = (REVERT, CONFIRM)
+
+
+@dataclass(frozen=True)
+class OtaCommand:
+    """``ota/job`` with an ``action``: a staged rollout's last word to a device it updated.
+
+    * ``revert``: go back to the model in the other slot. ``sha256`` names it (the model's sha256);
+      ``None`` means the device had no model before and goes back to serving none. The device
+      accepts it only while it holds its version floor for an unconfirmed staged update, and only if
+      that slot still holds that model with its original signed manifest (checked again against its
+      trusted keys). No byte is downloaded.
+    * ``confirm``: the rollout completed; if the device runs the model ``sha256`` names, it raises its
+      version floor to that model's version (MODEL_CONFIRM for a microcontroller behind a gateway).
+
+    The device answers on ``ota/progress`` under ``job`` like for an update: ``accepted``, then
+    ``activating`` (revert only), then ``healthy`` (done, or nothing to do) or ``failed`` with the
+    reason. A command sent again after it finished gets its last answer again.
+    """
+
+    job: str
+    deployment: str
+    action: str
+    sha256: str | None
+    issued_at: float
+
+    def to_bytes(self) -> bytes:
+        if self.action not in OTA_COMMANDS:
+            raise ValueError(f"unknown OTA action {self.action!r}")
+        return encode_json({"job": self.job, "deployment": self.deployment, "action": self.action,
+                            "sha256": self.sha256, "issued_at": self.issued_at})
+
+    @classmethod
+    def from_bytes(cls, payload: bytes) -> OtaCommand:
+        return cls.from_obj(decode_json(payload, "ota/job"))
+
+    @classmethod
+    def from_obj(cls, obj: dict[str, Any]) -> OtaCommand:
+        what = "ota/job"
+        job = _get(obj, "job", str, what)
+        _check_job_id(job, what)
+        action = obj.get("action")
+        if action not in OTA_COMMANDS:
+            raise PayloadError(f"{what}: unknown action {action!r}")
+        sha = obj.get("sha256")
+        if sha is not None and (not isinstance(sha, str) or len(sha) != 64
+                                or any(c not in "0123456789abcdef" for c in sha)):
+            raise PayloadError(f"{what}: field 'sha256' must be 64 lowercase hex digits or null")
+        if action == CONFIRM and sha is None:
+            raise PayloadError(f"{what}: a confirm names the model's sha256")
+        return cls(job, _get(obj, "deployment", str, what), action, sha,
                    float(_get(obj, "issued_at", (int, float), what)))
+
+
+def parse_ota_message(payload: bytes) -> OtaJob | OtaCommand:
+    """What arrives on ``ota/job``: an update (no ``action``) or a command."""
+    obj = decode_json(payload, "ota/job")
+    if "action" in obj:
+        return OtaCommand.from_obj(obj)
+    return OtaJob.from_bytes(payload)
 
 
 def _b64(text: str, what: str) -> bytes:
