@@ -7,8 +7,10 @@ STAMP  := $(VENV)/.installed
 # The reference firmware boards `make test` runs or links (firmware_bridge/firmware/boards/).
 FIRMWARE_BOARDS := host qemu-m4 qemu-m7 nucleo-l4r5zi
 TOOLCHAIN_PKGS  := gcc-arm-none-eabi libnewlib-arm-none-eabi libstdc++-arm-none-eabi-newlib qemu-system-arm
+# What the fleet tests start on loopback: Prometheus (and promtool), headless Chromium with its driver.
+FLEET_PKGS      := prometheus chromium chromium-driver
 
-.PHONY: demo test setup mosquitto toolchain firmware bench clean lock
+.PHONY: demo test setup mosquitto toolchain fleet-tools firmware bench clean lock
 
 # The demo never builds firmware: it runs the qemu-m4 board when its build is cached, else the simulator.
 demo: setup
@@ -27,7 +29,7 @@ test: setup firmware
 bench: setup
 	@$(PY) bench/run_all.py
 
-setup: $(STAMP) mosquitto toolchain
+setup: $(STAMP) mosquitto toolchain fleet-tools
 
 # Installs the exact versions of $(LOCK) (lepton-edge[all] resolved on the dev/CI machine: Python 3.11,
 # x86_64), then the kit itself without resolving again. Re-installs only when the lock or pyproject.toml
@@ -73,6 +75,15 @@ toolchain:
 	  echo "installing the firmware toolchain with apt-get: $(TOOLCHAIN_PKGS) g++ patch"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(TOOLCHAIN_PKGS) g++ make patch >/dev/null; \
+	fi
+
+# Prometheus, promtool, chromium and chromedriver, installed with apt-get when any is missing.
+fleet-tools:
+	@ok=1; for c in prometheus promtool chromium chromedriver; do command -v $$c >/dev/null 2>&1 || ok=0; done; \
+	if [ $$ok = 0 ]; then \
+	  echo "installing $(FLEET_PKGS) with apt-get"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $(FLEET_PKGS) >/dev/null; \
 	fi
 
 # `lepton-edge firmware build` per board: the first run compiles TFLite Micro (minutes), later runs
