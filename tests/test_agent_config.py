@@ -65,10 +65,31 @@ def write(tmp_path: Path, key_dir: Path, replace: tuple[str, str] | None = None,
     (None, "\n[mqtt]\nbroker = \"mqtt://h\"\nkeepalive = 1\n", r"\[mqtt\] keepalive must be an integer from 5"),
     (None, "\n[mqtt]\nbroker = \"mqtts://h:8883\"\nca = \"nope.pem\"\n", r"\[mqtt\] ca: no such file"),
     (("runs = 5", "rnus = 5"), "", r"unknown key 'rnus' in \[health\] \(did you mean 'runs'\?\)"),
+    (('profile = "raspberry-pi-4"', 'profile = "raspberry-pi-4"\ntags = ["site berlin"]'), "",
+     r"\[device\] tags must be an array of at most 32 tags"),
+    (('profile = "raspberry-pi-4"', 'profile = "raspberry-pi-4"\ntags = "site:berlin"'), "",
+     r"\[device\] tags must be an array"),
+    (('profile = "raspberry-pi-4"', 'profile = "raspberry-pi-4"\ntags = ["a", "b", "a"]'), "",
+     r"\[device\] tags lists 'a' more than once"),
+    (('profile = "raspberry-pi-4"', 'profile = "raspberry-pi-4"\ntags = [' + ", ".join(f'"t{i}"' for i in range(33))
+      + "]"), "", r"\[device\] tags must be an array of at most 32"),
 ])
 def test_mistakes_are_named(key_dir, tmp_path, replace, append, message):
     with pytest.raises(BadInput, match=message):
         load_config(write(tmp_path, key_dir, replace, append))
+
+
+def test_device_tags_are_kept_in_order(key_dir, tmp_path):
+    assert load_config(example_copy(key_dir, tmp_path / "store")).device.tags == ()
+    cfg = load_config(write(tmp_path, key_dir, ('profile = "raspberry-pi-4"',
+                                                'profile = "raspberry-pi-4"\ntags = ["site:berlin", "hw:pi4"]')))
+    assert cfg.device.tags == ("site:berlin", "hw:pi4")
+
+
+def test_bad_tags_are_one_line_errors_on_the_command_line(key_dir, tmp_path):
+    path = write(tmp_path, key_dir, ('profile = "raspberry-pi-4"', 'profile = "raspberry-pi-4"\ntags = [""]'))
+    line = assert_one_line_error(run_cli("agent", "--config", str(path)))
+    assert "[device] tags must be" in line
 
 
 def test_mqtt_section_is_validated_and_kept(key_dir, tmp_path):

@@ -6,7 +6,7 @@ against the configuration file's directory, so a config works wherever the agent
 
 Keys (``examples/agent.toml`` shows them all)::
 
-    [device]    id, fleet, profile                        (required)
+    [device]    id, fleet, profile                        (required), tags = ["site:berlin", "hw:pi4"]
     [runtime]   backend = "auto"|"tflm"|"litert", threads = 1
     [store]     dir                                       (required)
     [api]       listen = "127.0.0.1:8787" | "[::1]:8787" | "unix:/run/lepton-edge/agent.sock",
@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 from urllib.parse import urlsplit
 
 from lepton_edge.errors import BadInput
+from lepton_edge.mqtt.messages import MAX_TAGS, valid_tag
 from lepton_edge.profiles import Profile, load_profile
 from lepton_edge.runtime.factory import BACKENDS
 from lepton_edge.tomlfile import read_toml
@@ -70,6 +71,7 @@ class DeviceConfig:
     id: str
     fleet: str
     profile: Profile
+    tags: tuple[str, ...] = ()  # the groups a rollout selects by; sent in ``status``
 
 
 @dataclass(frozen=True)
@@ -128,7 +130,7 @@ class AgentConfig:
 
 
 _SECTIONS: dict[str, tuple[str, ...]] = {
-    "device": ("id", "fleet", "profile"),
+    "device": ("id", "fleet", "profile", "tags"),
     "runtime": ("backend", "threads"),
     "store": ("dir",),
     "api": ("listen", "max_body_bytes", "max_connections", "idle_timeout_s"),
@@ -199,6 +201,17 @@ class _Reader:
         if not _NAME.match(value):
             raise self.bad(key, "1 to 64 letters, digits, '.', '_' or '-' (it names MQTT topics)")
         return value
+
+    def tags(self, key: str) -> tuple[str, ...]:
+        value = self.table.get(key, [])
+        if (not isinstance(value, list) or len(value) > MAX_TAGS
+                or not all(isinstance(t, str) and valid_tag(t) for t in value)):
+            raise self.bad(key, f"an array of at most {MAX_TAGS} tags of 1 to 64 printable characters without "
+                                "spaces (e.g. [\"site:berlin\", \"hw:pi4\"])")
+        duplicates = sorted({t for t in value if value.count(t) > 1})
+        if duplicates:
+            raise BadInput(f"{self.path}: [{self.section}] {key} lists {duplicates[0]!r} more than once")
+        return tuple(value)
 
     def file(self, key: str) -> Path | None:
         value = self.text(key)
@@ -300,7 +313,7 @@ def load_config(path: str | Path) -> AgentConfig:
         profile = load_profile(profile_name)
     except BadInput as exc:
         raise BadInput(f"{cfg_path}: [device] profile: {exc}") from None
-    device = DeviceConfig(id=dev.name("id"), fleet=dev.name("fleet"), profile=profile)
+    device = DeviceConfig(id=dev.name("id"), fleet=dev.name("fleet"), profile=profile, tags=dev.tags("tags"))
 
     rt = reader["runtime"]
     backend = rt.text("backend", "auto")
