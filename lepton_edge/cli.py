@@ -33,6 +33,7 @@ COMMAND_MODULES = (
     "gateway",
     "fleet",
     "deploy",
+    "rollout",
     "demo",
 )
 

@@ -9,8 +9,19 @@ into ``<store>/api.token`` (mode 0600). With ``--token-file`` it is required on 
                                        -> 201 (new) or 200: {"artifact": id, "name", "version",
                                           "model_sha256", "size", "signed", "created", "new"}
     GET  /v1/artifacts                 {"artifacts": [...]}
-    POST /v1/deployments               {"artifact": id, "devices": [id, ...], "expires_s": 3600,
-                                        "block_size": 65536 (optional)} -> 201: the deployment
+    POST /v1/deployments               {"artifact": id, "devices": [id, ...] and/or "tags": [tag, ...]
+                                        (a device must carry every tag) or "all": true, "expires_s": 3600,
+                                        "block_size": 65536 (optional)} -> 201: the deployment and
+                                        "unknown_devices" (named ids the controller has never seen; their
+                                        jobs wait for them). A selection matching no known device: 400.
+    POST /v1/rollouts                  {"artifact", the selection as above, and optional "canary" (devices)
+                                        or "canary_pct", "soak_s", "rate" (devices/min), "growth",
+                                        "wave_interval_s", "max_failures_pct", "min_done", "max_error_rate",
+                                        "max_p99_increase_pct", "expires_s"} -> 201: the rollout (its JSON in
+                                        docs/ROLLOUTS.md) and "unknown_devices"
+    GET  /v1/rollouts                  {"rollouts": [rollout without "devices", ...]}
+    GET  /v1/rollouts/<id>             the rollout with its waves, summary, abort and devices
+    POST /v1/rollouts/<id>/pause|resume|cancel   -> 200: the rollout
     GET  /v1/deployments/<id>          {"deployment", "artifact", "name", "version", "expires_at",
                                         "devices": [{"device", "job", "state", "received", "total",
                                         "reason", "online", ...}], "summary": {state: n}, "done"}
@@ -47,11 +58,13 @@ from typing import Any, overload
 from urllib.parse import parse_qs, urlsplit
 
 from lepton_edge.errors import ApiError, BadInput
+from lepton_edge.fleet.client import ROLLOUT_FIELDS, check_rollout_fields
 from lepton_edge.fleet.controller import Controller, NotFound
 from lepton_edge.fleet.dashboard import dashboard_asset
 from lepton_edge.fleet.metrics import render_metrics
 from lepton_edge.fleet.series import telemetry_series
 from lepton_edge.fsio import atomic_write_text
+from lepton_edge.mqtt import check_name, valid_tag
 
 log = logging.getLogger("lepton_edge.fleet.http")
 
@@ -185,23 +198,36 @@ class _Handler(BaseHTTPRequestHandler):
             if path == "/v1/deployments":
                 self._only(method, "POST")
                 body = self._json_body()
-                devices = body.get("devices")
-                if not isinstance(devices, list) or not all(isinstance(d, str) for d in devices):
-                    raise BadInput("'devices' must be a list of device ids")
                 expires = body.get("expires_s")
                 if expires is not None and (isinstance(expires, bool) or not isinstance(expires, (int, float))):
                     raise BadInput("'expires_s' must be a number of seconds")
                 block = body.get("block_size")
                 if block is not None and (isinstance(block, bool) or not isinstance(block, int)):
                     raise BadInput("'block_size' must be an integer")
-                if not isinstance(body.get("artifact"), str):
-                    raise BadInput("'artifact' must be an artifact id (the sha256 of its manifest)")
-                return self._reply(201, c.create_deployment(body["artifact"], devices, expires, block))
+                artifact = _artifact_field(body)
+                selection = _select(c, body)
+                dep = c.create_deployment(artifact, selection.devices, expires, block)
+                return self._reply(201, {**dep, "unknown_devices": list(selection.unknown)})
+            if path == "/v1/rollouts":
+                if method == "GET":
+                    return self._reply(200, {"rollouts": c.rollouts()})
+                self._only(method, "POST")
+                body = self._json_body()
+                artifact, params = _artifact_field(body), rollout_params(body)
+                selection = _select(c, body)
+                rollout = c.create_rollout(artifact, selection, params)
+                return self._reply(201, {**rollout, "unknown_devices": list(selection.unknown)})
+            m = re.fullmatch(r"/v1/rollouts/([0-9a-f]{1,64})(?:/(pause|resume|cancel))?", path)
+            if m:
+                if m.group(2) is None:
+                    self._only(method, "GET")
+                    return self._reply(200, c.rollout(m.group(1)))
+                self._only(method, "POST")
+                return self._reply(200, c.rollout_action(m.group(1), m.group(2)))
             m = re.fullmatch(r"/v1/(deployments|jobs)/([0-9a-f]{1,64})", path)
             if m:
                 self._only(method, "GET")
-                found = c.deployment(m.group(2)) if m.group(1) == "deployments" else c.job(m.group(2))
-                return self._reply(200, found)
+                return self._reply(200, c.deployment(m.group(2)) if m.group(1) == "deployments" else c.job(m.group(2)))
             raise ApiError(404, f"no such endpoint: {method} {path}")
         except ApiError as exc:
             self._reply(exc.status, {"error": exc.message}, exc.headers)
@@ -277,20 +303,68 @@ def _query_number(raw_path: str, key: str, default: float) -> float:
     return value
 
 
+def _artifact_field(body: dict[str, Any]) -> str:
+    artifact = body.get("artifact")
+    if not isinstance(artifact, str):
+        raise BadInput("'artifact' must be an artifact id (the sha256 of its manifest)")
+    return artifact
+
+
+def selection_fields(body: dict[str, Any]) -> tuple[list[str], list[str], bool]:
+    """``devices``, ``tags`` and ``all`` from a request body: at least one way to select, ``all`` alone."""
+    devices, tags, all_ = body.get("devices", []), body.get("tags", []), body.get("all", False)
+    if not isinstance(devices, list) or not all(isinstance(d, str) for d in devices):
+        raise BadInput("'devices' must be a list of device ids")
+    for device in devices:
+        check_name(device, "'devices': device id")
+    if not isinstance(tags, list) or not all(isinstance(t, str) and valid_tag(t) for t in tags):
+        raise BadInput("'tags' must be a list of tags (1 to 64 printable characters, no spaces)")
+    if not isinstance(all_, bool):
+        raise BadInput("'all' must be true or false")
+    if all_ and (devices or tags):
+        raise BadInput("'all' selects every device: send it without 'devices' and 'tags'")
+    if not (devices or tags or all_):
+        raise BadInput("select devices with 'devices', 'tags' or 'all'")
+    return devices, tags, all_
+
+
+def _select(controller: Controller, body: dict[str, Any]) -> Any:
+    devices, tags, all_ = selection_fields(body)
+    select = getattr(controller, "select_devices", None)
+    if select is None:  # TEMPORARY: until the controller's select_devices lands (then this goes)
+        if tags or all_:
+            raise ApiError(501, "this controller cannot select by tags yet")
+        known = {d["device"] for d in controller.devices()}
+
+        @dataclass(frozen=True)
+        class _Sel:
+            devices: tuple[str, ...]
+            unknown: tuple[str, ...]
+        return _Sel(tuple(dict.fromkeys(devices)), tuple(d for d in dict.fromkeys(devices) if d not in known))
+    selection = select(devices, tags, all_)
+    if not selection.devices:
+        what = "all devices" if all_ else "; ".join(
+            part for part in (f"tag{'s' if len(tags) > 1 else ''} {', '.join(tags)}" if tags else "",
+                              f"device{'s' if len(devices) > 1 else ''} {', '.join(devices)}" if devices else "")
+            if part)
+        raise BadInput(f"the selection ({what}) matches no device the controller knows")
+    return selection
+
+
+def rollout_params(body: dict[str, Any]) -> Any:
+    """The rollout's parameters from a ``POST /v1/rollouts`` body; a field left out takes the policy's default."""
+    unknown = sorted(set(body) - set(ROLLOUT_FIELDS) - {"artifact", "devices", "tags", "all"})
+    if unknown:
+        raise BadInput(f"unknown field '{unknown[0]}' (rollout fields: {', '.join(ROLLOUT_FIELDS)})")
+    values = check_rollout_fields({k: v for k, v in body.items() if k in ROLLOUT_FIELDS and v is not None},
+                                  lambda key: f"'{key}'")
+    from lepton_edge.fleet.rollout import RolloutParams  # TEMPORARY lazy: until fleet/rollout.py lands
+
+    return RolloutParams(**values)
+
+
 @overload
 def _b64(body: dict[str, Any], key: str) -> bytes: ...
-def _query_number(raw_path: str, key: str, default: float) -> float:
-    """A non-negative number from the query string (BadInput otherwise)."""
-    values = parse_qs(urlsplit(raw_path).query).get(key)
-    if not values:
-        return default
-    try:
-        value = float(values[-1])
-    except ValueError:
-        raise BadInput(f"query parameter {key!r} must be a number") from None
-    if not math.isfinite(value) or value < 0:
-        raise BadInput(f"query parameter {key!r} must be a non-negative number")
-    return value
 
 
 @overload
