@@ -84,72 +84,16 @@ class FleetCollector:
 
     def collect(self) -> Iterator[Metric]:
         started = time.perf_counter()
-        yield from self._devices(self.controller.devices())
-        yield from self._rollouts(self._rollout_list())
-        yield from self._fleet()
+        yield from device_metrics(self.controller.devices(), self.controller.options.fleet)
+        yield from rollout_metrics(self._rollout_list())
+        yield from self._controller()
         scrape = GaugeMetricFamily("lepton_scrape_duration_seconds",
                                    "Time the controller took to collect this scrape's metrics")
         scrape.add_metric([], time.perf_counter() - started)
         yield scrape
 
-    # -- per device --
-    def _devices(self, devices: Iterable[dict[str, Any]]) -> Iterator[Metric]:
-        fleet = self.controller.options.fleet
-
-        def gauge(name: str, text: str) -> GaugeMetricFamily:
-            return GaugeMetricFamily(name, text, labels=DEVICE_LABELS)
-
-        up = gauge("lepton_device_up", "1 when the device's last status said online")
-        seen = gauge("lepton_device_last_seen_seconds", "When the controller last heard from the device (unix time)")
-        telemetry_at = gauge("lepton_device_telemetry_seconds", "When its latest telemetry arrived (unix time)")
-        model = InfoMetricFamily("lepton_device_model", "The model the device serves",
-                                 labels=(*DEVICE_LABELS, "name", "version", "sha256"))
-        budget = gauge("lepton_device_latency_budget_seconds",
-                       "The served model's latency budget (its manifest's self-test or the agent's [health])")
-        inferences = CounterMetricFamily("lepton_device_inferences", "Inferences the device ran (its own count)",
-                                         labels=DEVICE_LABELS)
-        errors = CounterMetricFamily("lepton_device_errors", "Inferences that failed on the device (its own count)",
-                                     labels=DEVICE_LABELS)
-        p50 = gauge("lepton_device_latency_p50_seconds", "Median inference latency over the device's recent window")
-        p99 = gauge("lepton_device_latency_p99_seconds", "99th percentile inference latency over its recent window")
-        memory = gauge("lepton_device_memory_bytes", "Resident memory of the device's agent process")
-        arena = gauge("lepton_device_arena_bytes", "The interpreter's tensor arena (TFLite Micro)")
-        arena_used = GaugeMetricFamily("lepton_device_arena_used_bytes",
-                                       "High-water mark of a microcontroller's arena, head and tail",
-                                       labels=(*DEVICE_LABELS, "part"))
-        fields = ((inferences, "inferences", _number), (errors, "errors", _number), (p50, "latency_p50_ms", _ms),
-                  (p99, "latency_p99_ms", _ms), (memory, "rss_bytes", _number), (arena, "arena_bytes", _number))
-        for d in devices:
-            labels = [d["device"], fleet, d.get("profile") or ""]
-            online = bool(d.get("online"))
-            up.add_metric(labels, 1.0 if online else 0.0)
-            if d.get("last_seen") is not None:
-                seen.add_metric(labels, float(d["last_seen"]))
-            if d.get("telemetry_at") is not None:
-                telemetry_at.add_metric(labels, float(d["telemetry_at"]))
-            served = d.get("model")
-            if served:
-                model.add_metric(labels, {"name": str(served.get("name")), "version": str(served.get("version")),
-                                          "sha256": str(served.get("sha256"))})
-            limit = _ms(d, "latency_budget_ms")
-            if limit is not None:
-                budget.add_metric(labels, limit)
-            values = d.get("telemetry")
-            if not online or not isinstance(values, dict):
-                continue
-            for family, key, read in fields:
-                value = read(values, key)
-                if value is not None:
-                    family.add_metric(labels, value)
-            for part in ("head", "tail"):
-                value = _number(values, f"arena_{part}_bytes")
-                if value is not None:
-                    arena_used.add_metric([*labels, part], value)
-        yield from (up, seen, telemetry_at, model, budget, inferences, errors, p50, p99, memory, arena, arena_used)
-
-    # -- per rollout --
     def _rollout_list(self) -> list[dict[str, Any]]:
-        """The rollouts to show, each with its devices (empty on a controller without rollouts)."""
+        """The rollouts to show, each with its devices (none on a controller without rollouts)."""
         listing = getattr(self.controller, "rollouts", None)
         whole = getattr(self.controller, "rollout", None)
         if listing is None or whole is None:
@@ -160,37 +104,10 @@ class FleetCollector:
             if r.get("state") in FINISHED_ROLLOUT_STATES and isinstance(updated, (int, float)) \
                     and now - updated > FINISHED_ROLLOUT_KEEP_S:
                 continue
-            if "devices" not in r:  # the listing leaves them out: ask for the whole rollout
-                r = whole(r["rollout"])
-            out.append(r)
+            out.append(r if "devices" in r else whole(r["rollout"]))  # the listing may leave the devices out
         return out
 
-    def _rollouts(self, rollouts: list[dict[str, Any]]) -> Iterator[Metric]:
-        devices = GaugeMetricFamily("lepton_rollout_devices", "Devices of a rollout per phase",
-                                    labels=(*ROLLOUT_LABELS, "phase"))
-        state = GaugeMetricFamily("lepton_rollout_state", "1 for the state the rollout is in, 0 for the others",
-                                  labels=(*ROLLOUT_LABELS, "state"))
-        updated = GaugeMetricFamily("lepton_rollout_updated_seconds", "When the rollout last changed (unix time)",
-                                    labels=ROLLOUT_LABELS)
-        abort = InfoMetricFamily("lepton_rollout_abort", "Why the rollout aborted (the criterion is the flag's name)",
-                                 labels=(*ROLLOUT_LABELS, "criterion"))
-        for r in rollouts:
-            labels = [str(r.get("rollout")), str(r.get("name")), str(r.get("version"))]
-            phases = Counter(str(dev.get("phase")) for dev in r.get("devices") or ())
-            for phase in (*ROLLOUT_PHASES, *sorted(set(phases) - set(ROLLOUT_PHASES))):
-                devices.add_metric([*labels, phase], float(phases.get(phase, 0)))
-            current = str(r.get("state"))
-            for name in (*ROLLOUT_STATES, *(() if current in ROLLOUT_STATES else (current,))):
-                state.add_metric([*labels, name], 1.0 if name == current else 0.0)
-            if isinstance(r.get("updated"), (int, float)):
-                updated.add_metric(labels, float(r["updated"]))
-            reason = r.get("abort")
-            if isinstance(reason, dict):
-                abort.add_metric(labels, {"criterion": str(reason.get("criterion"))})
-        yield from (devices, state, updated, abort)
-
-    # -- the controller itself --
-    def _fleet(self) -> Iterator[Metric]:
+    def _controller(self) -> Iterator[Metric]:
         c = self.controller
         bytes_served = CounterMetricFamily("lepton_ota_bytes_served", "Model bytes sent to devices in OTA blocks")
         bytes_served.add_metric([], float(c.counters.bytes_served))
@@ -218,3 +135,83 @@ class FleetCollector:
         jobs = GaugeMetricFamily("lepton_ota_active_jobs", "OTA jobs not finished yet")
         jobs.add_metric([], float(health.get("active_jobs") or 0))
         yield from (bytes_served, blocks_served, ingested, rejected, failed, rows, connected, backlog, jobs)
+
+
+def device_metrics(devices: Iterable[dict[str, Any]], fleet: str) -> Iterator[Metric]:
+    """Per device, from ``controller.devices()`` rows."""
+    def gauge(name: str, text: str) -> GaugeMetricFamily:
+        return GaugeMetricFamily(name, text, labels=DEVICE_LABELS)
+
+    up = gauge("lepton_device_up", "1 when the device's last status said online")
+    seen = gauge("lepton_device_last_seen_seconds", "When the controller last heard from the device (unix time)")
+    telemetry_at = gauge("lepton_device_telemetry_seconds", "When its latest telemetry arrived (unix time)")
+    model = InfoMetricFamily("lepton_device_model", "The model the device serves",
+                             labels=(*DEVICE_LABELS, "name", "version", "sha256"))
+    budget = gauge("lepton_device_latency_budget_seconds",
+                   "The served model's latency budget (its manifest's self-test or the agent's [health])")
+    inferences = CounterMetricFamily("lepton_device_inferences", "Inferences the device ran (its own count)",
+                                     labels=DEVICE_LABELS)
+    errors = CounterMetricFamily("lepton_device_errors", "Inferences that failed on the device (its own count)",
+                                 labels=DEVICE_LABELS)
+    p50 = gauge("lepton_device_latency_p50_seconds", "Median inference latency over the device's recent window")
+    p99 = gauge("lepton_device_latency_p99_seconds", "99th percentile inference latency over its recent window")
+    memory = gauge("lepton_device_memory_bytes", "Resident memory of the device's agent process")
+    arena = gauge("lepton_device_arena_bytes", "The interpreter's tensor arena (TFLite Micro)")
+    arena_used = GaugeMetricFamily("lepton_device_arena_used_bytes",
+                                   "High-water mark of a microcontroller's arena, head and tail",
+                                   labels=(*DEVICE_LABELS, "part"))
+    fields = ((inferences, "inferences", _number), (errors, "errors", _number), (p50, "latency_p50_ms", _ms),
+              (p99, "latency_p99_ms", _ms), (memory, "rss_bytes", _number), (arena, "arena_bytes", _number))
+    for d in devices:
+        labels = [d["device"], fleet, d.get("profile") or ""]
+        online = bool(d.get("online"))
+        up.add_metric(labels, 1.0 if online else 0.0)
+        if d.get("last_seen") is not None:
+            seen.add_metric(labels, float(d["last_seen"]))
+        if d.get("telemetry_at") is not None:
+            telemetry_at.add_metric(labels, float(d["telemetry_at"]))
+        served = d.get("model")
+        if served:
+            model.add_metric(labels, {"name": str(served.get("name")), "version": str(served.get("version")),
+                                      "sha256": str(served.get("sha256"))})
+        limit = _ms(d, "latency_budget_ms")
+        if limit is not None:
+            budget.add_metric(labels, limit)
+        values = d.get("telemetry")
+        if not online or not isinstance(values, dict):
+            continue
+        for family, key, read in fields:
+            value = read(values, key)
+            if value is not None:
+                family.add_metric(labels, value)
+        for part in ("head", "tail"):
+            value = _number(values, f"arena_{part}_bytes")
+            if value is not None:
+                arena_used.add_metric([*labels, part], value)
+    yield from (up, seen, telemetry_at, model, budget, inferences, errors, p50, p99, memory, arena, arena_used)
+
+
+def rollout_metrics(rollouts: Iterable[dict[str, Any]]) -> Iterator[Metric]:
+    """Per rollout, from rollout JSON with its devices (docs/ROLLOUTS.md)."""
+    devices = GaugeMetricFamily("lepton_rollout_devices", "Devices of a rollout per phase",
+                                labels=(*ROLLOUT_LABELS, "phase"))
+    state = GaugeMetricFamily("lepton_rollout_state", "1 for the state the rollout is in, 0 for the others",
+                              labels=(*ROLLOUT_LABELS, "state"))
+    updated = GaugeMetricFamily("lepton_rollout_updated_seconds", "When the rollout last changed (unix time)",
+                                labels=ROLLOUT_LABELS)
+    abort = InfoMetricFamily("lepton_rollout_abort", "Why the rollout aborted (the criterion is the flag's name)",
+                             labels=(*ROLLOUT_LABELS, "criterion"))
+    for r in rollouts:
+        labels = [str(r.get("rollout")), str(r.get("name")), str(r.get("version"))]
+        phases = Counter(str(dev.get("phase")) for dev in r.get("devices") or ())
+        for phase in (*ROLLOUT_PHASES, *sorted(set(phases) - set(ROLLOUT_PHASES))):
+            devices.add_metric([*labels, phase], float(phases.get(phase, 0)))
+        current = str(r.get("state"))
+        for name in (*ROLLOUT_STATES, *(() if current in ROLLOUT_STATES else (current,))):
+            state.add_metric([*labels, name], 1.0 if name == current else 0.0)
+        if isinstance(r.get("updated"), (int, float)):
+            updated.add_metric(labels, float(r["updated"]))
+        reason = r.get("abort")
+        if isinstance(reason, dict):
+            abort.add_metric(labels, {"criterion": str(reason.get("criterion"))})
+    yield from (devices, state, updated, abort)
