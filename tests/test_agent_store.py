@@ -168,3 +168,174 @@ def test_resumable_download(tmp_path, make_artifact, policy):
         store.commit_partial(bad)
     assert not bad.directory.exists()  # a corrupt download is discarded, never installed
     assert store.active().artifact.version == 7
+
+
+# --- staged activations: the floor held, confirm_floor, revert ------------------------------------------
+
+def sha(artifact: Path) -> str:
+    return json.loads((artifact / "manifest.json").read_text())["model"]["sha256"]
+
+
+def staged_store(tmp_path: Path, make_artifact, policy, *, before: Path | None) -> ModelStore:
+    """A store that ran ``before`` (confirmed; None: no model) and then took kws v2 staged, healthy."""
+    store = ModelStore(tmp_path / "s", policy)
+    if before is not None:
+        store.activate(store.install(*parts(before)))
+        store.confirm()
+    store.activate(store.install(*parts(make_artifact("kws", 2))))
+    store.confirm(hold=True)
+    return store
+
+
+def test_a_staged_model_keeps_the_floor_and_holds_the_previous_slot_until_confirmed(tmp_path, make_artifact, policy):
+    store = staged_store(tmp_path, make_artifact, policy, before=make_artifact("ad", 1))
+    state = store.state()
+    assert (state.active, state.pending, state.confirmed_version, state.held.previous) == ("b", False, 1, "a")
+    assert state_file(tmp_path / "s")["held"] == {"previous": "a"}
+    with pytest.raises(BadInput, match="cannot confirm model 000000000000: the device runs model"):
+        store.confirm_floor("0" * 64)
+    assert store.state().held is not None  # a refused confirm changes nothing
+    store.confirm_floor(sha(make_artifact("kws", 2)))
+    assert (store.state().confirmed_version, store.state().held) == (2, None)
+    assert state_file(tmp_path / "s")["held"] is None
+    store.confirm_floor(sha(make_artifact("kws", 2)))  # again: nothing to do, no error
+    with pytest.raises(BadInput, match="no staged update is held"):
+        store.revert(sha(make_artifact("ad", 1)))  # confirmed: the way back is closed
+    with pytest.raises(BadInput, match="version 1 is lower than the confirmed version 2"):
+        store.install(*parts(make_artifact("ad", 1)))  # an older version is refused now
+
+
+def test_a_revert_goes_back_to_the_previous_slot_after_its_health_check(tmp_path, make_artifact, policy):
+    old = make_artifact("ad", 1)
+    store = staged_store(tmp_path, make_artifact, policy, before=old)
+    with pytest.raises(BadInput, match="slot a holds model"):
+        store.revert(sha(make_artifact("kws", 2)))  # the staged model itself is not the way back
+    with pytest.raises(BadInput, match="cannot revert to no model: slot a holds the model from before"):
+        store.revert(None)
+    back = store.revert(sha(old))
+    assert (back.slot, back.pending, back.artifact.version) == ("a", True, 1)
+    assert store.state().held.previous == "a" and store.state().fallback == "b"
+    store.rollback()  # its health check failed: the staged model again, still held
+    assert (store.state().active, store.state().held.previous) == ("b", "a")
+    back = store.revert(sha(old))
+    store.confirm()  # the health check passed
+    state = store.state()
+    assert (state.active, state.pending, state.held, state.confirmed_version) == ("a", False, None, 1)
+    assert store.active().artifact.sha256 == sha(old)
+    # The same revert again (the answer was lost): already there, nothing changes.
+    again = store.revert(sha(old))
+    assert again.slot == "a" and not again.pending and store.state() == state
+    with pytest.raises(BadInput, match="no staged update is held"):
+        store.revert(sha(make_artifact("kws", 2)))
+
+
+def test_a_revert_to_none_only_when_there_was_no_model_before(tmp_path, make_artifact, policy):
+    store = staged_store(tmp_path, make_artifact, policy, before=None)
+    assert store.state().held.previous is None and store.state().confirmed_version is None
+    with pytest.raises(BadInput, match="the device had no model before the staged update"):
+        store.revert(sha(make_artifact("kws", 2)))
+    assert store.revert(None) is None
+    assert store.active() is None and store.state().held is None and not store.state().pending
+    assert store.revert(None) is None  # again: already there
+    reopened_state = state_file(tmp_path / "s")
+    assert (reopened_state["active"], reopened_state["held"]) == (None, None)
+
+
+def test_a_revert_is_refused_when_the_previous_slot_was_tampered_with(tmp_path, make_artifact, policy):
+    old = make_artifact("ad", 1)
+    store = staged_store(tmp_path, make_artifact, policy, before=old)
+    manifest = tmp_path / "s" / "slots" / "a" / "manifest.json"
+    original = manifest.read_bytes()
+    manifest.write_bytes(original.replace(b'"version": 1', b'"version": 3'))
+    with pytest.raises(BadInput, match="signature does not verify"):
+        store.revert(sha(old))
+    manifest.write_bytes(original)
+    model = tmp_path / "s" / "slots" / "a" / "model.tflite"
+    data = bytearray(model.read_bytes())
+    data[100] ^= 0xFF
+    model.write_bytes(bytes(data))
+    with pytest.raises(BadInput, match="sha256"):
+        store.revert(sha(old))
+    assert (store.state().active, store.state().pending, store.state().held.previous) == ("b", False, "a")
+    store.close()
+    # A key no longer trusted: the revert checks the signature against today's keys, not those of the install.
+    model.write_bytes(bytes(data[:100]) + bytes([data[100] ^ 0xFF]) + bytes(data[101:]))
+    other = tmp_path / "other-keys"
+    generate_keypair(other)
+    rotated = InstallPolicy(trusted_keys=(load_public_key(other / "signing.pub"),), require_signature=True,
+                            profile=policy.profile, backend=policy.backend)
+    store = ModelStore(tmp_path / "s", rotated)
+    with pytest.raises(BadInput, match="does not verify with any trusted key"):
+        store.revert(sha(old))
+    store.close()
+    assert ModelStore(tmp_path / "s", policy).revert(sha(old)).slot == "a"  # the original keys: it verifies
+
+
+def test_a_revert_is_refused_when_the_floor_moved_above_the_previous_model(tmp_path, make_artifact, policy):
+    store = staged_store(tmp_path, make_artifact, policy, before=make_artifact("ad", 1))
+    store.close()
+    state = state_file(tmp_path / "s")
+    state["confirmed_version"] = 2  # however the floor got there: a revert never goes below it
+    (tmp_path / "s" / "state.json").write_text(json.dumps(state))
+    store = ModelStore(tmp_path / "s", policy)
+    with pytest.raises(BadInput, match="version 1 is lower than the confirmed version 2"):
+        store.revert(sha(make_artifact("ad", 1)))
+    assert store.state().active == "b" and not store.state().pending
+
+
+def test_an_install_over_the_held_slot_ends_the_hold_first(tmp_path, make_artifact, policy):
+    store = staged_store(tmp_path, make_artifact, policy, before=make_artifact("ad", 1))
+    assert store.install(*parts(make_artifact("kws", 2))) == "b"  # the running model: nothing written, still held
+    assert store.state().held is not None
+    assert store.install(*parts(make_artifact("ic", 3))) == "a"
+    assert store.state().held is None and state_file(tmp_path / "s")["held"] is None
+    assert store.state().confirmed_version == 1
+    with pytest.raises(BadInput, match="no staged update is held"):
+        store.revert(sha(make_artifact("ad", 1)))
+
+
+def test_the_staged_state_survives_crashes_at_every_step(tmp_path, make_artifact, policy):
+    old = make_artifact("ad", 1)
+    store = ModelStore(tmp_path / "s", policy)
+    store.activate(store.install(*parts(old)))
+    store.confirm()
+    store.activate(store.install(*parts(make_artifact("kws", 2))))
+    store.close()  # dies during the staged model's health check
+    store = ModelStore(tmp_path / "s", policy)
+    assert store.recovered_from == "b" and store.state() == type(store.state())(active="a", confirmed_version=1)
+
+    store.activate("b")
+    store.confirm(hold=True)
+    store.close()  # dies while holding: the hold is on disk
+    store = ModelStore(tmp_path / "s", policy)
+    assert store.recovered_from is None and store.state().held.previous == "a" and store.state().active == "b"
+
+    store.revert(sha(old))
+    store.close()  # dies during the revert's health check: back to the staged model, still held
+    store = ModelStore(tmp_path / "s", policy)
+    state = store.state()
+    assert store.recovered_from == "a"
+    assert (state.active, state.pending, state.held.previous, state.confirmed_version) == ("b", False, "a", 1)
+    store.revert(sha(old))
+    store.confirm()
+    store.close()
+    store = ModelStore(tmp_path / "s", policy)
+    assert (store.state().active, store.state().held, store.active().artifact.version) == ("a", None, 1)
+
+
+def test_a_state_file_of_an_older_agent_loads_and_a_corrupt_hold_is_reported(tmp_path, make_artifact, policy):
+    store = ModelStore(tmp_path / "s", policy)
+    store.activate(store.install(*parts(make_artifact("kws", 1))))
+    store.confirm()
+    store.close()
+    path = tmp_path / "s" / "state.json"
+    path.write_text(json.dumps({"schema": 1, "active": "a", "pending": False, "fallback": None,
+                                "confirmed_version": 1}))  # as agents before staged rollouts wrote it
+    store = ModelStore(tmp_path / "s", policy)
+    assert store.state().held is None and store.active().artifact.version == 1
+    store.close()
+    for held in ({"previous": "a"}, {"previous": "c"}, ["a"]):  # the active slot itself, no such slot, not an object
+        path.write_text(json.dumps({"schema": 1, "active": "a", "pending": False, "fallback": None,
+                                    "confirmed_version": 1, "held": held}))
+        with pytest.raises(BadInput, match="corrupt store state"):
+            ModelStore(tmp_path / "s", policy)

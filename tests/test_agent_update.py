@@ -11,11 +11,12 @@ from lepton_edge.agent.update import (
     PublishProgress,
     RequestBlock,
     Resend,
+    RunCommand,
     UpdateMachine,
     Verify,
     WriteBlock,
 )
-from lepton_edge.mqtt import BLOCK_EXPIRED, Block, OtaJob, OtaState
+from lepton_edge.mqtt import BLOCK_EXPIRED, CONFIRM, REVERT, Block, OtaCommand, OtaJob, OtaState
 
 SHA = "ab" * 32
 JOB = OtaJob("0" * 32, "dep", b"{}", None, SHA, 10_000, 4096, 0.0, 0.0)
@@ -101,3 +102,42 @@ def test_a_newer_job_replaces_the_one_in_progress_only_once_admitted():
     assert m.on_refused(newer, "bad signature")[0].state is OtaState.FAILED and m.busy  # the old one goes on
     m.on_refused(newer, "disk full", replaced=True)
     assert not m.busy
+
+
+def command(action: str, job: str = "c" * 32, sha256: str | None = SHA) -> OtaCommand:
+    return OtaCommand(job, "rollout", action, sha256, 0.0)
+
+
+def test_a_revert_is_accepted_activated_then_answered_and_a_repeat_gets_the_last_answer():
+    m = UpdateMachine()
+    revert = command(REVERT)
+    out = m.on_command(revert, 0.0)
+    assert out == [PublishProgress(revert, OtaState.ACCEPTED), PublishProgress(revert, OtaState.ACTIVATING),
+                   RunCommand(revert)]
+    assert m.on_command_done(out[-1], None) == [PublishProgress(revert, OtaState.HEALTHY), ModelChanged()]
+    assert m.on_command(revert, 1.0) == [Resend(revert.job)]
+    refused = command(REVERT, "d" * 32, None)
+    (run,) = [a for a in m.on_command(refused, 2.0) if isinstance(a, RunCommand)]
+    assert m.on_command_done(run, "no staged update is held") == [
+        PublishProgress(refused, OtaState.FAILED, 0, "no staged update is held"), ModelChanged()]
+    assert m.on_command(refused, 3.0) == [Resend(refused.job)]
+
+
+def test_a_confirm_has_no_activating_step_and_changes_no_model():
+    m = UpdateMachine()
+    confirm = command(CONFIRM)
+    out = m.on_command(confirm, 0.0)
+    assert out == [PublishProgress(confirm, OtaState.ACCEPTED), RunCommand(confirm)]
+    assert m.on_command_done(out[-1], None) == [PublishProgress(confirm, OtaState.HEALTHY)]
+
+
+def test_a_revert_abandons_the_download_in_progress_and_a_confirm_does_not():
+    m, _ = admitted()
+    out = m.on_command(command(CONFIRM), 1.0)
+    assert m.busy and not [a for a in out if isinstance(a, Drop)]
+    out = m.on_command(command(REVERT, "e" * 32), 1.0)
+    assert isinstance(out[0], Drop) and out[0].job == JOB
+    failed = out[1]
+    assert failed.job == JOB and failed.state is OtaState.FAILED and "abandoned: a revert" in failed.reason
+    assert not m.busy and m.on_data(block(0, 4096), 1.1) == []  # late blocks of the abandoned job are ignored
+    assert m.on_job(JOB, 2.0) == [Resend(JOB.job)]  # and the job sent again gets its answer

@@ -175,36 +175,70 @@ class Agent:
             raise CheckFailed(f"{path}: health check failed ({report.reason}); rolled back")
         return report
 
-    def activate(self, slot: str) -> HealthReport:
-        """Activate ``slot``, check its health, then confirm and serve it, or roll back."""
+    def activate(self, slot: str, *, staged: bool = False) -> HealthReport:
+        """Activate ``slot``, check its health, then confirm and serve it, or roll back. ``staged``: a
+        staged rollout's model, confirmed without raising the version floor (the store holds the slot
+        active before, for a revert, until :meth:`confirm_floor`)."""
+        store = self._require_store()
+        with self._activation:
+            log.info("activating slot %s%s", slot, " (staged: the version floor stays)" if staged else "")
+            return self._check_then_switch(slot, store.activate(slot), staged=staged)
+
+    def revert(self, sha256: str | None) -> HealthReport | None:
+        """Go back from a held staged model to the one before it (:meth:`ModelStore.revert`), with the
+        same health check as an activation. None: done without one (no model now, or already there).
+        BadInput or CheckFailed when the store refuses; a failed health check returns its report (the
+        staged model serves again, still held)."""
+        store = self._require_store()
+        with self._activation:
+            back = store.revert(sha256)
+            if back is None:
+                if self._served is not None:
+                    log.info("reverted to no model (there was none before the staged update)")
+                self._set_served(None)
+                return None
+            if not back.pending:
+                log.info("revert: slot %s runs model %s already", back.slot, back.artifact.sha256[:12])
+                return None
+            log.info("reverting to slot %s (%s v%d)", back.slot, back.artifact.name, back.artifact.version)
+            return self._check_then_switch(back.slot, back.artifact, staged=False)
+
+    def confirm_floor(self, sha256: str) -> None:
+        """A staged rollout completed: raise the version floor to the running model's (BadInput when the
+        device runs another model)."""
+        store = self._require_store()
+        with self._activation:
+            store.confirm_floor(sha256)
+            log.info("model %s confirmed; the version floor is %s now", sha256[:12], store.state().confirmed_version)
+
+    def _check_then_switch(self, slot: str, artifact: Artifact, *, staged: bool) -> HealthReport:
+        """The health check of the store's pending ``slot``, then confirm and serve it, or roll back."""
         store = self._require_store()
         health = self.config.health
-        with self._activation:
-            log.info("activating slot %s", slot)
-            artifact = store.activate(slot)
-            budget = health.latency_budget_ms
-            try:
-                candidate = self._load(artifact, slot, candidate=True)
-            except LeptonError as exc:
-                report = HealthReport(False, f"cannot load: {exc}", "load", False, None, budget)
-            else:
-                report = check_health(candidate.runner, artifact.manifest, default_budget_ms=budget, runs=health.runs)
-                if report.ok:
-                    report = self._accept(candidate, report)
-            self.last_health = report
+        budget = health.latency_budget_ms
+        try:
+            candidate = self._load(artifact, slot, candidate=True)
+        except LeptonError as exc:
+            report = HealthReport(False, f"cannot load: {exc}", "load", False, None, budget)
+        else:
+            report = check_health(candidate.runner, artifact.manifest, default_budget_ms=budget, runs=health.runs)
             if report.ok:
-                store.confirm()
-                self._set_served(candidate)
-                self.metrics.count_activation("confirmed")
-                log.info("slot %s healthy (%s, %.3f ms); confirmed %s v%d", slot, report.source,
-                         report.latency_ms or 0.0, artifact.name, artifact.version)
-                return report
-            back = store.rollback()
-            self.metrics.count_activation("rolled_back")
-            log.warning("slot %s failed its health check (%s); rolled back to %s", slot, report.reason,
-                        back or "no model")
-            self._after_rollback(back)
+                report = self._accept(candidate, report, staged=staged)
+        self.last_health = report
+        if report.ok:
+            store.confirm(hold=staged)
+            self._set_served(candidate)
+            self.metrics.count_activation("confirmed")
+            log.info("slot %s healthy (%s, %.3f ms); confirmed %s v%d%s", slot, report.source,
+                     report.latency_ms or 0.0, artifact.name, artifact.version,
+                     " (staged: the version floor stays)" if staged else "")
             return report
+        back = store.rollback()
+        self.metrics.count_activation("rolled_back")
+        log.warning("slot %s failed its health check (%s); rolled back to %s", slot, report.reason,
+                    back or "no model")
+        self._after_rollback(back)
+        return report
 
     def load_active(self) -> None:
         """Serve the store's active model (verified again); serve nothing when there is none or it fails."""
@@ -228,8 +262,9 @@ class Agent:
         return load_served(artifact, slot, backend=self.backend, profile=self.config.device.profile,
                            threads=self.config.runtime.threads)
 
-    def _accept(self, candidate: ServedModel, report: HealthReport) -> HealthReport:
-        """The candidate passed its health check; last word before it is confirmed."""
+    def _accept(self, candidate: ServedModel, report: HealthReport, *, staged: bool) -> HealthReport:
+        """The candidate passed its health check; last word before it is confirmed (``staged``: without
+        raising the version floor)."""
         return report
 
     def _after_rollback(self, back: str | None) -> None:
@@ -307,7 +342,8 @@ class Agent:
         state = self.store.state() if self.store is not None else None
         runner = served.runner if served is not None else None
         return {
-            "device": {"id": cfg.device.id, "fleet": cfg.device.fleet, "profile": cfg.device.profile.name},
+            "device": {"id": cfg.device.id, "fleet": cfg.device.fleet, "profile": cfg.device.profile.name,
+                       "tags": list(cfg.device.tags)},
             "model": served.describe() if served is not None else None,
             "slot": served.slot if served is not None else None,
             "backend": self.backend,
@@ -320,7 +356,9 @@ class Agent:
             "errors": metrics.error_count,
             "latency_ms": metrics.latency_percentiles(),
             "store": None if state is None else {"active": state.active, "pending": state.pending,
-                                                 "confirmed_version": state.confirmed_version},
+                                                 "confirmed_version": state.confirmed_version,
+                                                 "held": None if state.held is None
+                                                 else {"previous": state.held.previous}},
             "last_health_check": self.last_health.to_dict() if self.last_health is not None else None,
             "agent_version": __version__,
         }

@@ -26,7 +26,9 @@ class FleetMember(Protocol):
     metrics: AgentMetrics
 
     def current(self) -> ServedModel | None: ...
-    def activate(self, slot: str) -> HealthReport: ...              # health check, then confirm or roll back
+    def activate(self, slot: str, *, staged: bool = False) -> HealthReport: ...  # health check, confirm or roll back
+    def revert(self, sha256: str | None) -> HealthReport | None: ...  # back to the held slot (store.revert)
+    def confirm_floor(self, sha256: str) -> None: ...               # end a staged hold: raise the version floor
     def check_update(self, manifest: dict[str, Any]) -> None: ...   # CheckFailed: refused from the manifest alone
     def offline_reason(self) -> str | None: ...
     def software(self) -> str: ...

@@ -15,6 +15,11 @@ SIGKILL the download resumes from the bytes on disk. Then :meth:`ModelStore.comm
 size, sha256 and fit and writes the inactive slot, and ``activate`` runs the health check and
 confirms or rolls back, while the current model keeps serving.
 
+A staged rollout's job (``OtaJob.staged``) activates without raising the version floor: the store
+holds the slot active before until an :class:`~lepton_edge.mqtt.OtaCommand` arrives on the same
+``ota/job`` topic, ``confirm`` (raise the floor) or ``revert`` (back to that slot, or to no model),
+answered on ``ota/progress`` under the command's job id (:meth:`UpdateMachine.on_command`).
+
 :class:`OtaClient` runs the agent's runner on one worker thread of its own; the MQTT loop thread
 only hands messages over.
 
@@ -44,24 +49,29 @@ from lepton_edge.agent.update import (
     PublishProgress,
     RequestBlock,
     Resend,
+    RunCommand,
     UpdateMachine,
     Verify,
     WriteBlock,
 )
 from lepton_edge.artifact import verify_manifest
-from lepton_edge.errors import BadInput, CheckFailed
+from lepton_edge.errors import BadInput, CheckFailed, LeptonError
 from lepton_edge.mqtt import (
+    CONFIRM,
     OTA_DATA,
     OTA_JOB,
+    REVERT,
     Block,
     BlockRequest,
     DeviceTopics,
     ModelInfo,
     MqttClient,
+    OtaCommand,
     OtaJob,
     OtaState,
     Progress,
     Router,
+    parse_ota_message,
 )
 
 if TYPE_CHECKING:
@@ -89,7 +99,24 @@ class Checked:
 
 class UpdateTarget(Protocol):
     """The I/O of an update on one device. ``check``, ``open``, ``install`` and ``activate`` raise
-    BadInput or CheckFailed with the reason the job fails for."""
+    BadInput or CheckFailed with the reason the job fails for.
+
+    ``open`` sees the job: a target remembers ``job.staged`` and, when the model then passes its
+    health check in ``activate``, leaves its version floor where it was and keeps the model that ran
+    before (its slot, or "none") as the revert target. ``revert`` and ``confirm`` carry out an
+    :class:`~lepton_edge.mqtt.OtaCommand` (the runner fails the command with a clear reason for a
+    target that has neither):
+
+    * ``revert(sha256)``: only while a staged model is held: back to the model before it, which must
+      be the one ``sha256`` names (still held, its original signed manifest verifying again against
+      the trusted keys, version at or above the floor), with the same health check as an update;
+      ``None`` only when there was no model before (then serve none). Returns None when done, or
+      when already there (not held, running ``sha256``, or none for None): a command sent again is
+      harmless. Else the reason it was refused or failed (a failed health check: the staged model
+      serves again, still held).
+    * ``confirm(sha256)``: if the device runs ``sha256``, raise the floor to its version and end the
+      hold; None when done (or so already), else why not (it runs another model, or none).
+    """
 
     def check(self, job: OtaJob) -> Checked: ...
     def open(self, job: OtaJob, checked: Checked, block_size: int, replacing: OtaJob | None) -> int: ...
@@ -99,6 +126,8 @@ class UpdateTarget(Protocol):
     def activate(self) -> str | None: ...                 # health check: None, or why it rolled back
     def reported_model(self, state: OtaState) -> ModelInfo | None: ...        # for the progress report
     def model_changed(self) -> None: ...
+    def revert(self, sha256: str | None) -> str | None: ...   # None: done (or already there); else why not
+    def confirm(self, sha256: str) -> str | None: ...         # None: floor raised (or already); else why not
 
 
 class OtaRunner:
@@ -115,8 +144,15 @@ class OtaRunner:
         self.requests_sent = 0
 
     # -- events --
-    def on_job(self, job: OtaJob) -> None:
+    def on_job(self, job: OtaJob | OtaCommand) -> None:
+        """What came on ``ota/job``: an update, or a command (:func:`parse_ota_message` tells them apart)."""
+        if isinstance(job, OtaCommand):
+            self.on_command(job)
+            return
         self.run(self.machine.on_job(job, time.monotonic()))
+
+    def on_command(self, command: OtaCommand) -> None:
+        self.run(self.machine.on_command(command, time.monotonic()))
 
     def on_data(self, block: Block) -> None:
         self.run(self.machine.on_data(block, time.monotonic()))
@@ -169,7 +205,22 @@ class OtaRunner:
             return m.on_activated(action, rollback_reason)
         elif isinstance(action, ModelChanged):
             target.model_changed()
+        elif isinstance(action, RunCommand):
+            return m.on_command_done(action, self._command(action.command))
         return []
+
+    def _command(self, command: OtaCommand) -> str | None:
+        """Run a revert or a confirm on the target: None when done, else why not."""
+        name = {REVERT: "revert", CONFIRM: "confirm"}[command.action]
+        method = getattr(self.target, name, None)
+        if method is None:  # a target written before staged rollouts
+            return f"this device cannot {name}: its update target has no {name}()"
+        try:
+            reason: str | None = method(command.sha256)
+        except LeptonError as exc:  # a target should return its reason; a raised one is a reason all the same
+            reason = str(exc)
+        log.info("%s %s (%s): %s", name, command.job[:8], (command.sha256 or "no model")[:12], reason or "done")
+        return reason
 
     def _admit(self, admit: Admit) -> list[Action]:
         job, m = admit.job, self.machine
@@ -191,7 +242,8 @@ class OtaRunner:
     def _report(self, action: PublishProgress) -> None:
         job, state = action.job, action.state
         model = self.target.reported_model(state)
-        p = Progress(job.job, state.value, action.received, job.size, action.reason, model, time.time())
+        total = job.size if isinstance(job, OtaJob) else 0
+        p = Progress(job.job, state.value, action.received, total, action.reason, model, time.time())
         payload = p.to_bytes()
         if state in TERMINAL_STATES:
             self._last[job.job] = payload
@@ -204,11 +256,12 @@ class OtaRunner:
         self._publish(self.topics.ota_progress, payload, 1, False)
 
 
-def route_ota(client: MqttClient, topics: DeviceTopics, on_job: Callable[[str, OtaJob], None],
+def route_ota(client: MqttClient, topics: DeviceTopics, on_job: Callable[[str, OtaJob | OtaCommand], None],
               on_data: Callable[[str, Block], None], *, label: str) -> Router:
-    """Subscribe to a device's ``ota/job`` and ``ota/data``; bad payloads are logged as warnings."""
+    """Subscribe to a device's ``ota/job`` (updates and commands) and ``ota/data``; bad payloads are
+    logged as warnings."""
     router = Router(log, label=label, level=logging.WARNING)
-    router.on(OTA_JOB, OtaJob.from_bytes, on_job)
+    router.on(OTA_JOB, parse_ota_message, on_job)
     router.on(OTA_DATA, Block.from_bytes, on_data)
     router.subscribe(client, topics.topic)
     return router
@@ -227,6 +280,7 @@ class StoreTarget:
         self._model_changed = model_changed
         self._part: PartialDownload | None = None
         self._slot: str | None = None
+        self._staged = False  # the job being downloaded is a staged rollout's
 
     def _store(self) -> Any:
         store = self.member.store
@@ -240,14 +294,19 @@ class StoreTarget:
         manifest = verify_manifest(job.manifest_bytes, job.signature, policy.trusted_keys,
                                    require_signature=policy.require_signature, source="update manifest")
         served = self.member.current()
+        state = store.state()
         if (served is not None and served.sha256 == manifest["model"]["sha256"]
-                and served.version == manifest["version"] and not store.state().pending):
+                and served.version == manifest["version"] and not state.pending):
+            if state.held is not None and not job.staged:
+                # A plain job for the model a staged rollout holds: healthy means confirmed, as for any plain job.
+                self.member.confirm_floor(served.sha256)
             return Checked(manifest, running=True)
         self.member.check_update(manifest)  # RAM and the like: what the manifest alone tells
         return Checked(manifest, running=False)
 
     def open(self, job: OtaJob, checked: Checked, block_size: int, replacing: OtaJob | None) -> int:
         store = self._store()
+        self._staged = job.staged
         if replacing is not None:  # a newer job replaces the one in progress
             log.info("update %s replaced by %s", replacing.job[:8], job.job[:8])
             if self._part is not None and replacing.manifest_bytes != job.manifest_bytes:
@@ -280,8 +339,24 @@ class StoreTarget:
 
     def activate(self) -> str | None:
         assert self._slot is not None
-        report = self.member.activate(self._slot)
+        report = self.member.activate(self._slot, staged=self._staged)
         return None if report.ok else f"health check failed: {report.reason}"
+
+    def revert(self, sha256: str | None) -> str | None:
+        try:
+            report = self.member.revert(sha256)
+        except LeptonError as exc:
+            return f"revert refused: {exc}"
+        if report is None or report.ok:
+            return None
+        return f"health check failed: {report.reason}; the staged model serves again"
+
+    def confirm(self, sha256: str) -> str | None:
+        try:
+            self.member.confirm_floor(sha256)
+        except LeptonError as exc:
+            return f"confirm refused: {exc}"
+        return None
 
     def reported_model(self, state: OtaState) -> ModelInfo | None:
         return model_info(self.member.current())
@@ -310,7 +385,7 @@ class OtaClient:
         self._queue.put(None)
         self._thread.join(timeout)
 
-    def on_job(self, device: str, job: OtaJob) -> None:
+    def on_job(self, device: str, job: OtaJob | OtaCommand) -> None:
         self._queue.put(("job", job))
 
     def on_data(self, device: str, block: Block) -> None:

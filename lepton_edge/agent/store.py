@@ -3,7 +3,8 @@
 On disk (``[store] dir``)::
 
     state.json            {"schema": 1, "active": "a"|"b"|null, "pending": bool,
-                           "fallback": "a"|"b"|null, "confirmed_version": int|null}
+                           "fallback": "a"|"b"|null, "confirmed_version": int|null,
+                           "held": null | {"previous": "a"|"b"|null}}      (no "held": null)
     slots/a/, slots/b/    model.tflite, manifest.json (the exact signed bytes), manifest.sig (absent if unsigned)
     partial/<key>/        a download in progress: manifest.json, manifest.sig, model.part
     lock                  flock()ed by the one process that owns the store
@@ -17,7 +18,12 @@ API (what the agent and the OTA client call; every method is thread-safe)::
         # identical (name, version, sha256) to the active one returns the active slot and writes nothing.
     store.activate(slot)     # re-verify the slot, then point ``active`` at it with pending = true
     store.confirm()          # the health check passed: pending = false, confirmed_version = its version
+    store.confirm(hold=True) # the same for a staged rollout's model: the version floor stays where it was
+                             # and the slot active before is held as the revert target
     store.rollback()         # the health check failed: back to the slot that was active before
+    store.confirm_floor(sha256)  # the rollout completed: raise the floor to the held model's version
+    store.revert(sha256)     # the rollout aborted: back to the held slot (pending its health check, then
+                             # confirm() or rollback()), or with None to no model when there was none
     store.active()           # ActiveModel(slot, artifact (verified), pending) or None
     store.state()            # StoreState, for status and telemetry
 
@@ -45,6 +51,16 @@ Crash safety (power loss or SIGKILL at any instruction):
   health check finished (the lock proves no other process owns it): it rolls back to ``fallback``, the
   last confirmed slot, which nothing could have overwritten meanwhile.
 * ``confirmed_version`` only grows, and every install and activation checks against it.
+
+Staged activations (a rollout's install, ``confirm(hold=True)``): ``held`` names the slot that was
+active before (``previous``; null when there was no model), so that the rollout can still go back
+to it. The hold ends with ``confirm_floor`` (the rollout completed), a finished ``revert``, or an
+install that overwrites the previous slot (the hold is dropped in ``state.json`` before the slot is
+touched). A revert re-verifies the previous slot as it is on disk now (signature against today's
+trusted keys, size and sha256 of the model, version at or above the floor), names it by its
+model's sha256, then activates it pending the agent's health check: while a revert is pending,
+``held`` stays set and ``fallback`` is the staged model, so a failed check or a crash goes back to
+the staged model with the hold intact. docs/REVERT-SECURITY.md has the argument.
 """
 
 from __future__ import annotations
@@ -56,7 +72,7 @@ import json
 import os
 import shutil
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -81,11 +97,19 @@ PARTIAL_FILE = "model.part"
 
 
 @dataclass(frozen=True)
+class Held:
+    """A staged activation passed its health check; the version floor was not raised."""
+
+    previous: str | None  # the slot active before it (the revert target); None: there was no model
+
+
+@dataclass(frozen=True)
 class StoreState:
     active: str | None = None
     pending: bool = False
-    fallback: str | None = None  # the confirmed slot to go back to while ``pending``
+    fallback: str | None = None  # the slot to go back to while ``pending``
     confirmed_version: int | None = None
+    held: Held | None = None     # set while a staged model awaits confirm_floor() or revert()
 
     def to_json(self) -> str:
         return json.dumps({"schema": STATE_SCHEMA, **asdict(self)}, indent=2, sort_keys=True) + "\n"
@@ -208,6 +232,8 @@ class ModelStore:
             if state.pending:
                 raise BadInput(f"slot {state.active} is pending its health check; confirm or roll back first")
             slot = self._inactive_slot()
+            if state.held is not None:  # the revert target is about to be overwritten: no revert after this
+                self._write_state(replace(state, held=None))
             with atomic_directory(self.slot_dir(slot), replace=True) as staging:
                 (staging / MODEL_FILE).write_bytes(model_bytes)
                 (staging / MANIFEST_FILE).write_bytes(manifest_bytes)
@@ -228,17 +254,22 @@ class ModelStore:
                                              confirmed_version=state.confirmed_version))
             return artifact
 
-    def confirm(self) -> None:
-        """The pending model passed its health check."""
+    def confirm(self, *, hold: bool = False) -> None:
+        """The pending model passed its health check. ``hold``: a staged rollout's model, so the version
+        floor stays and the slot active before is held for a revert. A pending revert ends the hold."""
         with self._mutex:
             state = self._state
             if not state.pending:
                 return
             assert state.active is not None  # a pending model is the active one
-            version = self._slot_manifest(state.active)["version"]
-            confirmed = version if state.confirmed_version is None else max(version, state.confirmed_version)
-            self._write_state(StoreState(active=state.active, pending=False, fallback=None,
-                                         confirmed_version=confirmed))
+            if state.held is not None:  # a revert passed: the floor stays, nothing is held any more
+                self._write_state(StoreState(active=state.active, confirmed_version=state.confirmed_version))
+            elif hold:
+                self._write_state(StoreState(active=state.active, confirmed_version=state.confirmed_version,
+                                             held=Held(previous=state.fallback)))
+            else:
+                self._write_state(StoreState(active=state.active,
+                                             confirmed_version=self._raised_floor(state.active)))
 
     def rollback(self) -> str | None:
         """Go back from the pending model to the last confirmed one; return the slot now active."""
@@ -246,6 +277,60 @@ class ModelStore:
             if not self._state.pending:
                 raise BadInput("nothing to roll back: no model is pending")
             return self._rollback()
+
+    def confirm_floor(self, sha256: str) -> None:
+        """Raise the version floor to the active model's version if its model is ``sha256`` (a staged
+        rollout completed); the hold ends. Nothing changes when that is so already. BadInput when the
+        device runs another model (or none) or one is pending."""
+        with self._mutex:
+            state = self._state
+            self._refuse_pending(state, "confirm")
+            active_sha = self._active_sha256(state)
+            if active_sha != sha256:
+                raise BadInput(f"cannot confirm model {sha256[:12]}: the device runs "
+                               f"{'no model' if active_sha is None else 'model ' + active_sha[:12]}")
+            assert state.active is not None
+            floor = self._raised_floor(state.active)
+            if floor != state.confirmed_version or state.held is not None:
+                self._write_state(StoreState(active=state.active, confirmed_version=floor))
+
+    def revert(self, sha256: str | None) -> ActiveModel | None:
+        """Go back from a held staged model to the model before it, named by its sha256 (None: there
+        was no model; the store then has no active model and this is done).
+
+        Refused (BadInput, CheckFailed) unless a staged model is held and the previous slot still
+        holds that model and verifies again: signature against the trusted keys, size and sha256,
+        version at or above the floor. On success the previous slot is active and pending: run its
+        health check, then :meth:`confirm` or :meth:`rollback` (back to the staged model, still held).
+        Already there (no hold, and the active model is ``sha256``, or none for None): returns the
+        active model with ``pending`` false, or None, and changes nothing."""
+        with self._mutex:
+            state = self._state
+            self._refuse_pending(state, "revert")
+            if state.held is None:
+                if self._active_sha256(state) == sha256:
+                    return None if state.active is None else ActiveModel(state.active,
+                                                                         self.slot_artifact(state.active), False)
+                raise BadInput("no staged update is held (none was installed, or it was confirmed or "
+                               "replaced since): nothing to revert to")
+            previous = state.held.previous
+            if previous is None:
+                if sha256 is not None:
+                    raise BadInput(f"cannot revert to model {sha256[:12]}: the device had no model before "
+                                   "the staged update")
+                self._write_state(StoreState(confirmed_version=state.confirmed_version))
+                return None
+            if sha256 is None:
+                raise BadInput(f"cannot revert to no model: slot {previous} holds the model from before "
+                               "the staged update")
+            artifact = self.slot_artifact(previous)  # as it is on disk now, against today's keys
+            if artifact.sha256 != sha256:
+                raise BadInput(f"cannot revert to model {sha256[:12]}: slot {previous} holds model "
+                               f"{artifact.sha256[:12]}")
+            check_version(artifact.manifest, state.confirmed_version, f"slot {previous}")
+            self._write_state(StoreState(active=previous, pending=True, fallback=state.active,
+                                         confirmed_version=state.confirmed_version, held=state.held))
+            return ActiveModel(previous, artifact, True)
 
     # --- resumable downloads -----------------------------------------------------------------------
 
@@ -318,10 +403,27 @@ class ModelStore:
                (manifest["name"], manifest["version"], manifest["model"]["sha256"])
 
     def _rollback(self) -> str | None:
+        """Back to ``fallback``; a failed revert goes back to the staged model, which stays held."""
         state = self._state
-        self._write_state(StoreState(active=state.fallback, pending=False, fallback=None,
-                                     confirmed_version=state.confirmed_version))
+        self._write_state(StoreState(active=state.fallback, confirmed_version=state.confirmed_version,
+                                     held=state.held))
         return state.fallback
+
+    def _raised_floor(self, slot: str) -> int:
+        version: int = self._slot_manifest(slot)["version"]
+        floor = self._state.confirmed_version
+        return version if floor is None else max(version, floor)
+
+    def _active_sha256(self, state: StoreState) -> str | None:
+        if state.active is None:
+            return None
+        sha: str = self._slot_manifest(state.active)["model"]["sha256"]
+        return sha
+
+    @staticmethod
+    def _refuse_pending(state: StoreState, what: str) -> None:
+        if state.pending:
+            raise BadInput(f"cannot {what} now: slot {state.active} is pending its health check")
 
     def _write_state(self, state: StoreState) -> None:
         atomic_write_text(self.dir / STATE_FILE, state.to_json())
@@ -340,10 +442,16 @@ class ModelStore:
               and isinstance(raw.get("pending"), bool)
               and (raw.get("confirmed_version") is None
                    or (isinstance(raw["confirmed_version"], int) and not isinstance(raw["confirmed_version"], bool))))
+        held_raw = raw.get("held") if isinstance(raw, dict) else None  # absent in stores of older agents
+        if held_raw is not None:
+            ok = ok and isinstance(held_raw, dict) and held_raw.get("previous") in (None, *SLOTS) \
+                and held_raw.get("previous") != (raw["fallback"] if raw["pending"] else raw["active"]) \
+                and (not raw["pending"] or held_raw.get("previous") == raw["active"])
         if not ok:
             raise BadInput(f"{path}: corrupt store state")
         return StoreState(active=raw["active"], pending=raw["pending"], fallback=raw["fallback"],
-                          confirmed_version=raw["confirmed_version"])
+                          confirmed_version=raw["confirmed_version"],
+                          held=None if held_raw is None else Held(previous=held_raw["previous"]))
 
     def _remove_staging_leftovers(self) -> None:
         """Remove what interrupted atomic writes left: ``slots/.a.*.partial``, ``slots/.a.old``,

@@ -12,6 +12,14 @@ what the returned actions say, and reports the outcome of the slow ones back as 
     on_verified(verify, activate) / on_verify_failed(verify, reason)
     on_activated(activate, rollback_reason) / on_activate_failed(activate, reason)
     on_timer(now, connected), on_reconnect(now), on_due(job, offset, now), fail(reason)
+    on_command(command, now)       -> [PublishProgress..., RunCommand] | [Resend]
+    on_command_done(run, reason)
+
+Commands (:class:`~lepton_edge.mqtt.OtaCommand`, a staged rollout's ``revert`` or ``confirm``) are
+answered under their own job id: ``accepted``, ``activating`` (revert only), then ``healthy`` or
+``failed`` with the reason. A revert abandons the download in progress (``failed``: its bytes would
+otherwise undo the revert when they arrive); a command sent again after it finished gets its last
+answer, like a job.
 
 Blocks are asked for ``window`` at a time, paced by ``max_bytes_per_s`` (and ``block_delay_s``, a
 simulated slow link) and re-asked after ``request_timeout_s`` and after every reconnect. They are
@@ -26,7 +34,7 @@ from __future__ import annotations
 import collections
 from dataclasses import dataclass, field
 
-from lepton_edge.mqtt.messages import BLOCK_OK, Block, OtaJob, OtaState
+from lepton_edge.mqtt.messages import BLOCK_OK, REVERT, Block, OtaCommand, OtaJob, OtaState
 
 FINISHED_KEPT = 64  # finished jobs remembered, to answer a job sent again with its last word
 TERMINAL_STATES = frozenset({OtaState.HEALTHY, OtaState.ROLLED_BACK, OtaState.FAILED})
@@ -76,7 +84,7 @@ class WriteBlock:
 
 @dataclass(frozen=True)
 class PublishProgress:
-    job: OtaJob
+    job: OtaJob | OtaCommand
     state: OtaState
     received: int = 0
     reason: str | None = None
@@ -119,7 +127,15 @@ class ModelChanged:
     """The device runs another model, or the old one again: say so in ``status``."""
 
 
-Action = Admit | RequestBlock | WriteBlock | PublishProgress | Resend | Drop | Verify | Activate | ModelChanged
+@dataclass(frozen=True)
+class RunCommand:
+    """Carry out a revert or a confirm; answer with :meth:`UpdateMachine.on_command_done`."""
+
+    command: OtaCommand
+
+
+Action = (Admit | RequestBlock | WriteBlock | PublishProgress | Resend | Drop | Verify | Activate | ModelChanged
+          | RunCommand)
 
 
 # --- the machine -------------------------------------------------------------------------------
@@ -246,6 +262,23 @@ class UpdateMachine:
     def on_activate_failed(self, step: Activate, reason: str) -> list[Action]:
         return self._report(step.job, OtaState.FAILED, step.size, f"cannot activate: {reason}")
 
+    def on_command(self, command: OtaCommand, now: float) -> list[Action]:
+        """A revert or a confirm; a revert first abandons the download in progress."""
+        if command.job in self.finished:
+            return [Resend(command.job)]
+        actions: list[Action] = []
+        if command.action == REVERT and self.download is not None:
+            actions += self.fail(f"abandoned: a revert ({command.job[:8]}) arrived during the download")
+        actions += self._report(command, OtaState.ACCEPTED, 0)
+        if command.action == REVERT:
+            actions += self._report(command, OtaState.ACTIVATING, 0)
+        return [*actions, RunCommand(command)]
+
+    def on_command_done(self, step: RunCommand, reason: str | None) -> list[Action]:
+        """The command ran: done (``None``), or refused or failed for ``reason``."""
+        actions = self._report(step.command, OtaState.HEALTHY if reason is None else OtaState.FAILED, 0, reason)
+        return [*actions, ModelChanged()] if step.command.action == REVERT else actions
+
     def fail(self, reason: str) -> list[Action]:
         """Give up the download in progress (a bad block, an internal error)."""
         dl = self.download
@@ -255,7 +288,8 @@ class UpdateMachine:
         return [Drop(dl.job), *self._report(dl.job, OtaState.FAILED, dl.received, reason)]
 
     # -- internals --
-    def _report(self, job: OtaJob, state: OtaState, received: int, reason: str | None = None) -> list[Action]:
+    def _report(self, job: OtaJob | OtaCommand, state: OtaState, received: int,
+                reason: str | None = None) -> list[Action]:
         if state in TERMINAL_STATES:
             self.finished[job.job] = state
             self.finished.move_to_end(job.job)

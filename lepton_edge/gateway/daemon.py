@@ -91,10 +91,12 @@ class Gateway(Agent):
     def _load(self, artifact: Artifact, slot: str, *, candidate: bool = False) -> ServedModel:
         """Flash ``artifact`` unless the device already runs it; serve it through the device. A candidate
         stays unconfirmed on the device until its health check passes (:meth:`_accept`), so that the
-        device takes the confirmed model back if it fails."""
+        device takes the confirmed model back if it fails; so does a staged model the store holds
+        (its version must not become the device's floor before the rollout confirms it)."""
         payload = ModelPayload.from_artifact(artifact)
         progress = _quarter_logger(f"flashing {artifact.name} v{artifact.version}")
-        result = self.session.call(lambda device: device.flash(payload, confirm=not candidate, progress=progress),
+        confirm = not candidate and not self._held()
+        result = self.session.call(lambda device: device.flash(payload, confirm=confirm, progress=progress),
                                    what=f"flashing {artifact.name}")
         if result.already_active:
             log.info("the device runs %s v%d already (sha256 %s)", artifact.name, artifact.version, result.sha256[:12])
@@ -108,13 +110,36 @@ class Gateway(Agent):
                               session=self.session, package=package)
         return served_model(artifact, slot, runner)
 
-    def _accept(self, candidate: ServedModel, report: HealthReport) -> HealthReport:
-        """Confirm the model on the device too (its version becomes the device's floor)."""
+    def _accept(self, candidate: ServedModel, report: HealthReport, *, staged: bool) -> HealthReport:
+        """Confirm the model on the device too (its version becomes the device's floor); a staged model
+        stays unconfirmed there until the rollout's confirm (:meth:`confirm_floor`)."""
+        if staged:
+            return report
         try:
             self.session.call(lambda device: device.confirm(), what="MODEL_CONFIRM")
         except LeptonError as exc:
             return replace(report, ok=False, reason=f"cannot confirm it on the device: {exc}")
         return report
+
+    def confirm_floor(self, sha256: str) -> None:
+        """MODEL_CONFIRM for the held staged model, then the store's floor. A device that does not answer
+        now is confirmed when it answers again (:meth:`load_active` confirms what nothing holds)."""
+        store = self._require_store()
+        with self._activation:
+            served = self._served
+            if served is None or served.sha256 != sha256:
+                store.confirm_floor(sha256)  # refuses with the reason (or there is nothing to do)
+                return
+            if self.session.connected:
+                self.session.call(lambda device: device.confirm(), what="MODEL_CONFIRM")
+            else:
+                log.info("the device is not connected; it confirms %s when it answers", sha256[:12])
+            store.confirm_floor(sha256)
+            log.info("model %s confirmed; the version floor is %s now", sha256[:12], store.state().confirmed_version)
+
+    def _held(self) -> bool:
+        store = self.store
+        return store is not None and store.state().held is not None
 
     def _after_rollback(self, back: str | None) -> None:
         """The device holds the candidate that failed: put the confirmed model back on it."""
