@@ -185,7 +185,7 @@ def test_deploy_draws_a_progress_bar_per_device_on_a_terminal(serve, devices, tm
 
 
 def test_watch_once_shows_devices_and_their_telemetry(broker, devices):
-    devices("w-1", telemetry_interval_s=0.2)
+    devices("w-1", telemetry_interval_s=0.2, factory_model=True)  # latency only while serving a model
     devices("w-2", telemetry_interval_s=0.2).stop()
     proc = run_cli("fleet", "watch", "--broker", broker.url(), "--once", "--json", "--wait", "1")
     assert proc.returncode == 0, proc.stderr

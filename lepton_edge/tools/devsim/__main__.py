@@ -1,0 +1,94 @@
+"""``python -m lepton_edge.tools.devsim``: simulated devices in this process, for the benchmarks and tests.
+
+Devices ``<prefix><start + i>`` (four digits), no model at start (unless ``--factory-model``). With
+``--control`` it follows commands on stdin (``burst N``, ``summary``, ``stop``) and prints one JSON
+line per event on stdout. People use ``lepton-edge fleet simulate`` instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from lepton_edge.errors import LeptonError
+from lepton_edge.mqtt import DEFAULT_FLEET, parse_broker_url
+from lepton_edge.tools.devsim.device import SimOptions
+from lepton_edge.tools.devsim.fleet import SimFleet
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="simulated lepton-edge devices on MQTT")
+    ap.add_argument("--broker", required=True)
+    ap.add_argument("--ca"), ap.add_argument("--cert"), ap.add_argument("--key")
+    ap.add_argument("--mqtt-version", default="5", choices=("5", "3.1.1"))
+    ap.add_argument("--fleet", default=DEFAULT_FLEET)
+    ap.add_argument("--count", type=int, default=1)
+    ap.add_argument("--start", type=int, default=0)
+    ap.add_argument("--prefix", default="sim-")
+    ap.add_argument("--telemetry-interval", type=float, default=0.0)
+    ap.add_argument("--trusted-key", action="append", default=[])
+    ap.add_argument("--state-dir")
+    ap.add_argument("--window", type=int, default=4)
+    ap.add_argument("--block-delay", type=float, default=0.0)
+    ap.add_argument("--max-model-bytes", type=int)
+    ap.add_argument("--factory-model", action="store_true", help="start serving the built-in sim-model v1")
+    ap.add_argument("--control", action="store_true", help="read commands on stdin, report JSON lines")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="devsim: %(message)s")
+    try:
+        from lepton_edge.artifact import load_public_key
+
+        broker = parse_broker_url(args.broker, ca=args.ca, cert=args.cert, key=args.key, protocol=args.mqtt_version)
+        keys = tuple(load_public_key(k) for k in args.trusted_key)
+        options = SimOptions(fleet=args.fleet, trusted_keys=keys, require_signature=bool(keys),
+                             telemetry_interval_s=args.telemetry_interval, window=args.window,
+                             block_delay_s=args.block_delay, max_model_bytes=args.max_model_bytes,
+                             factory_model=args.factory_model,
+                             state_dir=Path(args.state_dir) if args.state_dir else None)
+    except LeptonError as exc:
+        print(f"devsim: error: {exc}", file=sys.stderr)
+        return 2
+
+    def interrupted(*_: Any) -> None:
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, interrupted)  # a clean stop: offline status, no Last Will
+    fleet = SimFleet(broker, args.count, prefix=args.prefix, start=args.start, options=options, digits=4)
+    fleet.start()
+
+    def say(event: str, **extra: Any) -> None:
+        print(json.dumps({"event": event, **extra}), flush=True)
+
+    if not fleet.wait_connected(60):
+        say("error", message="not every device connected within 60 s")
+    else:
+        say("ready", devices=args.count)
+    try:
+        if args.control:
+            for line in sys.stdin:
+                cmd = line.split()
+                if not cmd:
+                    continue
+                if cmd[0] == "burst":
+                    fleet.burst(int(cmd[1]))
+                    say("burst", n=int(cmd[1]))
+                elif cmd[0] == "summary":
+                    say("summary", **fleet.summary())
+                elif cmd[0] == "stop":
+                    break
+        else:
+            threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    fleet.stop()
+    say("stopped", **fleet.summary())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
