@@ -5,7 +5,9 @@
     link.stop()                   # before Agent.stop(): says offline, then disconnects
 
 On every connect it publishes a retained ``status`` (online, the model's name, version, sha256 and
-slot); its Last Will says offline. Telemetry goes out every ``telemetry_interval_s`` (default 10 s).
+slot, the device's ``[device] tags``, its profile's name and the served model's latency budget:
+the manifest's ``self_test.latency_budget_ms``, else ``[health] latency_budget_ms``); its Last
+Will says offline. Telemetry goes out every ``telemetry_interval_s`` (default 10 s).
 OTA jobs run in :class:`lepton_edge.agent.ota.OtaClient`. The client reconnects with backoff and
 restores its subscriptions (:mod:`lepton_edge.mqtt.client`).
 
@@ -22,6 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from lepton_edge.agent.health import latency_budget_ms
 from lepton_edge.agent.member import FleetMember
 from lepton_edge.agent.ota import OtaClient, model_info, route_ota
 from lepton_edge.agent.telemetry import TelemetrySampler
@@ -94,11 +97,16 @@ class MqttLink:
         self.client.publish(self.topics.status, self._status(True), qos=1, retain=True)
 
     def _status(self, online: bool, reason: str | None = None) -> bytes:
-        model = model_info(self.agent.current())
+        served = self.agent.current()
         if online:
             reason = self.agent.offline_reason()  # a gateway whose serial device does not answer
             online = reason is None
-        return Status(online, model, self.agent.software(), time.time(), reason).to_bytes()
+        config = self.agent.config
+        budget = None if served is None else latency_budget_ms(served.artifact.manifest,
+                                                               config.health.latency_budget_ms)
+        return Status(online, model_info(served), self.agent.software(), time.time(), reason,
+                      tags=config.device.tags, profile=config.device.profile.name,
+                      latency_budget_ms=budget).to_bytes()
 
     def _on_connect(self) -> None:  # loop thread
         log.info("MQTT: connected")
