@@ -1,12 +1,37 @@
-"""A device's telemetry over time, from the stored rows (stub; filled in by the dashboard work)."""
+"""A device's telemetry over time, from the stored rows (``GET /v1/devices/<id>/telemetry``)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from lepton_edge.fleet.store import FleetDB
+from lepton_edge.mqtt.messages import TELEMETRY_FIELDS
+
+MAX_LIMIT = 10_000   # rows in one answer: about 2.8 hours of one device at one message a second
 
 
 def telemetry_series(db: FleetDB, device: str, since: float, limit: int) -> list[dict[str, Any]]:
-    """The device's telemetry received at or after ``since``, oldest first, at most ``limit`` rows."""
-    return []
+    """The device's telemetry received at or after ``since``, oldest first, at most ``limit`` rows.
+
+    When more rows match, the newest ``limit`` of them: a chart wants the latest window. Each row is
+    ``{"received", "seq", "ts", ...the telemetry fields it has}``; fields outside the wire format's
+    list are left out (the database keeps the payload as the device sent it)."""
+    limit = max(0, min(int(limit), MAX_LIMIT))
+    # FleetDB has no public reader for telemetry rows yet: its per-thread connection, as its readers use it.
+    rows = db._conn().execute(
+        "SELECT received, seq, ts, payload FROM (SELECT id, received, seq, ts, payload FROM telemetry"
+        " WHERE device=? AND received >= ? ORDER BY received DESC, id DESC LIMIT ?) ORDER BY received, id",
+        (device, since, limit)).fetchall()
+    out: list[dict[str, Any]] = []
+    for r in rows:
+        try:
+            payload = json.loads(r["payload"])
+        except ValueError:
+            continue
+        if not isinstance(payload, dict):
+            continue
+        point: dict[str, Any] = {"received": r["received"], "seq": r["seq"], "ts": r["ts"]}
+        point.update((k, payload[k]) for k in TELEMETRY_FIELDS if k in payload)
+        out.append(point)
+    return out
