@@ -120,3 +120,102 @@ def test_readers_do_not_wait_for_a_writer(tmp_path):
     assert other.execute("SELECT COUNT(*) FROM telemetry").fetchone()[0] == 2
     other.close()
     db.close()
+
+
+# The schema as it was before rollouts (fleet.db files in the field look like this).
+OLD_SCHEMA = """
+CREATE TABLE devices(
+    device TEXT PRIMARY KEY, online INTEGER NOT NULL DEFAULT 0, agent TEXT, offline_reason TEXT,
+    model_name TEXT, model_version INTEGER, model_sha256 TEXT, slot TEXT,
+    first_seen REAL, last_seen REAL, status_at REAL, telemetry TEXT, telemetry_at REAL);
+CREATE TABLE telemetry(
+    id INTEGER PRIMARY KEY, device TEXT NOT NULL, received REAL NOT NULL, seq INTEGER, ts REAL,
+    payload TEXT NOT NULL);
+CREATE TABLE artifacts(
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, version INTEGER NOT NULL, model_sha256 TEXT NOT NULL,
+    size INTEGER NOT NULL, signed INTEGER NOT NULL, created REAL NOT NULL);
+CREATE TABLE deployments(
+    id TEXT PRIMARY KEY, artifact TEXT NOT NULL REFERENCES artifacts(id), created REAL NOT NULL,
+    expires_at REAL NOT NULL, block_size INTEGER NOT NULL);
+CREATE TABLE jobs(
+    id TEXT PRIMARY KEY, deployment TEXT NOT NULL REFERENCES deployments(id), device TEXT NOT NULL,
+    artifact TEXT NOT NULL, state TEXT NOT NULL, received INTEGER NOT NULL DEFAULT 0, total INTEGER NOT NULL,
+    reason TEXT, blocks_served INTEGER NOT NULL DEFAULT 0, bytes_served INTEGER NOT NULL DEFAULT 0,
+    created REAL NOT NULL, updated REAL NOT NULL, sent_at REAL, expires_at REAL NOT NULL);
+CREATE TABLE job_events(
+    id INTEGER PRIMARY KEY, job TEXT NOT NULL, state TEXT NOT NULL, received INTEGER, reason TEXT, ts REAL NOT NULL);
+INSERT INTO devices(device, online, model_name, model_version, model_sha256, slot)
+    VALUES('old-dev', 1, 'm', 3, 'cd', 'a');
+INSERT INTO artifacts VALUES('art', 'm', 3, 'cd', 10, 0, 1.0);
+INSERT INTO deployments VALUES('dep', 'art', 1.0, 9e9, 4096);
+INSERT INTO jobs(id, deployment, device, artifact, state, total, created, updated, expires_at)
+    VALUES('0123456789abcdef0123456789abcdef', 'dep', 'old-dev', 'art', 'sent', 10, 1.0, 1.0, 9e9);
+"""
+
+
+def test_a_database_from_before_rollouts_opens_and_gains_the_new_columns(tmp_path):
+    path = tmp_path / "fleet.db"
+    old = sqlite3.connect(path)
+    old.executescript(OLD_SCHEMA)
+    old.close()
+    db = FleetDB(path)
+    (dev,) = db.devices()
+    assert dev["device"] == "old-dev" and dev["tags"] == [] and dev["profile"] is None
+    assert dev["ota"]["kind"] == "install" and dev["ota"]["state"] == "sent"
+    (job,) = db.active_jobs()
+    assert job.kind == "install" and job.target_sha256 is None and not job.staged
+    db.record_status("old-dev", Status(True, ModelInfo("m", 3, "cd", "a"), tags=("site:x",), profile="p",
+                                       latency_budget_ms=12.5), received=2.0)
+    (dev,) = db.devices()
+    assert dev["tags"] == ["site:x"] and dev["profile"] == "p" and dev["latency_budget_ms"] == 12.5
+    db.close()
+    FleetDB(path).close()  # a second open finds every column in place
+
+
+def test_tags_profile_and_budget_follow_the_online_status(tmp_path):
+    db = FleetDB(tmp_path / "fleet.db")
+    model = ModelInfo("m", 1, "ab" * 32, "a")
+    db.record_status("d1", Status(True, model, tags=("site:berlin", "hw:pi4"), profile="linux-sbc",
+                                  latency_budget_ms=20.0), received=1.0)
+    db.record_status("d1", Status(False, reason="connection lost"), received=2.0)  # the Will carries none
+    (dev,) = db.devices()
+    assert dev["tags"] == ["site:berlin", "hw:pi4"] and dev["profile"] == "linux-sbc"
+    assert dev["latency_budget_ms"] == 20.0
+    db.record_status("d1", Status(True, model, tags=("site:paris",)), received=3.0)
+    (dev,) = db.devices()
+    assert dev["tags"] == ["site:paris"] and dev["profile"] is None and dev["latency_budget_ms"] is None
+    db.close()
+
+
+def test_a_rollout_gives_each_device_one_job_and_one_command_of_each_kind(tmp_path, artifact):
+    art, _ = artifact
+    store = ArtifactStore(tmp_path / "store")
+    stored, _ = store.put(art.manifest_bytes, art.signature, art.model_bytes)
+    db = FleetDB(tmp_path / "fleet.db")
+    db.add_artifact(stored)
+    old_model = ModelInfo("m", 0, "ef" * 32, "a")
+    db.record_status("d1", Status(True, old_model), received=1.0)
+    now = time.time()
+    db.insert_rollout("r1", stored.id, ["d1", "d2", "d3"], {"canary": 1}, "canary", now)
+    _dep, jobs, _ = db.release_wave("r1", 0, ["d1", "d2"], stored, now + 100, 4096, now)
+    assert [j.device for j in jobs] == ["d1", "d2"] and all(j.staged and j.kind == "install" for j in jobs)
+    _dep, again, _ = db.release_wave("r1", 1, ["d1", "d2", "d3"], stored, now + 100, 4096, now)
+    assert [j.device for j in again] == ["d3"]           # d1 and d2 have theirs
+    assert db.release_wave("r1", 2, ["d1", "d2", "d3"], stored, now + 100, 4096, now) == (None, [], [])
+    members = {m["device"]: m for m in db.rollout_members("r1")}
+    assert members["d1"]["prev_sha256"] == old_model.sha256 and members["d1"]["prev_known"] == 1
+    assert members["d2"]["prev_known"] == 0               # never seen: learnt when its job goes out
+    db.note_previous(members["d2"]["job"], None)
+    assert {m["device"]: (m["prev_known"], m["prev_sha256"]) for m in db.rollout_members("r1")}["d2"] == (1, None)
+    _dep, (revert,), superseded = db.add_commands("r1", "revert", {"d1": old_model.sha256}, stored, now + 100,
+                                                  4096, now)
+    assert revert.kind == "revert" and revert.target_sha256 == old_model.sha256 and revert.total == 0
+    assert superseded == [members["d1"]["job"]]           # the unfinished install gives way
+    assert db.add_commands("r1", "revert", {"d1": old_model.sha256}, stored, now + 100, 4096, now)[1] == []
+    assert db.job(revert.id).kind == "revert" and not db.job(revert.id).staged
+    assert db.rollouts_of(["d1", "d9"], ["canary"]) == {"d1": "r1"}
+    db.update_rollout("r1", now, state="aborting", abort={"criterion": "max-failures"}, active=False)
+    (row,) = db.rollout_rows("r1")
+    assert row["state"] == "aborting" and row["abort"] == {"criterion": "max-failures"} and not row["active"]
+    assert db.rollout_rows(active=True) == []
+    db.close()

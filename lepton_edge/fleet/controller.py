@@ -32,14 +32,19 @@ from pathlib import Path
 from typing import Any
 
 from lepton_edge.errors import BadInput
+from lepton_edge.fleet.rollout import RolloutParams
+from lepton_edge.fleet.rollout_driver import RolloutDriver
 from lepton_edge.fleet.store import (
     EXPIRABLE_STATES,
+    INSTALL,
     PENDING,
     SENT,
     TERMINAL_JOB_STATES,
     ArtifactStore,
     FleetDB,
     JobRow,
+    NotFound,
+    StoredArtifact,
     TelemetryRecord,
 )
 from lepton_edge.mqtt import (
@@ -58,7 +63,9 @@ from lepton_edge.mqtt import (
     BlockRequest,
     BrokerConfig,
     DeviceTopics,
+    ModelInfo,
     MqttClient,
+    OtaCommand,
     OtaJob,
     Progress,
     Router,
@@ -75,10 +82,6 @@ MAX_DEVICES_PER_DEPLOYMENT = 10000
 MAX_EXPIRES_S = 30 * 24 * 3600
 
 
-class NotFound(BadInput):
-    """Asked for an artifact, deployment or job the controller does not have (HTTP 404)."""
-
-
 @dataclass(frozen=True)
 class ControllerOptions:
     fleet: str = DEFAULT_FLEET
@@ -88,6 +91,7 @@ class ControllerOptions:
     block_size: int = DEFAULT_BLOCK_SIZE  # the hint sent with each job; the device may ask for other sizes
     retention_s: float = 7 * 24 * 3600.0  # telemetry rows older than this are pruned
     housekeeping_s: float = 0.5           # expiry check and served-bytes flush
+    rollout_tick_s: float = 0.5           # how often rollouts advance and their abort criteria are checked
     session: SessionOptions = field(default_factory=lambda: SessionOptions(
         clean_start=False, session_expiry_s=3600, max_inflight=200, max_backoff_s=10.0))
 
@@ -107,10 +111,24 @@ class LiveJob:
     model_sha256: str
     manifest: bytes
     signature: bytes | None
+    kind: str = INSTALL                 # install (an OtaJob) or a command (revert, confirm: an OtaCommand)
+    target_sha256: str | None = None    # a command's model
+    staged: bool = False                # a staged rollout's install: the device keeps its floor
 
     def message(self, now: float) -> bytes:
+        if self.kind != INSTALL:
+            return OtaCommand(self.id, self.deployment, self.kind, self.target_sha256, now).to_bytes()
         return OtaJob(self.id, self.deployment, self.manifest, self.signature, self.model_sha256, self.size,
-                      self.block_size, self.expires_at, now).to_bytes()
+                      self.block_size, self.expires_at, now, staged=self.staged).to_bytes()
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Devices picked by id, tags or all: ``devices`` in the order given (ids first), ``unknown`` the ids
+    the controller has never seen (their jobs wait for them)."""
+
+    devices: tuple[str, ...]
+    unknown: tuple[str, ...] = ()
 
 
 @dataclass
@@ -143,6 +161,7 @@ class Controller:
         self._current: dict[str, str] = {}                  # device -> its unfinished job
         self._finished: collections.OrderedDict[str, int] = collections.OrderedDict()  # job -> block status
         self._online: dict[str, bool] = {}
+        self._models: dict[str, ModelInfo | None] = {}     # device -> the model its last online status named
         self._served: dict[str, list[int]] = {}             # job -> [blocks, bytes] since the last flush
         self._fds: dict[str, int] = {}                      # artifact -> open model file (loop thread only)
         self._ingest: queue.Queue = queue.Queue()
@@ -157,6 +176,7 @@ class Controller:
         self.router.on(OTA_GET, BlockRequest.from_bytes, self._on_get)
         self.router.on(OTA_PROGRESS, Progress.from_bytes, self._on_progress)
         self.router.subscribe(self.mqtt, lambda kind: fleet_filter(options.fleet, kind))
+        self.rollout_driver = RolloutDriver(self, options.rollout_tick_s)
 
     # -- lifecycle --
     def start(self) -> None:
@@ -165,8 +185,10 @@ class Controller:
         self._writer = threading.Thread(target=self._write_loop, name="fleet-ingest", daemon=True)
         self._writer.start()
         self.mqtt.start()
+        self.rollout_driver.start()
 
     def stop(self) -> None:
+        self.rollout_driver.stop()
         self.mqtt.stop()
         self._stopping.set()
         self._ingest.put(None)
@@ -217,10 +239,60 @@ class Controller:
         block_size = block_size or self.options.block_size
         if not 256 <= block_size <= MAX_BLOCK_SIZE:
             raise BadInput(f"block_size must be 256 to {MAX_BLOCK_SIZE} bytes")
-        manifest, signature = self.artifacts.manifest(art.id)
-        self._check_model_file(art.id, art.model_sha256, art.size)
+        self.check_artifact_files(art)
         now = time.time()
         dep_id, jobs, superseded = self.db.create_deployment(art, targets, now + expires_s, block_size, now)
+        sent = self.activate_jobs(art, jobs, superseded)
+        log.info("deployment %s: %s version %d to %d device(s), %d online now", dep_id, art.name, art.version,
+                 len(targets), sent)
+        return self.deployment(dep_id)
+
+    def select_devices(self, devices: Iterable[str] = (), tags: Iterable[str] = (),
+                       all_: bool = False) -> Selection:
+        """The devices named, plus every known device that has all ``tags`` (when given), or every known
+        device (``all_``). A named device the controller has never seen is selected and listed as unknown."""
+        named = list(dict.fromkeys(devices))
+        for device in named:
+            check_name(device, "device id")
+        wanted = set(tags)
+        known = self.db.devices()
+        with self._lock:
+            seen = {d["device"] for d in known} | set(self._online)
+        picked = list(named)
+        if all_ or wanted:
+            picked += [d["device"] for d in known
+                       if all_ or wanted.issubset(d.get("tags") or ())]
+        return Selection(tuple(dict.fromkeys(picked)), tuple(d for d in named if d not in seen))
+
+    def create_rollout(self, artifact_id: str, selection: Selection | Iterable[str],
+                       params: RolloutParams | None = None) -> dict[str, Any]:
+        """A staged rollout of the artifact to the selected devices (the canary, or the first wave, goes
+        out at once); returns the rollout JSON (docs/ROLLOUTS.md)."""
+        devices = list(selection.devices if isinstance(selection, Selection) else selection)
+        return self.rollout_driver.create(artifact_id, devices, params or RolloutParams())
+
+    def rollouts(self) -> list[dict[str, Any]]:
+        """Every rollout, oldest first, without its devices."""
+        return self.rollout_driver.views()
+
+    def rollout(self, rollout_id: str) -> dict[str, Any]:
+        return self.rollout_driver.view(rollout_id)
+
+    def rollout_action(self, rollout_id: str, action: str) -> dict[str, Any]:
+        """``pause``, ``resume`` or ``cancel``; returns the rollout JSON."""
+        return self.rollout_driver.action(rollout_id, action)
+
+    # -- jobs made by deployments and rollouts (any thread) --
+    def check_artifact_files(self, art: StoredArtifact) -> tuple[bytes, bytes | None]:
+        """The artifact's manifest and signature, after checking its model file still matches."""
+        manifest, signature = self.artifacts.manifest(art.id)
+        self._check_model_file(art.id, art.model_sha256, art.size)
+        return manifest, signature
+
+    def activate_jobs(self, art: StoredArtifact, jobs: list[JobRow], superseded: Iterable[str]) -> int:
+        """Put new jobs (just written to the database) in the live table, forget the ones they superseded,
+        and send those whose device is online; returns how many went out."""
+        manifest, signature = self.artifacts.manifest(art.id)
         to_send = []
         with self._lock:
             for job_id in superseded:
@@ -231,9 +303,19 @@ class Controller:
                     to_send.append(live)
         for live in to_send:
             self._send(live, record_now=True)
-        log.info("deployment %s: %s version %d to %d device(s), %d online now", dep_id, art.name, art.version,
-                 len(targets), len(to_send))
-        return self.deployment(dep_id)
+        return len(to_send)
+
+    def drop_jobs(self, job_ids: Iterable[str]) -> None:
+        """Forget jobs superseded in the database (later block requests get 'unknown job')."""
+        with self._lock:
+            for job_id in job_ids:
+                self._forget(job_id, BLOCK_UNKNOWN_JOB)
+
+    def live_state(self, job_id: str) -> str | None:
+        """An unfinished job's state as the handlers know it (ahead of the database), None if not live."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            return None if job is None else job.state
 
     def deployment(self, dep_id: str) -> dict[str, Any]:
         found = self.db.deployment(dep_id)
@@ -278,6 +360,8 @@ class Controller:
         with self._lock:
             was = self._online.get(device)
             self._online[device] = status.online
+            if status.online:
+                self._models[device] = status.model
             job = self._jobs.get(self._current.get(device, ""))
         if was != status.online:
             log.info("%s is %s", device, "online" if status.online else f"offline ({status.reason or 'clean'})")
@@ -305,8 +389,8 @@ class Controller:
         out = DeviceTopics(self.options.fleet, device).ota_data
         with self._lock:
             job = self._jobs.get(req.job)
-            if job is not None and job.device != device:
-                job = None  # another device's job: the same answer as for one that does not exist
+            if job is not None and (job.device != device or job.kind != INSTALL):
+                job = None  # another device's job, or a command: the same answer as for one that does not exist
             status = self._finished.get(req.job, BLOCK_UNKNOWN_JOB) if job is None else 0
             if job is not None and job.expires_at <= time.time() and job.state in EXPIRABLE_STATES:
                 status = BLOCK_EXPIRED
@@ -349,22 +433,31 @@ class Controller:
             first = job.state == PENDING
             if first:
                 job.state = SENT
+            model = self._models.get(job.device)
         if first:
+            # a staged install notes what the device ran when it went out: what a revert goes back to
+            previous: Any = ()
+            if job.staged and job.device in self._models and (model is None or model.sha256 != job.model_sha256):
+                previous = None if model is None else (model.name, model.version, model.sha256)
             if record_now:
                 self.db.mark_sent(job.id, time.time())
+                if previous != ():
+                    self.db.note_previous(job.id, previous)
             else:
-                self._ingest.put(("sent", job.id, time.time()))
-            log.info("%s: job %s sent", job.device, job.id[:8])
+                self._ingest.put(("sent", job.id, time.time(), previous))
+            log.info("%s: %s %s sent", job.device, "job" if job.kind == INSTALL else job.kind, job.id[:8])
 
     def _remember(self, row: JobRow, manifest: bytes | None = None, signature: bytes | None = None,
                   model_sha256: str | None = None) -> LiveJob:
         """Put a job into the in-memory table (caller holds the lock, or nothing runs yet)."""
-        if manifest is None:
+        if manifest is None and row.kind == INSTALL:
             manifest, signature = self.artifacts.manifest(row.artifact)
+        if model_sha256 is None:
             art = self.db.artifact(row.artifact)
             model_sha256 = art.model_sha256 if art else ""
         live = LiveJob(row.id, row.deployment, row.device, row.artifact, row.total, row.block_size, row.expires_at,
-                       row.state, model_sha256 or "", manifest, signature)
+                       row.state, model_sha256 or "", manifest or b"", signature, row.kind, row.target_sha256,
+                       row.staged)
         self._jobs[row.id] = live
         self._current[row.device] = row.id
         return live
@@ -462,6 +555,8 @@ class Controller:
             self.db.record_progress(item[2].job, item[1], item[2], item[3], conn=conn)
         elif kind == "sent":
             self.db.mark_sent(item[1], item[2], conn=conn)
+            if item[3] != ():
+                self.db.note_previous(item[1], item[3], conn=conn)
 
     def _guarded(self, conn: Any, device: str | None, kind: str, write: Callable[[], object], *,
                  quiet: bool = False) -> bool:

@@ -17,6 +17,7 @@ lock, ``synchronous=NORMAL``. Telemetry arrives in batches from one ingest threa
 from __future__ import annotations
 
 import json
+import math
 import os
 import sqlite3
 import threading
@@ -35,8 +36,15 @@ from lepton_edge.mqtt import TERMINAL_OTA_STATES, Progress, Status, Telemetry
 # Controller-side job states around the device's own (lepton_edge.mqtt.OTA_STATES).
 PENDING, SENT, EXPIRED, SUPERSEDED = "pending", "sent", "expired", "superseded"
 TERMINAL_JOB_STATES = frozenset(TERMINAL_OTA_STATES | {EXPIRED, SUPERSEDED})
+# What a job asks of a device: install a model (OtaJob), or a command after a staged rollout (OtaCommand).
+INSTALL, REVERT, CONFIRM = "install", "revert", "confirm"
+JOB_KINDS = (INSTALL, REVERT, CONFIRM)
 # A job expires only while the bytes are still on their way; once verifying, the device finishes.
 EXPIRABLE_STATES = ("pending", "sent", "accepted", "downloading")
+
+
+class NotFound(BadInput):
+    """Asked for an artifact, deployment, job or rollout the controller does not have (HTTP 404)."""
 
 
 @dataclass(frozen=True)
@@ -106,7 +114,8 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS devices(
     device TEXT PRIMARY KEY, online INTEGER NOT NULL DEFAULT 0, agent TEXT, offline_reason TEXT,
     model_name TEXT, model_version INTEGER, model_sha256 TEXT, slot TEXT,
-    first_seen REAL, last_seen REAL, status_at REAL, telemetry TEXT, telemetry_at REAL);
+    first_seen REAL, last_seen REAL, status_at REAL, telemetry TEXT, telemetry_at REAL,
+    tags TEXT, profile TEXT, latency_budget_ms REAL);
 CREATE TABLE IF NOT EXISTS telemetry(
     id INTEGER PRIMARY KEY, device TEXT NOT NULL, received REAL NOT NULL, seq INTEGER, ts REAL,
     payload TEXT NOT NULL);
@@ -117,18 +126,35 @@ CREATE TABLE IF NOT EXISTS artifacts(
     size INTEGER NOT NULL, signed INTEGER NOT NULL, created REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS deployments(
     id TEXT PRIMARY KEY, artifact TEXT NOT NULL REFERENCES artifacts(id), created REAL NOT NULL,
-    expires_at REAL NOT NULL, block_size INTEGER NOT NULL);
+    expires_at REAL NOT NULL, block_size INTEGER NOT NULL, rollout TEXT);
 CREATE TABLE IF NOT EXISTS jobs(
     id TEXT PRIMARY KEY, deployment TEXT NOT NULL REFERENCES deployments(id), device TEXT NOT NULL,
     artifact TEXT NOT NULL, state TEXT NOT NULL, received INTEGER NOT NULL DEFAULT 0, total INTEGER NOT NULL,
     reason TEXT, blocks_served INTEGER NOT NULL DEFAULT 0, bytes_served INTEGER NOT NULL DEFAULT 0,
-    created REAL NOT NULL, updated REAL NOT NULL, sent_at REAL, expires_at REAL NOT NULL);
+    created REAL NOT NULL, updated REAL NOT NULL, sent_at REAL, expires_at REAL NOT NULL,
+    kind TEXT NOT NULL DEFAULT 'install', target_sha256 TEXT);
 CREATE INDEX IF NOT EXISTS jobs_by_device ON jobs(device, created);
 CREATE INDEX IF NOT EXISTS jobs_by_deployment ON jobs(deployment);
 CREATE TABLE IF NOT EXISTS job_events(
     id INTEGER PRIMARY KEY, job TEXT NOT NULL, state TEXT NOT NULL, received INTEGER, reason TEXT, ts REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS job_events_by_job ON job_events(job);
+CREATE TABLE IF NOT EXISTS rollouts(
+    id TEXT PRIMARY KEY, artifact TEXT NOT NULL REFERENCES artifacts(id), state TEXT NOT NULL, paused_from TEXT,
+    params TEXT NOT NULL, abort TEXT, active INTEGER NOT NULL DEFAULT 1, created REAL NOT NULL,
+    updated REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS rollout_devices(
+    rollout TEXT NOT NULL REFERENCES rollouts(id), device TEXT NOT NULL, ord INTEGER NOT NULL, wave INTEGER,
+    released_at REAL, job TEXT, revert_job TEXT, confirm_job TEXT, prev_known INTEGER NOT NULL DEFAULT 0,
+    prev_name TEXT, prev_version INTEGER, prev_sha256 TEXT, PRIMARY KEY(rollout, device));
+CREATE INDEX IF NOT EXISTS rollout_devices_by_job ON rollout_devices(job);
 """
+
+# Columns added since the first schema: an older fleet.db gets them on open (ALTER TABLE ... ADD COLUMN).
+_ADDED_COLUMNS = (
+    ("devices", "tags", "TEXT"), ("devices", "profile", "TEXT"), ("devices", "latency_budget_ms", "REAL"),
+    ("deployments", "rollout", "TEXT"),
+    ("jobs", "kind", "TEXT NOT NULL DEFAULT 'install'"), ("jobs", "target_sha256", "TEXT"),
+)
 
 
 @dataclass(frozen=True)
@@ -148,6 +174,9 @@ class JobRow:
     sent_at: float | None
     expires_at: float
     block_size: int = 0
+    kind: str = INSTALL              # install, or a command: revert, confirm
+    target_sha256: str | None = None  # a command's model (None: a revert to no model)
+    staged: bool = False             # an install of a staged rollout (keeps the device's floor)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -180,6 +209,15 @@ class FleetDB:
             raise BadInput(f"{self.path}: cannot use write-ahead logging (journal mode {mode})")
         with self._write_lock:
             conn.executescript(_SCHEMA)
+            self._migrate(conn)
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        """Add the columns an older database lacks (each ALTER is its own statement; SQLite's DDL is quick)."""
+        for table, column, decl in _ADDED_COLUMNS:
+            have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -214,18 +252,24 @@ class FleetDB:
     def record_status(self, device: str, status: Status, received: float,
                       conn: sqlite3.Connection | None = None) -> None:
         sql = ("INSERT INTO devices(device, online, agent, offline_reason, model_name, model_version, model_sha256,"
-               " slot, first_seen, last_seen, status_at) VALUES(?,?,?,?,?,?,?,?,?,?,?)"
+               " slot, first_seen, last_seen, status_at, tags, profile, latency_budget_ms)"
+               " VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
                " ON CONFLICT(device) DO UPDATE SET online=excluded.online, agent=COALESCE(excluded.agent, agent),"
                " offline_reason=excluded.offline_reason, status_at=excluded.status_at,"
                " last_seen=MAX(COALESCE(last_seen, 0), excluded.last_seen),"
                " model_name=CASE WHEN excluded.online THEN excluded.model_name ELSE model_name END,"
                " model_version=CASE WHEN excluded.online THEN excluded.model_version ELSE model_version END,"
                " model_sha256=CASE WHEN excluded.online THEN excluded.model_sha256 ELSE model_sha256 END,"
-               " slot=CASE WHEN excluded.online THEN excluded.slot ELSE slot END")
+               " slot=CASE WHEN excluded.online THEN excluded.slot ELSE slot END,"
+               " tags=CASE WHEN excluded.online THEN excluded.tags ELSE tags END,"
+               " profile=CASE WHEN excluded.online THEN excluded.profile ELSE profile END,"
+               " latency_budget_ms=CASE WHEN excluded.online THEN excluded.latency_budget_ms"
+               " ELSE latency_budget_ms END")
         args = (device, int(status.online), status.agent, None if status.online else status.reason,
                 status.model.name if status.model else None, status.model.version if status.model else None,
                 status.model.sha256 if status.model else None, status.model.slot if status.model else None,
-                received, received, received)
+                received, received, received, json.dumps(list(status.tags)), status.profile,
+                status.latency_budget_ms)
         if conn is not None:
             conn.execute(sql, args)
         else:
@@ -273,9 +317,12 @@ class FleetDB:
                 "first_seen": r["first_seen"], "last_seen": r["last_seen"],
                 "telemetry": json.loads(r["telemetry"]) if r["telemetry"] else None,
                 "telemetry_at": r["telemetry_at"],
+                "tags": json.loads(r["tags"]) if r["tags"] else [], "profile": r["profile"],
+                "latency_budget_ms": r["latency_budget_ms"],
                 "ota": None if job is None else {"job": job["id"], "deployment": job["deployment"],
-                                                 "state": job["state"], "received": job["received"],
-                                                 "total": job["total"], "reason": job["reason"]},
+                                                 "kind": job["kind"], "state": job["state"],
+                                                 "received": job["received"], "total": job["total"],
+                                                 "reason": job["reason"]},
             })
         return out
 
@@ -309,28 +356,37 @@ class FleetDB:
                           block_size: int, now: float) -> tuple[str, list[JobRow], list[str]]:
         """A deployment and one job per device; each device's unfinished older job is superseded.
         Returns (deployment id, new jobs, superseded job ids)."""
+        with self._write() as c:
+            return self._insert_deployment(c, artifact, {d: None for d in devices}, expires_at, block_size, now)
+
+    def _insert_deployment(self, c: sqlite3.Connection, artifact: StoredArtifact, targets: dict[str, str | None],
+                           expires_at: float, block_size: int, now: float, *, kind: str = INSTALL,
+                           rollout: str | None = None) -> tuple[str, list[JobRow], list[str]]:
+        """Inside a write transaction: the deployment row and one job per device of ``targets``
+        (device -> a command's target sha256); each device's unfinished older job is superseded."""
         dep_id = uuid.uuid4().hex[:16]
         jobs: list[JobRow] = []
         superseded: list[str] = []
-        with self._write() as c:
-            c.execute("INSERT INTO deployments(id, artifact, created, expires_at, block_size) VALUES(?,?,?,?,?)",
-                      (dep_id, artifact.id, now, expires_at, block_size))
-            for device in devices:
-                placeholders = ",".join("?" * len(TERMINAL_JOB_STATES))
-                old = [r[0] for r in c.execute(
-                    f"SELECT id FROM jobs WHERE device=? AND state NOT IN ({placeholders})",
-                    (device, *sorted(TERMINAL_JOB_STATES)))]
-                for job_id in old:
-                    self._set_state(c, job_id, SUPERSEDED, None, f"superseded by deployment {dep_id}", now)
-                superseded += old
-                job = JobRow(uuid.uuid4().hex, dep_id, device, artifact.id, PENDING, 0, artifact.size, None, 0, 0,
-                             now, now, None, expires_at, block_size)
-                c.execute("INSERT INTO jobs(id, deployment, device, artifact, state, received, total, created, updated,"
-                          " expires_at) VALUES(?,?,?,?,?,?,?,?,?,?)",
-                          (job.id, dep_id, device, artifact.id, PENDING, 0, artifact.size, now, now, expires_at))
-                c.execute("INSERT INTO job_events(job, state, received, reason, ts) VALUES(?,?,?,?,?)",
-                          (job.id, PENDING, 0, None, now))
-                jobs.append(job)
+        total = artifact.size if kind == INSTALL else 0
+        c.execute("INSERT INTO deployments(id, artifact, created, expires_at, block_size, rollout) VALUES(?,?,?,?,?,?)",
+                  (dep_id, artifact.id, now, expires_at, block_size, rollout))
+        placeholders = ",".join("?" * len(TERMINAL_JOB_STATES))
+        for device, target in targets.items():
+            old = [r[0] for r in c.execute(
+                f"SELECT id FROM jobs WHERE device=? AND state NOT IN ({placeholders})",
+                (device, *sorted(TERMINAL_JOB_STATES)))]
+            for job_id in old:
+                self._set_state(c, job_id, SUPERSEDED, None, f"superseded by deployment {dep_id}", now)
+            superseded += old
+            job = JobRow(uuid.uuid4().hex, dep_id, device, artifact.id, PENDING, 0, total, None, 0, 0,
+                         now, now, None, expires_at, block_size, kind, target,
+                         kind == INSTALL and rollout is not None)
+            c.execute("INSERT INTO jobs(id, deployment, device, artifact, state, received, total, created, updated,"
+                      " expires_at, kind, target_sha256) VALUES(?,?,?,?,?,?,?,?,?,?,?,?)",
+                      (job.id, dep_id, device, artifact.id, PENDING, 0, total, now, now, expires_at, kind, target))
+            c.execute("INSERT INTO job_events(job, state, received, reason, ts) VALUES(?,?,?,?,?)",
+                      (job.id, PENDING, 0, None, now))
+            jobs.append(job)
         return dep_id, jobs, superseded
 
     def deployment(self, dep_id: str) -> dict[str, Any] | None:
@@ -354,14 +410,14 @@ class FleetDB:
                 "summary": summary, "done": all(dev["state"] in TERMINAL_JOB_STATES for dev in devices)}
 
     def job(self, job_id: str) -> JobRow | None:
-        r = self._conn().execute("SELECT j.*, d.block_size FROM jobs j JOIN deployments d ON d.id = j.deployment"
+        r = self._conn().execute(f"SELECT {_JOB_COLUMNS} FROM jobs j JOIN deployments d ON d.id = j.deployment"
                                  " WHERE j.id=?", (job_id,)).fetchone()
         return None if r is None else _job_row(r)
 
     def active_jobs(self) -> list[JobRow]:
         placeholders = ",".join("?" * len(TERMINAL_JOB_STATES))
         return [_job_row(r) for r in self._conn().execute(
-            "SELECT j.*, d.block_size FROM jobs j JOIN deployments d ON d.id = j.deployment"
+            f"SELECT {_JOB_COLUMNS} FROM jobs j JOIN deployments d ON d.id = j.deployment"
             f" WHERE j.state NOT IN ({placeholders}) ORDER BY j.created", sorted(TERMINAL_JOB_STATES))]
 
     def job_events(self, job_id: str) -> list[dict[str, Any]]:
@@ -428,6 +484,163 @@ class FleetDB:
                 self._set_state(c, job_id, EXPIRED, None, "the job expired before the device had the model", now)
         return ids
 
+    def supersede(self, job_ids: Iterable[str], reason: str, now: float) -> list[str]:
+        """Supersede the jobs of ``job_ids`` that are still unfinished; returns those."""
+        placeholders = ",".join("?" * len(TERMINAL_JOB_STATES))
+        done: list[str] = []
+        with self._write() as c:
+            for job_id in job_ids:
+                row = c.execute(f"SELECT id FROM jobs WHERE id=? AND state NOT IN ({placeholders})",
+                                (job_id, *sorted(TERMINAL_JOB_STATES))).fetchone()
+                if row is not None:
+                    self._set_state(c, job_id, SUPERSEDED, None, reason, now)
+                    done.append(job_id)
+        return done
+
+    # -- rollouts --
+    def insert_rollout(self, rollout_id: str, artifact_id: str, devices: list[str], params: dict[str, Any],
+                       state: str, now: float) -> None:
+        """A rollout and its devices (in rollout order), none released yet."""
+        with self._write() as c:
+            c.execute("INSERT INTO rollouts(id, artifact, state, params, created, updated) VALUES(?,?,?,?,?,?)",
+                      (rollout_id, artifact_id, state, json.dumps(params), now, now))
+            c.executemany("INSERT INTO rollout_devices(rollout, device, ord) VALUES(?,?,?)",
+                          [(rollout_id, d, i) for i, d in enumerate(devices)])
+
+    def rollout_rows(self, rollout_id: str | None = None, *, active: bool = False) -> list[dict[str, Any]]:
+        """Rollouts (oldest first) with their artifact's name, version and model sha256."""
+        where, args = [], []
+        if rollout_id is not None:
+            where.append("r.id=?")
+            args.append(rollout_id)
+        if active:
+            where.append("r.active=1")
+        sql = ("SELECT r.*, a.name, a.version, a.model_sha256 FROM rollouts r JOIN artifacts a ON a.id = r.artifact"
+               + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY r.created")
+        out = []
+        for r in self._conn().execute(sql, args):
+            row = dict(r)
+            row["params"] = json.loads(row["params"])
+            row["abort"] = json.loads(row["abort"]) if row["abort"] else None
+            out.append(row)
+        return out
+
+    def rollout_members(self, rollout_id: str) -> list[dict[str, Any]]:
+        """A rollout's devices in rollout order, each with its install, revert and confirm job's state, and
+        the model the device says it runs now."""
+        return [dict(r) for r in self._conn().execute(
+            "SELECT r.*, j.state AS job_state, j.reason AS job_reason, j.updated AS job_updated,"
+            " j.sent_at AS job_sent_at, rv.state AS revert_state, rv.reason AS revert_reason,"
+            " cf.state AS confirm_state, cf.reason AS confirm_reason, v.model_sha256 AS running_sha256"
+            " FROM rollout_devices r LEFT JOIN jobs j ON j.id = r.job LEFT JOIN jobs rv ON rv.id = r.revert_job"
+            " LEFT JOIN jobs cf ON cf.id = r.confirm_job LEFT JOIN devices v ON v.device = r.device"
+            " WHERE r.rollout=? ORDER BY r.ord", (rollout_id,))]
+
+    def rollouts_of(self, devices: Iterable[str], states: Iterable[str]) -> dict[str, str]:
+        """device -> the rollout in one of ``states`` it belongs to."""
+        states = sorted(states)
+        placeholders = ",".join("?" * len(states))
+        found: dict[str, str] = {}
+        c = self._conn()
+        for device in devices:
+            r = c.execute("SELECT d.rollout FROM rollout_devices d JOIN rollouts r ON r.id = d.rollout"
+                          f" WHERE d.device=? AND r.state IN ({placeholders}) LIMIT 1", (device, *states)).fetchone()
+            if r is not None:
+                found[device] = r[0]
+        return found
+
+    def update_rollout(self, rollout_id: str, now: float, **fields: Any) -> None:
+        """Set ``state``, ``paused_from``, ``abort`` (a dict) or ``active`` (bool)."""
+        allowed = {"state", "paused_from", "abort", "active"}
+        if set(fields) - allowed:
+            raise ValueError(f"unknown rollout fields {sorted(set(fields) - allowed)}")
+        values = {k: (json.dumps(v) if k == "abort" and v is not None else int(v) if k == "active" else v)
+                  for k, v in fields.items()}
+        sets = "".join(f"{k}=?, " for k in values)
+        with self._write() as c:
+            c.execute(f"UPDATE rollouts SET {sets}updated=? WHERE id=?", (*values.values(), now, rollout_id))
+
+    def release_wave(self, rollout_id: str, wave: int, devices: list[str], artifact: StoredArtifact,
+                     expires_at: float, block_size: int, now: float) -> tuple[str | None, list[JobRow], list[str]]:
+        """One wave: a deployment of staged install jobs for the devices of ``devices`` that have none in
+        this rollout yet, recorded in rollout_devices in the same transaction (so a restarted controller
+        never makes a device a second one). Each job notes the model its device runs now (the revert target)."""
+        with self._write() as c:
+            free = [d for d in devices if c.execute(
+                "SELECT job FROM rollout_devices WHERE rollout=? AND device=? AND job IS NULL",
+                (rollout_id, d)).fetchone() is not None]
+            if not free:
+                return None, [], []
+            dep_id, jobs, superseded = self._insert_deployment(c, artifact, {d: None for d in free}, expires_at,
+                                                               block_size, now, rollout=rollout_id)
+            for job in jobs:
+                prev = c.execute("SELECT model_name, model_version, model_sha256 FROM devices WHERE device=?",
+                                 (job.device,)).fetchone()
+                known = prev is not None and prev["model_sha256"] != artifact.model_sha256
+                c.execute("UPDATE rollout_devices SET wave=?, released_at=?, job=?, prev_known=?, prev_name=?,"
+                          " prev_version=?, prev_sha256=? WHERE rollout=? AND device=?",
+                          (wave, now, job.id, int(known), prev["model_name"] if known else None,
+                           prev["model_version"] if known else None, prev["model_sha256"] if known else None,
+                           rollout_id, job.device))
+            c.execute("UPDATE rollouts SET updated=? WHERE id=?", (now, rollout_id))
+        return dep_id, jobs, superseded
+
+    def add_commands(self, rollout_id: str, kind: str, targets: dict[str, str | None], artifact: StoredArtifact,
+                     expires_at: float, block_size: int, now: float) -> tuple[str | None, list[JobRow], list[str]]:
+        """Revert or confirm commands (device -> target sha256) for devices of the rollout that have none of
+        that kind yet, recorded in rollout_devices in the same transaction."""
+        column = {REVERT: "revert_job", CONFIRM: "confirm_job"}[kind]
+        with self._write() as c:
+            free = {d: t for d, t in targets.items() if c.execute(
+                f"SELECT 1 FROM rollout_devices WHERE rollout=? AND device=? AND {column} IS NULL",
+                (rollout_id, d)).fetchone() is not None}
+            if not free:
+                return None, [], []
+            dep_id, jobs, superseded = self._insert_deployment(c, artifact, free, expires_at, block_size, now,
+                                                               kind=kind, rollout=rollout_id)
+            c.executemany(f"UPDATE rollout_devices SET {column}=? WHERE rollout=? AND device=?",
+                          [(job.id, rollout_id, job.device) for job in jobs])
+            c.execute("UPDATE rollouts SET updated=? WHERE id=?", (now, rollout_id))
+        return dep_id, jobs, superseded
+
+    def note_previous(self, job_id: str, model: tuple[str, int, str] | None,
+                      conn: sqlite3.Connection | None = None) -> None:
+        """The model (name, version, sha256; None: no model) a staged install's device ran when the job went
+        out: what a revert goes back to."""
+        args = (model[0] if model else None, model[1] if model else None, model[2] if model else None, job_id)
+
+        def run(c: sqlite3.Connection) -> None:
+            c.execute("UPDATE rollout_devices SET prev_known=1, prev_name=?, prev_version=?, prev_sha256=?"
+                      " WHERE job=?", args)
+        if conn is not None:
+            run(conn)
+        else:
+            with self._write() as c:
+                run(c)
+
+    def telemetry_since(self, rollout_id: str, after_id: int, limit: int = 20000) -> list[sqlite3.Row]:
+        """Telemetry rows of a rollout's devices with an id above ``after_id`` (oldest first)."""
+        return self._conn().execute(
+            "SELECT t.id, t.device, t.received, t.payload FROM telemetry t JOIN rollout_devices r"
+            " ON r.device = t.device AND r.rollout=? WHERE t.id > ? ORDER BY t.id LIMIT ?",
+            (rollout_id, after_id, limit)).fetchall()
+
+    def telemetry_window(self, device: str, start: float, end: float = math.inf,
+                         max_id: int | None = None) -> list[sqlite3.Row]:
+        """A device's telemetry received in [start, end) (with an id up to ``max_id``), oldest first."""
+        return self._conn().execute(
+            "SELECT id, received, payload FROM telemetry WHERE device=? AND received >= ? AND received < ?"
+            " AND id <= ? ORDER BY id", (device, start, min(end, 1e300),
+                                         (1 << 62) if max_id is None else max_id)).fetchall()
+
+    def first_telemetry_id(self, since: float) -> int:
+        """The id just below the first telemetry row received at or after ``since``."""
+        r = self._conn().execute("SELECT MIN(id) FROM telemetry WHERE received >= ?", (since,)).fetchone()
+        if r[0] is not None:
+            return int(r[0]) - 1
+        r = self._conn().execute("SELECT MAX(id) FROM telemetry").fetchone()
+        return int(r[0] or 0)
+
     @staticmethod
     def _set_state(c: sqlite3.Connection, job_id: str, state: str, received: int | None, reason: str | None,
                    now: float, *, sent: bool = False) -> None:
@@ -438,10 +651,14 @@ class FleetDB:
                   (job_id, state, received, reason, now))
 
 
+_JOB_COLUMNS = "j.*, d.block_size, d.rollout AS rollout"
+
+
 def _job_row(r: sqlite3.Row) -> JobRow:
     return JobRow(r["id"], r["deployment"], r["device"], r["artifact"], r["state"], r["received"], r["total"],
                   r["reason"], r["blocks_served"], r["bytes_served"], r["created"], r["updated"], r["sent_at"],
-                  r["expires_at"], r["block_size"])
+                  r["expires_at"], r["block_size"], r["kind"], r["target_sha256"],
+                  r["kind"] == INSTALL and r["rollout"] is not None)
 
 
 class _Transaction:
