@@ -18,11 +18,12 @@ import pytest
 from agent_helpers import AgentProcess, write_config
 from bridge_helpers import SimProcess
 from conftest import REPO, assert_one_line_error, run_cli
-from fleet_helpers import DEVICE, Fleet
+from fleet_helpers import DEVICE, FLEET, Fleet
 from lepton_edge.artifact import load_artifact
 from lepton_edge.runtime.factory import open_runner
 from lepton_edge.tools.mosquitto import free_port
 from mosquitto import Broker
+from test_agent_staged import RolloutStandIn, sha
 
 PROFILE = "arduino-nano-33-ble"
 
@@ -194,7 +195,7 @@ def test_a_failed_health_check_on_the_device_rolls_back_to_the_confirmed_model(b
     assert d["state"] == "rolled_back" and "self-test" in d["reason"], d
     status = gw.get("/v1/status").json()
     assert status["model"]["version"] == 1 and status["store"] == {"active": "a", "pending": False,
-                                                                   "confirmed_version": 1}
+                                                                   "confirmed_version": 1, "held": None}
     err = b.stop_gateway()
     assert "rolled back to a" in err
     _stats, info = b.sim.stats()
@@ -317,3 +318,63 @@ def test_sigterm_in_the_middle_of_flashing_stops_at_once_and_nothing_is_lost(ben
     gw = b.start_gateway()  # the store is whole: it serves version 1, and the update can be sent again
     status = gw.get("/v1/status").json()
     assert status["model"]["version"] == 1 and status["store"]["pending"] is False
+
+
+# --- staged rollouts through the gateway (the controller's part played by test_agent_staged.RolloutStandIn) ---
+
+@pytest.fixture
+def rollout(broker):
+    stand_in = RolloutStandIn(broker, FLEET, DEVICE)
+    yield stand_in
+    stand_in.close()
+
+
+def staged_on_the_device(b: Bench, rollout: RolloutStandIn, make_artifact) -> tuple[Path, Path]:
+    """Version 1 confirmed, then version 2 of the same model name staged (healthy, the floor held)."""
+    b.start_sim()
+    gw = b.start_gateway()
+    rollout.wait_status(lambda s: s.online)
+    old = make_artifact("kws", 1, profile=PROFILE, name="keywords")
+    assert rollout.wait_done(rollout.send_job(old, staged=False))[-1].state == "healthy"
+    # The same name: had the device confirmed version 2, its floor would refuse version 1 (VERSION).
+    new = make_artifact("ic", 2, profile=PROFILE, name="keywords")
+    reports = rollout.wait_done(rollout.send_job(new, staged=True), timeout=60)
+    assert reports[-1].state == "healthy", [(p.state, p.reason) for p in reports]
+    store = gw.get("/v1/status").json()["store"]
+    assert store == {"active": "b", "pending": False, "confirmed_version": 1, "held": {"previous": "a"}}
+    return old, new
+
+
+def test_a_staged_update_on_the_device_is_reverted_by_flashing_the_other_slot_again(bench, rollout, make_artifact):
+    b = bench()
+    old, new = staged_on_the_device(b, rollout, make_artifact)
+    b.stop_gateway()
+    _stats, info = b.sim.stats()
+    assert info.active.sha256 == sha(new) and not info.active.confirmed  # flashed without MODEL_CONFIRM
+    b.start_gateway()  # a restart in the held window makes the device run the model, still unconfirmed
+    rollout.wait_status(lambda s: s.online and s.model is not None and s.model.sha256 == sha(new))
+    revert = rollout.send_command("revert", sha(old))
+    reports = rollout.wait_done(revert, timeout=60)
+    assert [p.state for p in reports] == ["accepted", "activating", "healthy"], [(p.state, p.reason) for p in reports]
+    assert rollout.wait_status(lambda s: s.model is not None and s.model.sha256 == sha(old)).model.slot == "a"
+    assert rollout.requests[revert] == 0  # flashed from the gateway's store, nothing downloaded
+    status = b.gateway.get("/v1/status").json()
+    assert status["store"] == {"active": "a", "pending": False, "confirmed_version": 1, "held": None}
+    assert status["last_health_check"]["ok"]
+    b.stop_gateway()
+    _stats, info = b.sim.stats()
+    assert info.active.sha256 == sha(old) and info.active.version == 1 and info.active.confirmed
+
+
+def test_a_confirm_sends_model_confirm_to_the_device(bench, rollout, make_artifact):
+    b = bench()
+    old, new = staged_on_the_device(b, rollout, make_artifact)
+    refused = rollout.wait_done(rollout.send_command("confirm", sha(old)))
+    assert refused[-1].state == "failed" and "the device runs model" in refused[-1].reason
+    confirm = rollout.send_command("confirm", sha(new))
+    assert [p.state for p in rollout.wait_done(confirm)] == ["accepted", "healthy"]
+    store = b.gateway.get("/v1/status").json()["store"]
+    assert store == {"active": "b", "pending": False, "confirmed_version": 2, "held": None}
+    b.stop_gateway()
+    _stats, info = b.sim.stats()
+    assert info.active.sha256 == sha(new) and info.active.version == 2 and info.active.confirmed  # MODEL_CONFIRM
