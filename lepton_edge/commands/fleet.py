@@ -1,4 +1,5 @@
-"""``lepton-edge fleet serve | watch``: the OTA and telemetry controller, and a live view of the fleet."""
+"""``lepton-edge fleet serve | watch | simulate``: the OTA and telemetry controller, a live view of the fleet,
+and simulated devices to try them with."""
 
 from __future__ import annotations
 
@@ -56,6 +57,38 @@ def register(subparsers: Any) -> None:
     watch.add_argument("--connect-timeout", type=float, default=10.0, metavar="S",
                        help="with --once: give up when the broker does not answer within S (default 10)")
     watch.set_defaults(func=run_watch)
+
+    sim = sub.add_parser("simulate", help="run simulated devices against a broker (and your controller)",
+                         description="Run N simulated devices that speak the real protocol: each starts serving "
+                                     "a built-in version-1 model (sim-model), publishes status and telemetry, "
+                                     "takes OTA jobs, reverts and confirms through the agent's own update code. "
+                                     "Runs until interrupted (or --duration); reconnects with backoff.")
+    add_broker_args(sim)
+    sim.add_argument("--devices", type=int, required=True, metavar="N", help="how many devices")
+    sim.add_argument("--processes", type=int, default=1, metavar="K",
+                     help="spread the devices over K processes (default 1; a few hundred devices per process)")
+    sim.add_argument("--id-prefix", default="sim-", metavar="P",
+                     help="device ids are P00000, P00001, ... (default sim-); another prefix for another run")
+    sim.add_argument("--tags", nargs="+", default=[], metavar="T", help="tags every device reports (site:x hw:y)")
+    sim.add_argument("--fail-rate", type=float, default=0.0, metavar="F",
+                     help="fraction of the devices (exactly round(F*N), chosen by --seed) that fail their "
+                          "updates' health check and roll back")
+    sim.add_argument("--slow-rate", type=float, default=0.0, metavar="F",
+                     help="fraction of the devices (exactly round(F*N), chosen by --seed, none of the failing "
+                          "ones) that run --slow-factor times slower after an update")
+    sim.add_argument("--slow-factor", type=float, default=3.0, metavar="X", help="how much slower (default 3)")
+    sim.add_argument("--seed", type=int, default=0, metavar="S", help="picks the failing and slow devices (default 0)")
+    sim.add_argument("--telemetry-interval", type=float, default=1.0, metavar="S",
+                     help="seconds between telemetry messages (default 1; 0: none)")
+    sim.add_argument("--trusted-key", action="append", default=[], metavar="PUB",
+                     help="accept only updates signed by this key (repeatable); without one, check no signature")
+    sim.add_argument("--log-dir", metavar="DIR",
+                     help="append each process's device events (jobs, commands, blocks, states) as JSON lines here")
+    sim.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: when interrupted)")
+    sim.add_argument("--json", action="store_true",
+                     help="JSON lines for scripts: start (with the failing and slow ids), progress, summary")
+    sim.add_argument("--shard", type=int, help=argparse.SUPPRESS)  # a child process: run this share only
+    sim.set_defaults(func=run_simulate)
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -115,3 +148,9 @@ def run_watch(args: argparse.Namespace) -> int:
         raise BadInput("--wait, --interval and --connect-timeout must be positive")
     return watch(broker, args.fleet, once=args.once, as_json=args.json, wait_s=args.wait, interval_s=args.interval,
                  connect_timeout_s=args.connect_timeout, out=sys.stdout)
+
+
+def run_simulate(args: argparse.Namespace) -> int:
+    from lepton_edge.tools.devsim.simulate import simulate
+
+    return simulate(args, broker_from_args(args))
