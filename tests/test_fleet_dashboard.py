@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import secrets
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -272,7 +273,7 @@ def test_fleet_table_charts_and_no_console_errors(fleet, broker, browser):
             vertices = d.count("M") + d.count("L")
             assert int(path.get_attribute("data-count")) == vertices == len([r for r in series if key in r]), name
             legend = browser.find_element(By.CSS_SELECTOR, f'#{chart_id} .legend b[data-series="{name}"]').text
-            assert legend.startswith(f"{series[-1][key]:.{digits}f} "), (name, legend, series[-1][key])
+            assert re.match(r"[0-9.]+", legend).group() == f"{series[-1][key]:.{digits}f}", (name, legend)
             # the line's heights follow the values: the highest value is the highest point (smallest y)
             ys = [float(part.split()[1]) for part in d.replace("M", "|").replace("L", "|").split("|")[1:]]
             values = [r[key] for r in series if key in r]
@@ -308,17 +309,18 @@ def test_rollout_progress_appears(fleet, broker, browser, tmp_path):
         pytest.skip("GET /v1/rollouts is not served by this controller yet (the rollouts and cli work adds it)")
     from fleet_helpers import make_artifact
     from lepton_edge.mqtt import parse_broker_url
-    from lepton_edge.tools.devsim import SimFleet, SimOptions
+    from lepton_edge.tools.devsim import FLEET_OPTIONS, SimFleet
 
-    sims = SimFleet(parse_broker_url(broker.url()), 4, prefix="roll-",
-                    options=SimOptions(fleet=FLEET, telemetry_interval_s=0.5))
+    sims = SimFleet(parse_broker_url(broker.url()), 4, prefix="roll-", options=replace(FLEET_OPTIONS, fleet=FLEET),
+                    telemetry_interval_s=0.5)
     sims.start()
     try:
         assert sims.wait_connected(10)
         wait_devices(fleet.http.url, 4)
         artifact = fleet.upload(make_artifact(tmp_path / "art", version=2, size=20_000, seed=7))
         status, rollout = api(fleet.http.url, "POST", "/v1/rollouts",
-                              {"artifact": artifact, "all": True, "canary": 1, "soak_s": 1, "wave_interval_s": 1})
+                              {"artifact": artifact, "all": True, "canary": 1, "soak_s": 1, "rate": 120,
+                               "wave_interval_s": 1})
         assert status == 201, rollout
         rid = rollout["rollout"]
         browser.get_log("browser")

@@ -57,7 +57,8 @@ export class LineChart {
   }
 
   fmt(v) {
-    return `${fmtNum(v, this.opts.digits)}${this.opts.unit ? ' ' + this.opts.unit : ''}`;
+    const unit = this.opts.unit;
+    return `${fmtNum(v, this.opts.digits)}${unit ? (unit.startsWith('/') ? unit : ' ' + unit) : ''}`;
   }
 
   renderLegend() {
@@ -88,6 +89,7 @@ export class LineChart {
     if (t1 - t0 < 1) { t0 -= 0.5; t1 += 0.5; }
     let lo = Math.min(0, ...all.map((p) => p[1])), hi = Math.max(...all.map((p) => p[1]));
     if (hi <= lo) hi = lo + 1;
+    hi += (hi - lo) * 0.08; // headroom: a flat line does not run along the top edge
     const step = niceStep(hi - lo, 4);
     lo = Math.floor(lo / step) * step;
     hi = Math.ceil(hi / step) * step;
@@ -96,7 +98,7 @@ export class LineChart {
     this.geom = {x, y, t0, t1, iw};
 
     const grid = s('g', {class: 'grid'});
-    const decimals = Math.max(0, -Math.floor(Math.log10(step) + 1e-9));
+    const decimals = (String(Number(step.toPrecision(4))).split('.')[1] || '').length;
     for (let v = lo; v <= hi + step / 2; v += step) {
       grid.append(s('line', {x1: M.left, x2: M.left + iw, y1: y(v), y2: y(v)}),
         s('text', {class: 'ylab', x: M.left - 6, y: y(v) + 3.5, 'text-anchor': 'end'}, v.toFixed(decimals)));

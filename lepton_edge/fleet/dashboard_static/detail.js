@@ -73,7 +73,7 @@ export class DeviceDetail {
     const d = this.record;
     if (!d) { fill(this.facts); return; }
     const t = d.telemetry || {};
-    const fact = (k, v) => (v === null || v === undefined || v === '' ? null : [h('dt', null, k), h('dd', null, v)]);
+    const fact = (k, v) => (v === null || v === undefined || v === '' ? null : h('div', null, h('dt', null, k), h('dd', null, v)));
     fill(this.facts,
       fact('status', d.online ? 'online' : `offline${d.offline_reason ? ` (${d.offline_reason})` : ''}`),
       fact('model', d.model ? `${d.model.name} v${d.model.version}${d.model.slot ? ` · slot ${d.model.slot}` : ''}` : 'none'),

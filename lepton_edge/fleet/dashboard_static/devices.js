@@ -41,7 +41,7 @@ export class Throughput {
 
 function otaText(ota) {
   if (!ota) return '';
-  let text = ota.state;
+  let text = ota.state.replaceAll('_', ' ');
   if (ota.state === 'downloading' && ota.total) text += ` ${Math.round((100 * ota.received) / ota.total)}%`;
   return text;
 }
@@ -147,7 +147,8 @@ export class DeviceTable {
 
 function card(label, value, sub, cls) {
   return h('div', {class: ['card', cls]}, h('div', {class: 'card-label'}, label),
-    h('div', {class: 'card-value'}, value), h('div', {class: 'card-sub'}, sub));
+    h('div', {class: 'card-value', title: typeof value === 'string' ? value : null}, value),
+    h('div', {class: 'card-sub', title: typeof sub === 'string' ? sub : null}, sub));
 }
 
 export function renderSummary(el, devices, rollouts) {
@@ -172,11 +173,12 @@ export function renderSummary(el, devices, rollouts) {
     card('Throughput', h('span', {dataset: {summary: 'throughput'}},
       `${fmtNum(rates.reduce((a, b) => a + b, 0), 1)}`), 'inferences/s, whole fleet'),
     card('p99 latency', `${fmtNum(p99s.length ? p99s[Math.floor((p99s.length - 1) / 2)] : null, 2)} ms`,
-      worst === null ? 'no telemetry' : `median of devices; worst ${fmtNum(worst, 2)} ms${over ? `, ${over} over budget` : ''}`,
-      over ? 'bad' : null),
+      worst === null ? 'no telemetry' : over ? `${over} over budget · worst ${fmtNum(worst, 2)} ms`
+        : `median · worst ${fmtNum(worst, 2)} ms`, over ? 'bad' : null),
     card('Memory', fmtBytes(mem.length ? mem.reduce((a, b) => a + b, 0) / mem.length : null), 'RSS, mean of devices'),
-    card('Models', topModel ? topModel[0] : '–',
-      models.size > 1 ? `on ${topModel[1]} devices; ${models.size} models in the fleet` : topModel ? `on ${topModel[1]} devices` : 'no device serves a model'),
+    card('Most served', topModel ? topModel[0] : '–',
+      topModel ? `${topModel[1]} devices · ${models.size} model${models.size > 1 ? 's' : ''} in use` : 'no device serves a model',
+      'text'),
     card('Rollouts', String(active.length), active.length ? active.map((r) => r.state).join(', ') : 'none running',
       active.some((r) => r.state === 'aborting') ? 'bad' : null));
 }

@@ -118,13 +118,12 @@ export class RolloutList {
         h('span', {class: 'rollout-model'}, r.name || '?', h('span', {class: 'ver'}, ` v${r.version}`)),
         h('span', {class: 'mono muted', title: `rollout ${r.rollout}\nartifact ${r.artifact}`}, String(r.rollout).slice(0, 8)),
         h('span', {class: 'spacer'}),
-        h('span', {class: 'muted small', title: fmtDate(r.created)}, `started ${fmtAgo(r.created, now)}`),
-        FINISHED.includes(r.state) && isNum(r.updated) ? h('span', {class: 'muted small', title: fmtDate(r.updated)},
-          `, ended ${fmtClock(r.updated)}`) : null),
-      r.abort ? h('div', {class: 'abort', dataset: {col: 'abort'}},
-        h('b', null, `Aborted on ${r.abort.criterion}: `),
-        `${abortValue(r.abort.criterion, r.abort.value)} > ${abortValue(r.abort.criterion, r.abort.limit)}`,
-        r.abort.text ? h('span', {class: 'abort-text'}, ` — ${r.abort.text}`) : null) : null,
+        h('span', {class: 'muted small', title: `started ${fmtDate(r.created)}`},
+          `started ${fmtAgo(r.created, now)}${FINISHED.includes(r.state) && isNum(r.updated) ? ` · ended ${fmtClock(r.updated)}` : ''}`)),
+      r.abort ? h('div', {class: 'abort', dataset: {col: 'abort'},
+        title: `${abortValue(r.abort.criterion, r.abort.value)} > ${abortValue(r.abort.criterion, r.abort.limit)}`},
+        h('b', null, `Aborted on ${r.abort.criterion}`), h('span', {class: 'abort-text'}, ' — ', r.abort.text
+          || `${abortValue(r.abort.criterion, r.abort.value)} > ${abortValue(r.abort.criterion, r.abort.limit)}`)) : null,
       h('div', {class: 'progress'},
         bar(sum, selected),
         h('div', {class: 'progress-text', dataset: {col: 'progress'}},
@@ -151,7 +150,8 @@ export class RolloutList {
   devicesTable(id) {
     const detail = this.details.get(id);
     if (!detail) return h('p', {class: 'muted small'}, 'loading…');
-    const devices = [...(detail.devices || [])].sort((a, b) => (a.wave - b.wave) || (a.device < b.device ? -1 : 1));
+    const wave = (d) => (isNum(d.wave) ? d.wave : Infinity); // devices never sent a job last
+    const devices = [...(detail.devices || [])].sort((a, b) => (wave(a) - wave(b)) || (a.device < b.device ? -1 : 1));
     return h('div', {class: 'table-wrap rollout-devices'}, h('table', {class: 'grid'},
       h('thead', null, h('tr', null, ['device', 'wave', 'phase', 'job state', 'previous model', 'reason'].map((x) => h('th', null, x)))),
       h('tbody', null, devices.slice(0, DEVICE_ROWS).map((d) => h('tr', {dataset: {device: d.device}},
