@@ -70,7 +70,12 @@ TFLM_C_SRCS :=
 endif
 TFLM_KERNEL_SRCS += $(TFLM_KERNEL_COMMON:%=$(TFLM_MICRO)/kernels/%.cc)
 
-TFLM_SRCS := $(TFLM_CORE_SRCS) $(TFLM_KERNEL_SRCS)
+# TFLite Micro's signal library for the preprocessing front end (core/preprocess/audio.cc): its float
+# real FFT (kissfft, wrapped in a namespace; TFLM's patched kissfft never allocates). The linker keeps
+# them only when the firmware calls the front end.
+TFLM_SIGNAL_SRCS := signal/src/rfft_float.cc signal/src/kiss_fft_wrappers/kiss_fft_float.cc
+
+TFLM_SRCS := $(TFLM_CORE_SRCS) $(TFLM_KERNEL_SRCS) $(TFLM_SIGNAL_SRCS)
 TFLM_INCLUDES += -I$(TFLM_DIR) -I$(TFLM_DOWNLOADS)/flatbuffers/include -I$(TFLM_DOWNLOADS)/gemmlowp \
   -I$(TFLM_DOWNLOADS)/ruy -I$(TFLM_DOWNLOADS)/kissfft
 TFLM_DEFINES += -DTF_LITE_STATIC_MEMORY -DTF_LITE_STRIP_ERROR_STRINGS -DTF_LITE_MCU_DEBUG_LOG -DNDEBUG
