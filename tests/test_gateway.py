@@ -342,6 +342,8 @@ def staged_on_the_device(b: Bench, rollout: RolloutStandIn, make_artifact) -> tu
     assert reports[-1].state == "healthy", [(p.state, p.reason) for p in reports]
     store = gw.get("/v1/status").json()["store"]
     assert store == {"active": "b", "pending": False, "confirmed_version": 1, "held": {"previous": "a"}}
+    status = rollout.wait_status(lambda s: s.model is not None and s.model.sha256 == sha(new))
+    assert (status.profile, status.latency_budget_ms, status.tags) == (PROFILE, 1000.0, ())  # [health]'s budget
     return old, new
 
 
