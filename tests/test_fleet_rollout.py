@@ -8,6 +8,7 @@ import hashlib
 import itertools
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -42,7 +43,7 @@ from lepton_edge.fleet.rollout import (
     wave_size,
 )
 from lepton_edge.mqtt import SessionOptions, parse_broker_url
-from lepton_edge.tools.devsim import FACTORY_SHA256, SimFleet, read_events
+from lepton_edge.tools.devsim import FACTORY_SHA256, FLEET_OPTIONS, SimFleet, read_events
 
 # --- the policy, from plain numbers --------------------------------------------------------------
 
@@ -345,3 +346,32 @@ def test_a_restarted_controller_carries_on_without_a_second_job(env):
     assert sorted(e["device"] for e in jobs) == sorted(fleet.ids)       # one job per device, ever
     assert len({e["job"] for e in jobs}) == 6
     assert all(d.model.version == 2 and d.slots.floor == 2 for d in fleet.devices)
+
+
+def test_an_abort_reverts_devices_in_the_middle_of_their_download(env, tmp_path):
+    fast = env.sim(1, fail={0})                                        # fails at once
+    slow = env.sim(3, start=1, options=replace(FLEET_OPTIONS, block_delay_s=0.3, request_timeout_s=1.0),
+                   telemetry_interval_s=0.5)
+    big = upload(env.c, make_artifact(tmp_path / "big", version=3, size=300_000, seed=5))
+    params = RolloutParams(canary=4, soak_s=60, max_failures_pct=20, min_done=1)
+    r = env.c.create_rollout(big, fast.ids + slow.ids, params)
+    done = wait_rollout(env.c, r["rollout"], {"aborted"})
+    assert done["abort"]["criterion"] == "max-failures" and done["abort"]["value"] == 100.0
+    phases = {d["device"]: d for d in done["devices"]}
+    assert phases[fast.ids[0]]["phase"] == "rolled_back"
+    for device in slow.ids:   # their install gave way to the revert, which found them on their old model
+        assert phases[device]["phase"] == "reverted" and phases[device]["state"] == "superseded"
+        assert phases[device]["command"]["action"] == "revert" and phases[device]["command"]["state"] == "healthy"
+    assert all(d.model.sha256 == FACTORY_SHA256 and d.slots.floor == 1 for d in slow.devices)
+    assert all(not d.ota.machine.busy for d in slow.devices)          # no download left running
+
+
+def test_erroring_updated_devices_abort_on_the_error_rate(env):
+    fleet = env.sim(4, erroring={0, 1, 2, 3}, error_fraction=0.3)
+    params = RolloutParams(canary=2, soak_s=60, max_error_rate=0.05)
+    r = env.c.create_rollout(env.art, fleet.ids, params)
+    done = wait_rollout(env.c, r["rollout"], {"aborted"})
+    assert done["abort"]["criterion"] == "max-error-rate" and done["abort"]["limit"] == 0.05
+    assert 0.05 < done["abort"]["value"] <= 1 and "inferences" in done["abort"]["text"]
+    assert [d["phase"] for d in done["devices"]] == ["reverted", "reverted", "skipped", "skipped"]
+    assert {d.model.sha256 for d in fleet.devices} == {FACTORY_SHA256}
