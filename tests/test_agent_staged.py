@@ -228,6 +228,20 @@ def test_a_confirm_raises_the_floor_and_an_older_version_is_refused_after_it(sta
     assert agent.current().sha256 == sha(new)
 
 
+def test_a_plain_job_for_the_held_model_confirms_it(staged_agent, stand_in, make_artifact):
+    agent, link = staged_agent(make_artifact("kws", 1))
+    stand_in.wait_status(lambda s: s.online)
+    new = make_artifact("ad", 2)
+    assert stand_in.wait_done(stand_in.send_job(new, staged=True))[-1].state == "healthy"
+    again = stand_in.wait_done(stand_in.send_job(new, staged=True))  # the rollout's job sent again: still held
+    assert again[-1].state == "healthy" and agent.store.state().held is not None
+    requests = link.ota.requests_sent
+    plain = stand_in.wait_done(stand_in.send_job(new, staged=False))
+    assert plain[-1].state == "healthy" and link.ota.requests_sent == requests  # nothing downloaded
+    state = agent.store.state()
+    assert (state.active, state.confirmed_version, state.held) == ("b", 2, None)
+
+
 def test_a_revert_to_none_when_there_was_no_model_before(staged_agent, stand_in, make_artifact):
     new = make_artifact("kws", 3)
     agent, _link = staged_agent(None)
