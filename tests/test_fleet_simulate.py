@@ -93,13 +93,30 @@ class Simulator:
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.start = json.loads(self.proc.stdout.readline())
         assert self.start["event"] == "start", self.start
+        self.lines: list[dict] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(json.loads(line))
+
+    def wait_progress(self, condition, timeout: float = 30.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(e["event"] == "progress" and condition(e) for e in list(self.lines)):
+                return True
+            time.sleep(0.1)
+        return False
 
     def stop(self) -> tuple[int, list[dict], str]:
         """SIGTERM; (exit code, the JSON lines after start, stderr)."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-        out, err = self.proc.communicate(timeout=60)
-        return self.proc.returncode, [json.loads(line) for line in out.splitlines()], err
+        err = self.proc.stderr.read()
+        self.proc.wait(60)
+        self._reader.join(10)
+        return self.proc.returncode, self.lines, err
 
 
 @pytest.fixture
@@ -113,7 +130,7 @@ def simulator():
     for s in made:
         if s.proc.poll() is None:
             s.proc.kill()
-            s.proc.communicate()
+            s.proc.wait()
 
 
 def ids(prefix: str, n: int) -> set[str]:
@@ -145,6 +162,11 @@ def test_two_processes_bring_40_devices_with_unique_ids_and_the_seeds_failing_se
     t = w.telemetry["run1-00000"]
     assert t[-1].values["inferences"] >= t[0].values["inferences"] and t[-1].seq > t[0].seq
     assert 3 <= t[-1].values["latency_p50_ms"] <= 7 and t[-1].values["errors"] == 0
+
+    # the broker goes away: every device comes back by itself, in both processes
+    assert sim.wait_progress(lambda e: e["connected"] == 40)
+    broker.restart(down_s=0.5)
+    assert sim.wait_progress(lambda e: e["connected"] == 40 and e["connects"] == 80), sim.lines[-1]
 
     code, lines, err = sim.stop()
     assert code == 0, err
