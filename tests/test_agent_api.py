@@ -72,7 +72,8 @@ def test_status_metrics_and_healthz(kws_agent):
         assert infer_raw(conn, bytes(490)).status == 200
     status = request(conn, "GET", "/v1/status").json()
     art = kws_agent.current().artifact
-    assert status["device"] == {"id": "test-device", "fleet": "test-fleet", "profile": "raspberry-pi-4"}
+    assert status["device"] == {"id": "test-device", "fleet": "test-fleet", "profile": "raspberry-pi-4",
+                                "tags": []}
     assert (status["model"]["name"], status["model"]["version"], status["model"]["sha256"]) == \
            (art.name, 1, art.sha256)
     assert status["slot"] == "a" and status["backend"] == "litert" and status["arena_bytes"] is None

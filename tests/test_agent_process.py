@@ -98,6 +98,6 @@ def test_model_that_fails_its_health_check_exits_1_and_the_store_stays_consisten
     try:
         status = agent.get("/v1/status").json()
         assert status["model"] is None and status["store"] == {"active": None, "pending": False,
-                                                               "confirmed_version": None}
+                                                               "confirmed_version": None, "held": None}
     finally:
         agent.terminate()
