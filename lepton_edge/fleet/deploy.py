@@ -19,12 +19,12 @@ from typing import Any, TextIO
 from lepton_edge.artifact import load_artifact
 from lepton_edge.errors import BadInput, CheckFailed
 from lepton_edge.fleet.client import ControllerClient, Unreachable, check_rollout_fields
+from lepton_edge.fleet.rollout import ENDED_STATES
 from lepton_edge.fleet.store import TERMINAL_JOB_STATES
 from lepton_edge.mqtt import check_name, valid_tag
 
 POLL_S = 0.25
 BARS_UP_TO = 20                      # more devices than this: one summary line instead of a bar each
-ROLLOUT_OVER = frozenset({"completed", "aborted", "cancelled"})
 ON_NEW_MODEL = frozenset({"healthy", "confirming", "confirmed"})  # rollout phases: healthy on the new model
 FLAGS = {"canary": "--canary", "canary_pct": "--canary", "soak_s": "--soak", "rate": "--rate",
          "growth": "--growth", "wave_interval_s": "--wave-interval", "max_failures_pct": "--max-failures",
@@ -305,14 +305,14 @@ def _follow_rollout(client: ControllerClient, r: dict[str, Any], base: dict[str,
     deadline = time.monotonic() + req.timeout_s
     while req.wait:
         lines.draw(rollout_lines(r))
-        if r["state"] in ROLLOUT_OVER or time.monotonic() >= deadline:
+        if _over(r) or time.monotonic() >= deadline:
             break
         time.sleep(POLL_S)
         try:
             r = client.rollout(r["rollout"], wait_s=max(0.5, deadline - time.monotonic()))
         except Unreachable:
             break
-    over = r["state"] in ROLLOUT_OVER
+    over = _over(r)
     ok = None
     if req.wait:
         ok = r["state"] == "completed" and all(d.get("phase") in ON_NEW_MODEL for d in r.get("devices") or [])
@@ -320,6 +320,11 @@ def _follow_rollout(client: ControllerClient, r: dict[str, Any], base: dict[str,
             "params": r.get("params"), "summary": r.get("summary"), "waves": r.get("waves") or [],
             "devices": r.get("devices") or [], "unknown_devices": unknown, "waited": req.wait,
             "timed_out": bool(req.wait and not over), "ok": ok}
+
+
+def _over(r: dict[str, Any]) -> bool:
+    """Ended, and nothing left to do: the reverts (abort) or confirmations (completed, cancelled) are over."""
+    return r["state"] in ENDED_STATES and not r.get("active", False)
 
 
 def failure_line(result: dict[str, Any]) -> str:

@@ -59,9 +59,10 @@ from urllib.parse import parse_qs, urlsplit
 
 from lepton_edge.errors import ApiError, BadInput
 from lepton_edge.fleet.client import ROLLOUT_FIELDS, check_rollout_fields
-from lepton_edge.fleet.controller import Controller, NotFound
+from lepton_edge.fleet.controller import Controller, NotFound, Selection
 from lepton_edge.fleet.dashboard import dashboard_asset
 from lepton_edge.fleet.metrics import render_metrics
+from lepton_edge.fleet.rollout import RolloutParams
 from lepton_edge.fleet.series import telemetry_series
 from lepton_edge.fsio import atomic_write_text
 from lepton_edge.mqtt import check_name, valid_tag
@@ -328,38 +329,22 @@ def selection_fields(body: dict[str, Any]) -> tuple[list[str], list[str], bool]:
     return devices, tags, all_
 
 
-def _select(controller: Controller, body: dict[str, Any]) -> Any:
+def _select(controller: Controller, body: dict[str, Any]) -> Selection:
     devices, tags, all_ = selection_fields(body)
-    select = getattr(controller, "select_devices", None)
-    if select is None:  # TEMPORARY: until the controller's select_devices lands (then this goes)
-        if tags or all_:
-            raise ApiError(501, "this controller cannot select by tags yet")
-        known = {d["device"] for d in controller.devices()}
-
-        @dataclass(frozen=True)
-        class _Sel:
-            devices: tuple[str, ...]
-            unknown: tuple[str, ...]
-        return _Sel(tuple(dict.fromkeys(devices)), tuple(d for d in dict.fromkeys(devices) if d not in known))
-    selection = select(devices, tags, all_)
-    if not selection.devices:
-        what = "all devices" if all_ else "; ".join(
-            part for part in (f"tag{'s' if len(tags) > 1 else ''} {', '.join(tags)}" if tags else "",
-                              f"device{'s' if len(devices) > 1 else ''} {', '.join(devices)}" if devices else "")
-            if part)
+    selection = controller.select_devices(devices, tags, all_)
+    if not selection.devices:  # named devices are always selected: only tags or all can match nothing
+        what = "all devices" if all_ else f"tag{'s' if len(tags) > 1 else ''} {', '.join(tags)}"
         raise BadInput(f"the selection ({what}) matches no device the controller knows")
     return selection
 
 
-def rollout_params(body: dict[str, Any]) -> Any:
+def rollout_params(body: dict[str, Any]) -> RolloutParams:
     """The rollout's parameters from a ``POST /v1/rollouts`` body; a field left out takes the policy's default."""
     unknown = sorted(set(body) - set(ROLLOUT_FIELDS) - {"artifact", "devices", "tags", "all"})
     if unknown:
         raise BadInput(f"unknown field '{unknown[0]}' (rollout fields: {', '.join(ROLLOUT_FIELDS)})")
     values = check_rollout_fields({k: v for k, v in body.items() if k in ROLLOUT_FIELDS and v is not None},
                                   lambda key: f"'{key}'")
-    from lepton_edge.fleet.rollout import RolloutParams  # TEMPORARY lazy: until fleet/rollout.py lands
-
     return RolloutParams(**values)
 
 
