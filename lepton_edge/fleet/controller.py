@@ -8,7 +8,9 @@ Threads and who owns what:
 * one ingest thread writes that queue to SQLite in batches (one transaction per batch), expires
   jobs, and adds up the blocks served;
 * HTTP threads (:mod:`lepton_edge.fleet.http_api`) call :meth:`Controller.upload_artifact`,
-  :meth:`Controller.create_deployment` and the readers.
+  :meth:`Controller.create_deployment`, the rollout operations and the readers;
+* the rollout thread (:mod:`lepton_edge.fleet.rollout_driver`) releases waves, checks abort criteria and
+  sends revert and confirm commands, all from the database's state.
 
 The in-memory job table (unfinished jobs, device online flags) is shared under one lock. A job is
 sent when it is created if its device is online, and again every time the device's status says

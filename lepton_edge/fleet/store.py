@@ -12,6 +12,11 @@ a new artifact).
 
 SQLite: one connection per thread, WAL (readers never wait for the writer), writes serialised by a
 lock, ``synchronous=NORMAL``. Telemetry arrives in batches from one ingest thread.
+
+Tables: ``devices`` (last status and telemetry, tags), ``telemetry``, ``artifacts``, ``deployments`` and
+``jobs`` (an install, or a rollout's revert/confirm command; ``job_events`` their history), ``rollouts``
+and ``rollout_devices`` (each selected device's wave, install job, commands and revert target;
+docs/ROLLOUTS.md). Columns added since the first schema are added to an older file when it is opened.
 """
 
 from __future__ import annotations
