@@ -138,7 +138,7 @@ def test_rollout_list_show_pause_resume_cancel_round_trip(env):
     shown = rollout(env, "show", rid)
     assert shown.returncode == 0, shown.stderr
     assert f"rollout {rid}: sim-model version 2" in shown.stdout and "state: soaking" in shown.stdout
-    assert "canary 1" in shown.stdout and "max_failures_pct 50" in shown.stdout
+    assert "flags: --canary 1 --soak 600 --max-failures 50%" in shown.stdout
     canary = rollout_order(fleet.ids)[0]
     rows = {line.split()[0]: line.split()[1:3] for line in shown.stdout.splitlines() if line.split()[:1] and
             line.split()[0] in fleet.ids}

@@ -16,7 +16,8 @@ from lepton_edge.console import print_json, render_table
 ACTIONS = {"pause": "stop releasing waves (abort criteria are still checked)",
            "resume": "release waves again",
            "cancel": "send no new jobs; jobs in flight finish, devices on the new model are confirmed"}
-SHOW_DEVICES = 50  # `deploy` lists at most this many devices on the new model (`rollout show` lists all)
+SHOW_DEVICES = 50  # more devices than this: `deploy` lists only those with news (`rollout show` lists all)
+QUIET_PHASES = ("healthy", "confirming", "confirmed", "waiting", "skipped")
 
 
 def register(subparsers: Any) -> None:
@@ -85,7 +86,7 @@ def render_list(rollouts: list[dict[str, Any]]) -> str:
     for r in rollouts:
         s = r.get("summary") or {}
         rows.append((r["rollout"], f"{r.get('name')} v{r.get('version')}", r["state"], s.get("selected", 0),
-                     s.get("healthy", 0) + s.get("confirmed", 0), s.get("failed", 0) + s.get("rolled_back", 0),
+                     s.get("healthy", 0), s.get("failed", 0) + s.get("rolled_back", 0),
                      s.get("reverted", 0), s.get("waiting", 0), _when(r.get("created"))))
     return render_table(("rollout", "model", "state", "selected", "healthy", "failed", "reverted", "waiting",
                          "created"), rows, align="lllrrrrrl")
@@ -102,9 +103,9 @@ def render_rollout(r: dict[str, Any], device_limit: int | None = None) -> str:
            f"(artifact {str(r.get('artifact', ''))[:12]}) to {s.get('selected', len(r.get('devices') or []))} "
            f"device(s), created {_when(r.get('created'))}",
            f"state: {state_words(r)}"]
-    given = ", ".join(f"{k} {v}" for k, v in params.items() if v is not None)
+    given = flags_text(params)
     if given:
-        out.append(f"params: {given}")
+        out.append(f"flags: {given}")
     counts = ", ".join(f"{n} {k}" for k, n in s.items() if k != "selected" and n)
     out.append(f"devices: {counts or 'none yet'}")
     waves = r.get("waves") or []
@@ -115,10 +116,9 @@ def render_rollout(r: dict[str, Any], device_limit: int | None = None) -> str:
         out += ["", render_table(("wave", "canary", "devices", "released", "states"), rows, align="rlrll")]
     devices = r.get("devices")
     if devices:
-        shown = devices
-        hidden = 0
+        shown, hidden = devices, 0
         if device_limit is not None and len(devices) > device_limit:
-            shown = [d for d in devices if d.get("phase") not in ("healthy", "confirming", "confirmed")]
+            shown = [d for d in devices if d.get("phase") not in QUIET_PHASES][:device_limit]
             hidden = len(devices) - len(shown)
         device_rows = [(d["device"], "-" if d.get("wave") is None else d["wave"], d.get("phase") or "-",
                         d.get("state") or "-", _model(d.get("previous")), (d.get("reason") or "")[:80])
@@ -127,8 +127,21 @@ def render_rollout(r: dict[str, Any], device_limit: int | None = None) -> str:
             out += ["", render_table(("device", "wave", "phase", "job state", "previous", "reason"), device_rows,
                                      align="lrllll")]
         if hidden:
-            out.append(f"({hidden} device(s) on the new model not listed: lepton-edge rollout show {r['rollout']})")
+            out.append(f"({hidden} more device(s) not listed: lepton-edge rollout show {r['rollout']})")
     return "\n".join(out)
+
+
+def flags_text(params: dict[str, Any]) -> str:
+    """A rollout's parameters as the `deploy` flags that give them (``--canary 10 --max-failures 20%``)."""
+    from lepton_edge.fleet.deploy import FLAGS
+
+    out = []
+    for key, value in params.items():
+        if value is None or key not in FLAGS or (key in ("growth", "wave_interval_s") and params.get("rate") is None):
+            continue  # (waves have a size and an interval only with a rate)
+        pct = "%" if key.endswith("_pct") else ""
+        out.append(f"{FLAGS[key]} {value:g}{pct}" if isinstance(value, (int, float)) else f"{FLAGS[key]} {value}")
+    return " ".join(out)
 
 
 def _model(m: dict[str, Any] | None) -> str:
