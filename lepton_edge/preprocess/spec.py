@@ -278,9 +278,10 @@ def parse_spec(obj: Mapping[str, Any], source: str) -> PreprocessSpec:
 def spec_to_dict(spec: PreprocessSpec) -> dict[str, Any]:
     """The spec as plain JSON/TOML values (``None`` fields left out), what ``manifest.json`` holds."""
     out: dict[str, Any] = {"kind": spec.kind}
+    skip = {"scale", "offset"} if isinstance(spec, ImageSpec) and spec.mean is not None else set()
     for f in fields(spec):
         value = getattr(spec, f.name)
-        if value is None:
+        if value is None or f.name in skip:
             continue
         out[f.name] = list(value) if isinstance(value, tuple) else value
     return out
