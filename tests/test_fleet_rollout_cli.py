@@ -83,13 +83,15 @@ def test_deploy_selects_by_tags_warns_about_unknown_devices_and_refuses_an_empty
     assert result["state"] == "completed" and result["ok"] is True and result["unknown_devices"] == []
     assert {d.model.version for d in berlin.devices} == {2} and {d.model.version for d in paris.devices} == {1}
 
-    proc = deploy(env, "--tag", "site:paris", "--device", "ghost-7", "--json")  # a device never seen: its job waits
+    # a rollout this time, not followed; a device never seen is selected (its job waits for it) with a warning
+    proc = deploy(env, "--tag", "site:paris", "--device", "ghost-7", "--canary", "1", "--soak", "600", "--json")
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.splitlines() == ["warning: device ghost-7 has never been seen by the controller; "
                                         "its job waits for it"]
     result = json.loads(proc.stdout)
     assert sorted(d["device"] for d in result["devices"]) == ["ghost-7", *paris.ids]
-    assert result["unknown_devices"] == ["ghost-7"] and result["ok"] is None
+    assert result["unknown_devices"] == ["ghost-7"] and result["state"] == "canary"
+    assert result["ok"] is None and result["waited"] is False and result["timed_out"] is False
 
     line = assert_one_line_error(deploy(env, "--tag", "site:mars", "--canary", "1"), 2)
     assert "(tag site:mars) matches no device the controller knows" in line
@@ -119,11 +121,14 @@ def test_rollout_list_show_pause_resume_cancel_round_trip(env):
     fleet = env.sim(4, prefix="rt-")
     empty = rollout(env, "list")
     assert empty.returncode == 0 and empty.stdout.strip() == "(no rollouts)"
-    proc = deploy(env, "--all", "--canary", "1", "--soak", "600", "--max-failures", "50%", "--json")
-    assert proc.returncode == 0, proc.stderr
+    proc = deploy(env, "--all", "--canary", "1", "--soak", "600", "--max-failures", "50%", "--wait", "--timeout", "1",
+                  "--json")  # the controller goes on after --timeout
+    line = assert_one_line_error(proc, 1)
     made = json.loads(proc.stdout)
     rid = made["rollout"]
-    assert made["state"] == "canary" and made["abort"] is None and made["ok"] is None
+    assert made["timed_out"] is True and made["ok"] is False and made["abort"] is None
+    assert made["state"] in ("canary", "soaking")
+    assert f"rollout {rid} is still {made['state']} after the timeout" in line and "rollout show" in line
     assert made["params"]["canary"] == 1 and made["params"]["max_failures_pct"] == 50
     assert [d["device"] for d in made["devices"]] == rollout_order(fleet.ids)
 
