@@ -310,8 +310,9 @@ def _follow_rollout(client: ControllerClient, r: dict[str, Any], base: dict[str,
         time.sleep(POLL_S)
         try:
             r = client.rollout(r["rollout"], wait_s=max(0.5, deadline - time.monotonic()))
-        except Unreachable:
-            break
+        except Unreachable as exc:
+            raise Unreachable(f"{exc}; rollout {r['rollout']} goes on in the controller "
+                              f"(lepton-edge rollout show {r['rollout']})") from None
     over = _over(r)
     ok = None
     if req.wait:
