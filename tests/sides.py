@@ -1,6 +1,6 @@
 """Which side of the boundary each Python file is on, by folder (docs/DESIGN.md, "Boundaries").
 
-* device: ``lepton_edge/{tflite,plan,runtime,agent,gateway,mqtt}/``, the top-level ``lepton_edge``
+* device: ``lepton_edge/{tflite,plan,runtime,agent,gateway,mqtt,preprocess}/``, the top-level ``lepton_edge``
   modules they import (found by following their imports), and ``firmware_bridge/`` (its C and firmware
   sources are not Python);
 * host: ``lepton_edge/{convert,fleet,commands,firmware_build}/`` and the other top-level modules;
@@ -18,13 +18,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "lepton_edge"
 
-DEVICE_DIRS = ("tflite", "plan", "runtime", "agent", "gateway", "mqtt")
+DEVICE_DIRS = ("tflite", "plan", "runtime", "agent", "gateway", "mqtt", "preprocess")
 HOST_DIRS = ("convert", "fleet", "commands", "firmware_build")
 TOOLS_DIRS = ("tools",)
 
 # What device-side code may import (top-level package names), besides the standard library.
 ALLOWED = {"numpy", "flatbuffers", "ai_edge_litert", "tflite_runtime", "tflite_micro", "paho", "serial",
-           "cryptography", "prometheus_client", "tomli", "lepton_edge", "firmware_bridge"}
+           "cryptography", "prometheus_client", "tomli", "PIL", "lepton_edge", "firmware_bridge"}
 FORBIDDEN = ("tensorflow", "keras", "tf_keras", "matplotlib", "onnx", "onnx2tf", "onnxruntime", "torch")
 STDLIB = set(sys.stdlib_module_names)
 

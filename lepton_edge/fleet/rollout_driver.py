@@ -20,8 +20,9 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from lepton_edge.errors import BadInput
 from lepton_edge.fleet.rollout import (
@@ -55,11 +56,30 @@ from lepton_edge.fleet.rollout import (
     settled_at,
     summarize,
 )
-from lepton_edge.fleet.store import CONFIRM, PENDING, REVERT, FleetDB, NotFound, StoredArtifact
+from lepton_edge.fleet.store import CONFIRM, PENDING, REVERT, FleetDB, JobRow, NotFound, StoredArtifact
 from lepton_edge.mqtt import check_name
 
-if TYPE_CHECKING:
-    from lepton_edge.fleet.controller import Controller
+
+class _JobOptions(Protocol):
+    @property
+    def default_expires_s(self) -> float: ...
+    @property
+    def block_size(self) -> int: ...
+
+
+class Controller(Protocol):
+    """What the driver needs of :class:`lepton_edge.fleet.controller.Controller` (a Protocol, so that the
+    two modules do not import each other)."""
+
+    @property
+    def db(self) -> FleetDB: ...
+    @property
+    def options(self) -> _JobOptions: ...
+
+    def check_artifact_files(self, art: StoredArtifact) -> tuple[bytes, bytes | None]: ...
+    def activate_jobs(self, art: StoredArtifact, jobs: list[JobRow], superseded: Iterable[str]) -> int: ...
+    def drop_jobs(self, job_ids: Iterable[str]) -> None: ...
+    def live_state(self, job_id: str) -> str | None: ...
 
 log = logging.getLogger("lepton_edge.fleet.rollout")
 
