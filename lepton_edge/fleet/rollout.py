@@ -33,6 +33,9 @@ FAILED_JOB_STATES = frozenset({"failed", "rolled_back", "expired"})
 DONE_JOB_STATES = FAILED_JOB_STATES | {"healthy"}
 UNFINISHED_JOB_STATES = frozenset({"pending", "sent", "accepted", "downloading", "verifying", "activating"})
 
+# max-error-rate is judged only once the updated devices have counted this many inferences together:
+# one error among the first two inferences is not a rate.
+MIN_INFERENCES = 100
 MIN_BASELINE_S = 30.0  # the p99 baseline looks back at least this long before a device's job was sent
 
 CRITERIA = ("max-failures", "max-error-rate", "max-p99-increase")
@@ -307,7 +310,7 @@ def error_rate(params: RolloutParams, devices: Sequence[UpdatedDevice]) -> Abort
         return None
     inferences = sum(counter_increase(d.inferences) for d in devices)
     errors = sum(counter_increase(d.errors) for d in devices)
-    if inferences <= 0:
+    if inferences < MIN_INFERENCES:
         return None
     value = errors / inferences
     if value <= limit:
