@@ -168,6 +168,8 @@ def test_error_rate_and_p99_increase():
     assert abort is not None and abort.criterion == "max-error-rate"
     assert abort.value == pytest.approx(32 / 300, abs=1e-6)
     assert error_rate(RolloutParams(max_error_rate=0.01), [UpdatedDevice()]) is None   # nothing counted yet
+    few = UpdatedDevice(inferences=[0, 2], errors=[0, 1], p99_after=[10, 10], p99_before=[10])
+    assert error_rate(RolloutParams(max_error_rate=0.01), [few]) is None   # 1 of 2 is not a rate yet
     slow = UpdatedDevice(p99_after=[30, 31, 29], p99_before=[10, 10.5])
     p = RolloutParams(max_p99_increase_pct=50)
     abort = p99_increase(p, [slow])
