@@ -95,10 +95,11 @@ def run_serve(args: argparse.Namespace) -> int:
     from lepton_edge.artifact import load_public_key
     from lepton_edge.fleet.controller import Controller, ControllerOptions
     from lepton_edge.fleet.http_api import HttpApi, parse_http_listen, resolve_token
+    from lepton_edge.fleet.rollout import MAX_EXPIRES_S
 
     broker = broker_from_args(args)
     listen = parse_http_listen(args.http)
-    if not 1 <= args.job_expiry <= 30 * 24 * 3600:
+    if not 1 <= args.job_expiry <= MAX_EXPIRES_S:
         raise BadInput("--job-expiry must be 1 s to 30 days")
     if not 256 <= args.block_size <= 1024 * 1024:
         raise BadInput("--block-size must be 256 to 1048576 bytes")

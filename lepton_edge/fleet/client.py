@@ -17,11 +17,11 @@ from urllib.parse import urlsplit
 
 from lepton_edge.artifact import Artifact
 from lepton_edge.errors import BadInput, CheckFailed
+from lepton_edge.fleet.rollout import MAX_EXPIRES_S
 
 DEFAULT_CONTROLLER = "http://127.0.0.1:8788"
 
 
-MAX_EXPIRES_S = 30 * 24 * 3600  # as the controller's
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from lepton_edge.errors import BadInput
-from lepton_edge.fleet.rollout import RolloutParams
+from lepton_edge.fleet.rollout import MAX_EXPIRES_S, RolloutParams
 from lepton_edge.fleet.rollout_driver import RolloutDriver
 from lepton_edge.fleet.store import (
     EXPIRABLE_STATES,
@@ -81,7 +81,6 @@ from lepton_edge.mqtt import (
 log = logging.getLogger("lepton_edge.fleet")
 
 MAX_DEVICES_PER_DEPLOYMENT = 10000
-MAX_EXPIRES_S = 30 * 24 * 3600
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ UNFINISHED_JOB_STATES = frozenset({"pending", "sent", "accepted", "downloading",
 # max-error-rate is judged only once the updated devices have counted this many inferences together:
 # one error among the first two inferences is not a rate.
 MIN_INFERENCES = 100
+MAX_EXPIRES_S = 30 * 24 * 3600  # the longest life of a job or command (deployments, rollouts, fleet serve)
 MIN_BASELINE_S = 30.0  # the p99 baseline looks back at least this long before a device's job was sent
 
 CRITERIA = ("max-failures", "max-error-rate", "max-p99-increase")
@@ -85,7 +86,7 @@ class RolloutParams:
         number("min_done", 1, integer=True)
         number("max_error_rate", 0, 1)
         number("max_p99_increase_pct", 0)
-        number("expires_s", 1, 30 * 24 * 3600)
+        number("expires_s", 1, MAX_EXPIRES_S)
         for name in ("soak_s", "growth", "wave_interval_s"):
             if getattr(self, name) is None:
                 raise BadInput(f"rollout parameter {name} needs a value")
