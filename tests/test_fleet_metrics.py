@@ -10,16 +10,20 @@ import shutil
 import subprocess
 import time
 import urllib.parse
+from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import paho.mqtt.client as paho
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fleet_helpers import FLEET
+from fleet_helpers import FLEET, make_artifact
 from lepton_edge.fleet.http_api import HttpApi, HttpListen
 from lepton_edge.fleet.metrics import CONTENT_TYPE, rollout_metrics
-from lepton_edge.mqtt import DeviceTopics, ModelInfo, Status, Telemetry
+from lepton_edge.fleet.rollout import PHASES, RolloutParams, rollout_order
+from lepton_edge.mqtt import DeviceTopics, ModelInfo, Status, Telemetry, parse_broker_url
+from lepton_edge.tools.devsim import FACTORY_SHA256, FLEET_OPTIONS, SimFleet
 from lepton_edge.tools.mosquitto import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -190,17 +194,12 @@ def test_metrics_show_devices_microcontrollers_and_controller_counters(fleet, de
     assert not [k for k in found if ("device", "pi-2") in k[1]]
 
 
-def test_metrics_need_the_token_when_the_api_has_one(fleet):
-    token = secrets.token_urlsafe(24)
-    api = HttpApi(fleet.controller, HttpListen("127.0.0.1", 0), token)
-    api.start()
-    try:
-        assert scrape(api.url)[0] == 401
-        assert scrape(api.url, "wrong-" + token)[0] == 401
-        status, _, body = scrape(api.url, token)
-        assert status == 200 and "lepton_broker_connected 1.0" in body
-    finally:
-        api.stop()
+def test_metrics_need_the_token_when_the_api_has_one(token_api):
+    api, token = token_api
+    assert scrape(api.url)[0] == 401
+    assert scrape(api.url, "wrong-" + token)[0] == 401
+    status, _, body = scrape(api.url, token)
+    assert status == 200 and "lepton_broker_connected 1.0" in body
 
 
 ROLLOUT = {  # the rollout JSON of docs/ROLLOUTS.md, as controller.rollout(id) returns it
@@ -327,25 +326,36 @@ class Prometheus:
         self.log.close()
 
 
-@needs_prometheus
-def test_prometheus_scrapes_the_controller_and_answers_about_a_device(fleet, devices, tmp_path):
-    """The shipped prometheus.yml and alerts.yml, pointed at a controller whose API wants a token."""
-    token = secrets.token_urlsafe(24)
-    api = HttpApi(fleet.controller, HttpListen("127.0.0.1", 0), token)
-    api.start()
-    work = tmp_path / "prometheus"
+def shipped_config(work: Path, target: str, token: str) -> Path:
+    """examples/prometheus copied to ``work`` with the token file the README asks for, scraping and
+    evaluating every second, pointed at ``target``; plus a job for the same target without the token."""
     shutil.copytree(EXAMPLES, work)
     (work / "lepton-fleet.token").write_text(token + "\n")
     config = (work / "prometheus.yml").read_text()
-    target = api.url.split("://", 1)[1]
     for old, new in (("scrape_interval: 15s", "scrape_interval: 1s"),
                      ("evaluation_interval: 15s", "evaluation_interval: 1s"), ("127.0.0.1:8788", target)):
         assert config.count(old) == 1, old
         config = config.replace(old, new)
-    # The same controller once more, without the token: the API refuses that scrape.
-    config += (f"  - job_name: lepton-fleet-no-token\n    static_configs:\n"
-               f"      - targets: [\"{target}\"]\n")
+    config += f"  - job_name: lepton-fleet-no-token\n    static_configs:\n      - targets: [\"{target}\"]\n"
     (work / "prometheus.yml").write_text(config)
+    return work / "prometheus.yml"
+
+
+@pytest.fixture
+def token_api(fleet):
+    """The fleet's controller behind a second HTTP API that wants a bearer token: (api, token)."""
+    token = secrets.token_urlsafe(24)
+    api = HttpApi(fleet.controller, HttpListen("127.0.0.1", 0), token)
+    api.start()
+    yield api, token
+    api.stop()
+
+
+@needs_prometheus
+def test_prometheus_scrapes_the_controller_and_answers_about_a_device(fleet, token_api, devices, tmp_path):
+    """The shipped prometheus.yml and alerts.yml, pointed at a controller whose API wants a token."""
+    api, token = token_api
+    config = shipped_config(tmp_path / "prometheus", api.url.split("://", 1)[1], token)
 
     devices.status("sim-00001", budget_ms=20.0)
     devices.telemetry("sim-00001", 0, inferences=4321, errors=7, latency_p50_ms=5.0, latency_p99_ms=37.5)
@@ -353,7 +363,7 @@ def test_prometheus_scrapes_the_controller_and_answers_about_a_device(fleet, dev
     devices.telemetry("sim-00002", 0, inferences=100, errors=0, latency_p50_ms=5.0, latency_p99_ms=9.0)
     wait_ingested(fleet.controller, 4)
 
-    prom = Prometheus(work / "prometheus.yml", tmp_path / "tsdb")
+    prom = Prometheus(config, tmp_path / "tsdb")
     try:
         def both_scraped() -> dict[str, float] | None:
             found = prom.query("up")
@@ -382,4 +392,70 @@ def test_prometheus_scrapes_the_controller_and_answers_about_a_device(fleet, dev
         assert [(a["labels"]["device"], a["state"]) for a in alerts] == [("sim-00001", "pending")]
     finally:
         prom.stop()
-        api.stop()
+
+
+# --- a real rollout ----------------------------------------------------------------------------
+
+@pytest.fixture
+def sim_fleet(fleet, broker):
+    """Six simulated devices of the fleet (devices 0 to 2 fail their updates' health check)."""
+    sims = SimFleet(parse_broker_url(broker.url()), 6, fail={0, 1, 2},
+                    options=replace(FLEET_OPTIONS, fleet=FLEET, telemetry_interval_s=0.2))
+    sims.start()
+    try:
+        assert sims.wait_connected(10)
+        deadline = time.monotonic() + 10
+        while {d["device"] for d in fleet.controller.devices()} < set(sims.ids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        yield sims
+    finally:
+        sims.stop()
+
+
+@needs_prometheus
+def test_an_aborted_rollout_shows_in_metrics_and_fires_its_alert(fleet, token_api, sim_fleet, tmp_path):
+    ctl = fleet.controller
+    failing = {sim_fleet.devices[i].id for i in range(3)}
+    assert 0 < len(failing & set(rollout_order(sim_fleet.ids)[:4])) < 4, "the canary needs failing and good devices"
+    art = make_artifact(tmp_path / "v2", version=2, size=20_000, seed=2)
+    artifact = ctl.upload_artifact((art / "manifest.json").read_bytes(), None,
+                                   (art / "model.tflite").read_bytes())["artifact"]
+    rollout = ctl.create_rollout(artifact, sim_fleet.ids, RolloutParams(canary=4, soak_s=60, max_failures_pct=20))
+    rid = rollout["rollout"]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done = ctl.rollout(rid)
+        if done["state"] == "aborted" and not done["active"]:
+            break
+        time.sleep(0.1)
+    assert done["state"] == "aborted", done
+    assert ctl.wait_idle(10)
+
+    found = samples(scrape(fleet.http.url)[2])
+    labels = {"rollout": rid, "name": "sim-model", "version": "2"}
+    phases = Counter(d["phase"] for d in done["devices"])
+    assert phases["skipped"] == 2 and sum(phases.values()) == 6
+    for phase in (*PHASES, *phases):
+        assert value(found, "lepton_rollout_devices", **labels, phase=phase) == phases.get(phase, 0), phase
+    assert value(found, "lepton_rollout_state", **labels, state="aborted") == 1
+    assert value(found, "lepton_rollout_state", **labels, state="canary") == 0
+    assert value(found, "lepton_rollout_abort_info", **labels, criterion="max-failures") == 1
+    # Every canary device downloaded the whole model (the failing ones fail after it, at their health check).
+    assert value(found, "lepton_ota_bytes_served_total") >= 4 * 20_000
+    assert value(found, "lepton_ota_bytes_served_total") == ctl.counters.bytes_served
+    for device in sim_fleet.devices:  # all back on the factory model, as their status says
+        assert value(found, "lepton_device_model_info", **dev(device.id, device.options.profile), name="sim-model",
+                     version="1", sha256=FACTORY_SHA256) == 1
+        assert value(found, "lepton_device_up", **dev(device.id, device.options.profile)) == 1
+
+    api, token = token_api
+    prom = Prometheus(shipped_config(tmp_path / "prometheus", api.url.split("://", 1)[1], token), tmp_path / "tsdb")
+    try:
+        def aborted() -> list[dict]:
+            return [a for a in prom.api("alerts")["alerts"]
+                    if a["labels"]["alertname"] == "LeptonRolloutAborted" and a["state"] == "firing"]
+        alerts = prom.wait_for(aborted)
+        assert [(a["labels"]["rollout"], a["labels"]["state"]) for a in alerts] == [(rid, "aborted")]
+        assert prom.query(f'lepton_rollout_devices{{rollout="{rid}", phase="skipped"}}') == {"lepton-fleet": 2.0}
+    finally:
+        prom.stop()

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 
+from lepton_edge.fleet.rollout import ENDED_STATES, PHASES, STATES
 from lepton_edge.mqtt.router import BAD_PAYLOAD, BAD_TOPIC, EMPTY
 
 if TYPE_CHECKING:
@@ -39,13 +40,6 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 DEVICE_LABELS = ("device", "fleet", "profile")
 ROLLOUT_LABELS = ("rollout", "name", "version")
-# Every state and device phase a rollout has (docs/ROLLOUTS.md); each is exported, 0 when none, so that
-# a query or an alert sees a change from 0 rather than a series that appears.
-ROLLOUT_STATES = ("canary", "soaking", "rolling", "paused", "finishing", "completed", "aborting", "aborted",
-                  "cancelled")
-ROLLOUT_PHASES = ("waiting", "updating", "healthy", "failed", "rolled_back", "skipped", "reverting", "reverted",
-                  "revert_failed", "confirming", "confirmed")
-FINISHED_ROLLOUT_STATES = frozenset({"completed", "aborted", "cancelled"})
 # A finished rollout stays in /metrics this long after its last change; older ones leave (bounded series).
 FINISHED_ROLLOUT_KEEP_S = 7 * 24 * 3600.0
 REJECT_REASONS = (BAD_PAYLOAD, BAD_TOPIC, EMPTY)
@@ -93,18 +87,14 @@ class FleetCollector:
         yield scrape
 
     def _rollout_list(self) -> list[dict[str, Any]]:
-        """The rollouts to show, each with its devices (none on a controller without rollouts)."""
-        listing = getattr(self.controller, "rollouts", None)
-        whole = getattr(self.controller, "rollout", None)
-        if listing is None or whole is None:
-            return []
+        """The rollouts to show, each with its devices (the listing leaves them out)."""
         now, out = time.time(), []
-        for r in listing():
+        for r in self.controller.rollouts():
             updated = r.get("updated")
-            if r.get("state") in FINISHED_ROLLOUT_STATES and isinstance(updated, (int, float)) \
+            if r.get("state") in ENDED_STATES and isinstance(updated, (int, float)) \
                     and now - updated > FINISHED_ROLLOUT_KEEP_S:
                 continue
-            out.append(r if "devices" in r else whole(r["rollout"]))  # the listing may leave the devices out
+            out.append(r if "devices" in r else self.controller.rollout(r["rollout"]))
         return out
 
     def _controller(self) -> Iterator[Metric]:
@@ -201,13 +191,13 @@ def rollout_metrics(rollouts: Iterable[dict[str, Any]]) -> Iterator[Metric]:
                                 labels=ROLLOUT_LABELS)
     abort = InfoMetricFamily("lepton_rollout_abort", "Why the rollout aborted (the criterion is the flag's name)",
                              labels=(*ROLLOUT_LABELS, "criterion"))
-    for r in rollouts:
+    for r in rollouts:  # every phase and state, 0 when none: a query or an alert sees a change from 0
         labels = [str(r.get("rollout")), str(r.get("name")), str(r.get("version"))]
         phases = Counter(str(dev.get("phase")) for dev in r.get("devices") or ())
-        for phase in (*ROLLOUT_PHASES, *sorted(set(phases) - set(ROLLOUT_PHASES))):
+        for phase in (*PHASES, *sorted(set(phases) - set(PHASES))):
             devices.add_metric([*labels, phase], float(phases.get(phase, 0)))
         current = str(r.get("state"))
-        for name in (*ROLLOUT_STATES, *(() if current in ROLLOUT_STATES else (current,))):
+        for name in (*STATES, *(() if current in STATES else (current,))):
             state.add_metric([*labels, name], 1.0 if name == current else 0.0)
         if isinstance(r.get("updated"), (int, float)):
             updated.add_metric(labels, float(r["updated"]))
