@@ -35,7 +35,7 @@ CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 pytestmark = pytest.mark.skipif(not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
                                 reason="needs Debian's chromium and chromium-driver (make setup installs them)")
 webdriver = pytest.importorskip("selenium.webdriver")
-from selenium.common.exceptions import TimeoutException  # noqa: E402  (after the skip above)
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
@@ -159,15 +159,38 @@ def browser() -> Iterator[Any]:
 
 def wait(driver, what: str, predicate, timeout: float = 20.0):
     try:
-        return WebDriverWait(driver, timeout, poll_frequency=0.1).until(lambda d: predicate(d))
+        return WebDriverWait(driver, timeout, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,)
+                             ).until(lambda d: predicate(d))
     except TimeoutException:
         raise AssertionError(f"timed out waiting for {what}") from None
+
+
+def click(driver, css: str) -> None:
+    """Click the element now matching ``css`` (found and clicked in one step: the page redraws every few seconds)."""
+    assert driver.execute_script("const el = document.querySelector(arguments[0]); if (el) el.click(); return !!el;",
+                                 css), css
 
 
 def severe(driver, allowed=()) -> list[str]:
     """SEVERE browser-log entries (console errors, failed loads), except those containing an allowed text."""
     return [e["message"] for e in driver.get_log("browser")
             if e["level"] == "SEVERE" and not any(a in e["message"] for a in allowed)]
+
+
+def screenshot(driver) -> None:
+    """The whole page into $LEPTON_SCREENSHOT, when it is set."""
+    path = os.environ.get("LEPTON_SCREENSHOT")
+    if not path:
+        return
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    width = driver.execute_script("return window.innerWidth")
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                           {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
+    try:
+        time.sleep(0.5)  # the charts redraw at the new size
+        driver.save_screenshot(path)
+    finally:
+        driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
 
 
 def rollouts_served(url: str, token: str | None = None) -> bool:
@@ -249,7 +272,7 @@ def test_fleet_table_charts_and_no_console_errors(fleet, broker, browser):
 
         # A device's charts: its latency (p50, p99) and throughput from GET /v1/devices/<id>/telemetry.
         time.sleep(1.5)  # a few more telemetry points
-        browser.find_element(By.CSS_SELECTOR, 'tr[data-device="cam-berlin-01"]').click()
+        click(browser, 'tr[data-device="cam-berlin-01"]')
         detail = browser.find_element(By.ID, "device-detail")
         wait(browser, "the device's charts", lambda d: detail.is_displayed() and int(detail.get_attribute("data-rows")
                                                                                      or 0) >= 3)
@@ -297,8 +320,7 @@ def test_fleet_table_charts_and_no_console_errors(fleet, broker, browser):
         allowed = () if rollouts_served(fleet.http.url) else ("/v1/rollouts - Failed to load resource",)
         assert severe(browser, allowed) == []
 
-        if os.environ.get("LEPTON_SCREENSHOT"):
-            browser.save_screenshot(os.environ["LEPTON_SCREENSHOT"])
+        screenshot(browser)  # the rollout test, when it runs, replaces it with a page that has a rollout
     finally:
         pub.close()
 
@@ -325,21 +347,49 @@ def test_rollout_progress_appears(fleet, broker, browser, tmp_path):
         rid = rollout["rollout"]
         browser.get_log("browser")
         browser.get(fleet.http.url + "/")
-        card = wait(browser, "the rollout's card",
-                    lambda d: d.find_elements(By.CSS_SELECTOR, f'article.rollout[data-rollout="{rid}"]'))[0]
-        assert card.find_elements(By.CSS_SELECTOR, ".bar")
+        wait(browser, "the rollout's card with its progress bar",
+             lambda d: d.find_elements(By.CSS_SELECTOR, f'article.rollout[data-rollout="{rid}"] .progress .bar'))
 
-        def shown_matches_api(d) -> bool:
-            now = api(fleet.http.url, "GET", f"/v1/rollouts/{rid}")[1]
-            el = d.find_element(By.CSS_SELECTOR, f'article.rollout[data-rollout="{rid}"]')
-            done = sum(now["summary"].get(k, 0) for k in ("confirmed", "healthy", "failed", "rolled_back", "reverted"))
-            return (now["state"] == "completed" and el.get_attribute("data-state") == "completed"
-                    and el.find_element(By.CSS_SELECTOR, '[data-col="progress"] b').text
-                    == f"{done} / {now['summary']['selected']}"
-                    and len(el.find_elements(By.CSS_SELECTOR, "table.waves tbody tr")) == len(now["waves"]))
+        def shown(d) -> dict[str, Any] | None:
+            return d.execute_script("""
+                const el = document.querySelector(`article.rollout[data-rollout="${arguments[0]}"]`);
+                if (!el) return null;
+                const chips = (root) => Object.fromEntries([...root.querySelectorAll('.chip')].map(
+                  (c) => [c.dataset.phase, Number(c.textContent.split(' ').pop())]));
+                return {state: el.dataset.state, progress: el.querySelector('[data-col="progress"] b').textContent,
+                        waves: [...el.querySelectorAll('table.waves tbody tr')].map(
+                          (tr) => [tr.cells[0].textContent, Number(tr.cells[1].textContent), chips(tr)])};""", rid)
 
-        wait(browser, "the completed rollout on the page", shown_matches_api, timeout=40)
+        def expected(r: dict[str, Any]) -> dict[str, Any]:
+            return {"state": r["state"], "progress": f"{r['summary']['healthy']} / {r['summary']['selected']}",
+                    "waves": [["canary" if w["canary"] else f"wave {w['wave']}", w["devices"],
+                               {k: n for k, n in w["states"].items() if n}] for w in r["waves"]]}
+
+        final: dict[str, Any] = {}
+
+        def completed_and_shown(d) -> bool:
+            final.update(api(fleet.http.url, "GET", f"/v1/rollouts/{rid}")[1])
+            return final["state"] == "completed" and shown(d) == expected(final)
+
+        wait(browser, "the completed rollout on the page as the API has it", completed_and_shown, timeout=40)
+        assert shown(browser)["progress"] == "4 / 4"   # every device on the new model
+        assert sum(w[1] for w in shown(browser)["waves"]) == 4 and len(final["waves"]) >= 2
+
+        # Its devices (GET /v1/rollouts/<id>): each one's wave and phase as the API has them.
+        click(browser, f'article.rollout[data-rollout="{rid}"] .rollout-foot button')
+        full = api(fleet.http.url, "GET", f"/v1/rollouts/{rid}")[1]
+        phases = {d["device"]: d["phase"].replace("_", " ") for d in full["devices"]}
+        assert set(phases) == set(sims.ids)
+        wait(browser, "the rollout's devices and their phases", lambda d: d.execute_script("""
+            const card = document.querySelector(`article.rollout[data-rollout="${arguments[0]}"]`);
+            const rows = card ? card.querySelectorAll('.rollout-devices tbody tr') : [];
+            return Object.fromEntries([...rows].map((r) => [r.dataset.device, r.querySelector('.chip').textContent]));
+            """, rid) == phases)
+
+        click(browser, f'tr[data-device="{sims.ids[0]}"]')
+        wait(browser, "a device's charts", lambda d: d.find_elements(By.CSS_SELECTOR, "#chart-latency path.line"))
         assert severe(browser) == []
+        screenshot(browser)
     finally:
         sims.stop()
 

@@ -69,15 +69,14 @@ class Dashboard {
   }
 
   async refresh() {
-    const [health, devices, rollouts] = await Promise.all([
-      getJson('/v1/health').catch(() => null),
+    const [, devices, rollouts] = await Promise.all([
+      getJson('/v1/health').then((health) => this.renderHealth(health), () => null), // needs no token
       getJson('/v1/devices'),
       getJson('/v1/rollouts').catch((err) => {
         if (err instanceof ApiError && err.status === 404) return null; // a controller without rollouts
         throw err;
       }),
     ]);
-    this.renderHealth(health);
     this.devices = (devices.devices || []).map((d) => ({...d, rate: this.throughput.rate(d)}));
     this.rollouts = rollouts === null ? null : Array.isArray(rollouts) ? rollouts : rollouts.rollouts || [];
     this.table.update(this.devices);
@@ -128,6 +127,7 @@ class Dashboard {
     $('token-problem').textContent = problem || '';
     $('token-problem').hidden = !problem;
     $('token-needed').hidden = true;
+    $('updated').textContent = 'waiting for the API token';
     const dialog = $('token-dialog');
     if (!dialog.open) dialog.showModal();
     $('token-input').focus();

@@ -106,6 +106,7 @@ export class LineChart {
     const span = t1 - t0;
     const tstep = TIME_STEPS.find((st) => span / st <= Math.max(2, Math.floor(iw / 90))) || 86400;
     for (let t = Math.ceil(t0 / tstep) * tstep; t <= t1; t += tstep) {
+      if (x(t) < M.left + 24 || x(t) > W - M.right - 24) continue; // a label there would run off the plot
       grid.append(s('line', {class: 'xtick', x1: x(t), x2: x(t), y1: M.top + ih, y2: M.top + ih + 4}),
         s('text', {class: 'xlab', x: x(t), y: H - 6, 'text-anchor': 'middle'}, fmtClock(t, tstep < 60)));
     }

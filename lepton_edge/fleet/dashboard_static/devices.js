@@ -1,5 +1,5 @@
 // The fleet table and the summary cards above it, from GET /v1/devices.
-import {fill, fmtAgo, fmtBytes, fmtDate, fmtNum, h, isNum} from './dom.js';
+import {fill, fmtAgo, fmtBytes, fmtDate, fmtNum, h, isNum, morph} from './dom.js';
 
 const COLUMNS = [
   {key: 'device', label: 'Device', sort: (d) => d.device},
@@ -139,7 +139,7 @@ export class DeviceTable {
     } else if (!shown.length) {
       fill(this.body, h('tr', {class: 'empty'}, h('td', {colspan: COLUMNS.length}, 'no device matches the filter')));
     } else {
-      fill(this.body, shown.map((d) => row(d, now, d.device === this.selected, this.onSelect)));
+      morph(this.body, shown.map((d) => row(d, now, d.device === this.selected, this.onSelect)));
     }
     return shown.length;
   }
@@ -166,7 +166,7 @@ export function renderSummary(el, devices, rollouts) {
   const topModel = [...models.entries()].sort((a, b) => b[1] - a[1])[0];
   const active = (rollouts || []).filter((r) => !['completed', 'aborted', 'cancelled'].includes(r.state));
   const worst = p99s.length ? p99s[p99s.length - 1] : null;
-  fill(el,
+  morph(el,
     card('Devices online', h('span', {dataset: {summary: 'online'}}, `${online.length} / ${devices.length}`),
       devices.length - online.length ? `${devices.length - online.length} offline` : 'all online',
       devices.length && online.length < devices.length ? 'warn' : 'good'),

@@ -37,6 +37,37 @@ export function fill(el, ...children) {
   return append(el, children);
 }
 
+function sameShell(a, b) {
+  if (a.nodeType !== b.nodeType || a.nodeName !== b.nodeName) return false;
+  if (a.nodeType !== Node.ELEMENT_NODE) return true;
+  if (a.attributes.length !== b.attributes.length) return false;
+  for (const {name, value} of b.attributes) if (a.getAttribute(name) !== value) return false;
+  return true;
+}
+
+/** Make el's children look like `children`, keeping every existing node whose tag and attributes are
+ * unchanged (only their text and descendants are updated): a refresh then does not take away the row
+ * under the mouse, its focus or a click in progress. The kept nodes keep their listeners, so a node's
+ * listeners must depend only on its attributes (as data-device does for a row). */
+export function morph(el, ...children) {
+  const next = append(document.createDocumentFragment(), children).childNodes;
+  const nodes = [...next];
+  const old = [...el.childNodes];
+  nodes.forEach((node, i) => {
+    const prev = old[i];
+    if (prev && sameShell(prev, node)) {
+      if (prev.nodeType === Node.ELEMENT_NODE) morph(prev, [...node.childNodes]);
+      else if (prev.nodeValue !== node.nodeValue) prev.nodeValue = node.nodeValue;
+      nodes[i] = prev;
+    }
+  });
+  nodes.forEach((node, i) => {
+    if (el.childNodes[i] !== node) el.insertBefore(node, el.childNodes[i] || null);
+  });
+  while (el.childNodes.length > nodes.length) el.lastChild.remove();
+  return el;
+}
+
 export const isNum = (v) => typeof v === 'number' && Number.isFinite(v);
 
 export function fmtNum(v, digits) {
