@@ -1,6 +1,7 @@
 """The local HTTP/1.1 API: standard library server, keep-alive, one thread per connection.
 
-Routes: ``POST /v1/infer`` (bodies in :mod:`lepton_edge.agent.codec`), ``GET /v1/status``,
+Routes: ``POST /v1/infer`` (bodies in :mod:`lepton_edge.agent.codec`; images, WAVs and unscaled JSON lists
+through the model's preprocessing spec in :mod:`lepton_edge.agent.raw_input`), ``GET /v1/status``,
 ``GET /metrics`` (Prometheus text), ``GET /healthz``.
 
 Latency: every response goes out in one ``send`` (status line, headers and body together) and TCP
@@ -32,12 +33,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from lepton_edge import __version__
+from lepton_edge.agent import raw_input
 from lepton_edge.agent.codec import decode_binary, decode_json, encode_binary, encode_json
 from lepton_edge.agent.config import Listen
 from lepton_edge.agent.metrics import CONTENT_TYPE
 from lepton_edge.errors import ApiError, BadInput, LeptonError, Unavailable
 
 if TYPE_CHECKING:
+    from lepton_edge.artifact import Artifact
     from lepton_edge.runtime.base import Runner
 
 log = logging.getLogger("lepton_edge.agent")
@@ -60,6 +63,8 @@ class ServedModelView(Protocol):
     def version(self) -> int: ...
     @property
     def binary_headers(self) -> bytes: ...
+    @property
+    def artifact(self) -> Artifact: ...
 
 
 class ApiApp(Protocol):
@@ -212,7 +217,18 @@ class ApiHandler(BaseHTTPRequestHandler):
             raise ApiError(503, "no model is active")
         runner = served.runner
         content_type = (self.headers.get("Content-Type") or "application/json").split(";", 1)[0].strip().lower()
-        if content_type == "application/octet-stream":
+        manifest = served.artifact.manifest
+        if raw_input.is_raw(content_type, body, manifest):
+            arrays = raw_input.raw_to_inputs(manifest, runner.inputs, body, content_type,
+                                             f"model '{served.name}' v{served.version}")
+            outputs, latency_ms = app.infer(served, arrays)
+            if raw_input.wants_binary(self.headers.get("Accept")):
+                self._send(200, encode_binary(outputs), b"application/octet-stream",
+                           served.binary_headers + b"X-Latency-Ms: %.4f\r\n" % latency_ms, INFER)
+            else:
+                self._send(200, encode_json(outputs, runner.outputs, quantized=False, latency_ms=latency_ms,
+                                            name=served.name, version=served.version), route=INFER)
+        elif content_type == "application/octet-stream":
             arrays = decode_binary(body, runner.inputs, self.headers.get("X-Input-Dtype"))
             outputs, latency_ms = app.infer(served, arrays)
             self._send(200, encode_binary(outputs), b"application/octet-stream",
@@ -223,7 +239,8 @@ class ApiHandler(BaseHTTPRequestHandler):
             self._send(200, encode_json(outputs, runner.outputs, quantized=quantized, latency_ms=latency_ms,
                                         name=served.name, version=served.version), route=INFER)
         else:
-            raise ApiError(415, f"Content-Type {content_type!r}: use application/json or application/octet-stream")
+            raise ApiError(415, f"Content-Type {content_type!r}: use application/json or application/octet-stream "
+                                "(image/jpeg, image/png, audio/wav for a model with a preprocessing spec)")
 
 
 # The mixin goes in front of a socketserver server: type-check it as one.

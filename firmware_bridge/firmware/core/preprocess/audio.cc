@@ -179,11 +179,22 @@ size_t AudioFrontend::run(const Sample* samples, size_t n, float* out, size_t ou
   if (frames == 0 || total > out_cap) return 0;
   const size_t clip = config_.clip_samples > 0 ? static_cast<size_t>(config_.clip_samples) : n;
   const size_t have = n < clip ? n : clip;  // samples past `have` are the zero padding
+  float top = 0.0f;
+  if (config_.normalize != Normalize::kNone && have > 0) {
+    const bool peak = config_.normalize == Normalize::kPeak;
+    top = peak ? fabsf(to_unit(samples[0])) : to_unit(samples[0]);
+    for (size_t i = 1; i < have; ++i) {
+      const float v = to_unit(samples[i]);
+      top = fmaxf(top, peak ? fabsf(v) : v);
+    }
+  }
   for (int32_t f = 0; f < frames; ++f) {
     const size_t start = static_cast<size_t>(f) * static_cast<size_t>(config_.stride_samples);
     for (int32_t i = 0; i < config_.window_samples; ++i) {
       const size_t at = start + static_cast<size_t>(i);
-      frame_[i] = (at < have ? to_unit(samples[at]) : 0.0f) * window_[i];
+      float v = at < have ? to_unit(samples[at]) : 0.0f;
+      if (top != 0.0f && at < have) v /= top;
+      frame_[i] = v * window_[i];
     }
     transform(out + static_cast<size_t>(f) * static_cast<size_t>(frame_features_));
   }

@@ -1,10 +1,11 @@
 // The audio front end of a preprocessing spec (lepton_edge/preprocess/audio.py, docs/PREPROCESS.md):
-// frames, a periodic Hann window, the real FFT of TFLite Micro's signal library (signal/src/rfft.h,
+// the clip trimmed, normalised and zero-padded, frames, a periodic Hann window, the real FFT of TFLite Micro's signal library (signal/src/rfft.h,
 // kissfft in float), the magnitude (or power) spectrum, a mel filter bank built as
 // tf.signal.linear_to_mel_weight_matrix builds it, log(mel + log_offset) and, for MFCC, the DCT-II of
 // tf.signal.mfccs_from_log_mel_spectrograms. MLPerf Tiny KWS: 16 kHz, 1 s clips, 30 ms windows every
-// 20 ms, FFT 512, magnitude, 40 mel bins from 20 to 4000 Hz, log offset 1e-6, 10 coefficients:
-// 49 frames of 10 features.
+// 20 ms, FFT 512, magnitude, 40 mel bins from 20 to 4000 Hz, log offset 1e-6, 10 coefficients, the
+// clip divided by its largest sample: 49 frames of 10 features. Resampling is left to the caller (a
+// device's microphone runs at the model's rate).
 //
 // Single-precision float throughout (a Cortex-M4F has the FPU for it). No heap: every table lives in the
 // AudioFrontend object, sized at compile time by the LEPTON_PRE_MAX_* bounds below; init() refuses a
@@ -28,6 +29,9 @@
 namespace lepton::preprocess {
 
 enum class Features : uint8_t { kLogMel, kMfcc };
+// The spec's `normalize`: none, max (divide by the clip's largest sample, as MLPerf Tiny KWS's
+// wav / tf.reduce_max(wav)), peak (by the largest magnitude); a clip whose divisor is 0 is left as is.
+enum class Normalize : uint8_t { kNone, kMax, kPeak };
 
 struct AudioConfig {
   int32_t sample_rate;     // Hz
@@ -42,6 +46,7 @@ struct AudioConfig {
   float upper_hz;
   float log_offset;        // log(mel + log_offset)
   bool power;              // |X|^2 instead of |X| before the filter bank
+  Normalize normalize;     // over the trimmed clip, before the zero padding
 };
 
 // Why init() refused a configuration (kOk: it did not).
@@ -73,8 +78,9 @@ class AudioFrontend {
   // One frame: window_samples samples in [-1, 1] -> frame_features() floats.
   void frame(const float* samples, float* out);
 
-  // A whole clip of 16-bit PCM (sample / 32768, as a 16-bit WAV decodes): padded with zeros or trimmed
-  // to clip_samples, framed, written frame by frame to out (frame_count(n) * frame_features() floats).
+  // A whole clip of 16-bit PCM (sample / 32768, as a 16-bit WAV decodes): trimmed to clip_samples,
+  // normalised, zero-padded to clip_samples, framed, written frame by frame to out
+  // (frame_count(n) * frame_features() floats).
   // Returns the number of floats written, or 0 when out_cap is too small (nothing written then).
   size_t features_pcm16(const int16_t* pcm, size_t n, float* out, size_t out_cap);
   // The same for samples already in [-1, 1].

@@ -1,6 +1,7 @@
 // Test driver for core/preprocess (tests/test_preprocess_c.py), not part of the firmware:
 //   test_preprocess audio IN.wav OUT.f32 key=value...   features of a 16-bit mono PCM WAV
-//       keys: clip window stride fft mel coeffs (0: log-mel) lower upper log_offset power (0|1);
+//       keys: clip window stride fft mel coeffs (0: log-mel) lower upper log_offset power (0|1)
+//       normalize (none|max|peak);
 //       window, stride and clip in samples; the WAV's rate is the sample rate
 //   test_preprocess image IN.u8 OUT.f32 channels=C (scale=.. offset=.. | mean=.. std=..)
 //       per-channel values as comma lists; IN holds interleaved pixels
@@ -156,6 +157,10 @@ int main(int argc, char** argv) {
     c.upper_hz = static_cast<float>(number(arg(argc, argv, "upper")));
     c.log_offset = static_cast<float>(number(arg(argc, argv, "log_offset")));
     c.power = number(arg(argc, argv, "power", "0")) != 0.0;
+    const char* normalize = arg(argc, argv, "normalize", "none");
+    c.normalize = std::strcmp(normalize, "max") == 0    ? lepton::preprocess::Normalize::kMax
+                  : std::strcmp(normalize, "peak") == 0 ? lepton::preprocess::Normalize::kPeak
+                                                        : lepton::preprocess::Normalize::kNone;
     static AudioFrontend frontend;  // about 40 KB: static, as on a device
     const ConfigError err = frontend.init(c);
     if (err != ConfigError::kOk) fail("bad configuration: ", lepton::preprocess::config_error_name(err));
