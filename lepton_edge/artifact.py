@@ -61,6 +61,10 @@ def parse_manifest(data: bytes, source: str = "manifest") -> dict[str, Any]:
         raise BadInput(f"{source}: field 'model.size' missing or malformed")
     if manifest["version"] < 0:
         raise BadInput(f"{source}: field 'version' must be >= 0")
+    if "preprocess" in manifest:  # the spec the model's inputs need (docs/PREPROCESS.md); only then numpy loads
+        from lepton_edge.preprocess.spec import parse_spec
+
+        parse_spec(manifest["preprocess"], source)
     return manifest
 
 

@@ -101,6 +101,8 @@ class InspectionReport:
     outputs: list[TensorSummary]
     metadata: list[str]
     profile: ProfileCheck | None = None
+    #: the artifact's preprocessing spec (manifest.json beside the model), when there is one
+    preprocess: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

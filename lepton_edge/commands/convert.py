@@ -21,8 +21,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", help="artifact name (default: the model file's stem)")
     p.add_argument("--version", type=int, default=1, metavar="N", help="artifact version, an integer (default 1)")
     p.add_argument("--calibration", metavar="DATA",
-                   help="X.npy, X.npz (key x) or a directory of .npy files or images; 'synthetic' for random data")
-    p.add_argument("--eval", metavar="DATA.npz", help="held-out data (keys x, optional y) for the fidelity report")
+                   help="X.npy, X.npz (key x) or a directory of .npy files or images; 'synthetic' for random data; "
+                        "with --preprocess raw data: images of any size, WAV files, unscaled .npy")
+    p.add_argument("--eval", metavar="DATA.npz", help="held-out data (keys x, optional y) for the fidelity report "
+                                                      "(raw, like --calibration, with --preprocess)")
+    p.add_argument("--preprocess", metavar="SPEC",
+                   help="what the model's input expects, recorded in the manifest and applied to raw --calibration/"
+                        "--eval data: a TOML file with a [preprocess] table, or inline, e.g. "
+                        "kind=image,size=96x96,scale=1/255 (docs/PREPROCESS.md)")
     p.add_argument("--quantize", default="int8", choices=("int8", "float16", "dynamic", "none"),
                    help="int8 (default; full integer), float16 or dynamic (LiteRT boards only), none")
     p.add_argument("--io", default="int8", choices=("int8", "float"), help="int8 model's edges (default int8)")
@@ -37,6 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="when it does not fit: try int8, then channel pruning 0.25 and 0.5")
     p.add_argument("--max-drop", type=float, metavar="POINTS",
                    help="refuse to write an artifact that loses more accuracy (or top-1 agreement) than this")
+    p.add_argument("--min-sqnr", type=float, metavar="DB",
+                   help="refuse to write an artifact whose outputs' SQNR against the float model is below this")
     p.add_argument("--sign-key", metavar="KEY", help="Ed25519 private key (lepton-edge keys generate) to sign with")
     p.add_argument("--force", action="store_true", help="replace a non-empty OUTDIR")
     add_measure_argument(p)
@@ -52,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
                           quantize=args.quantize, io=args.io, prune=args.prune, prune_channels=args.prune_channels,
                           train=args.train, epochs=args.epochs, learning_rate=args.learning_rate,
                           auto_fit=args.auto_fit, sign_key=args.sign_key, max_drop=args.max_drop, force=args.force,
-                          measure=args.measure)
+                          measure=args.measure, preprocess=args.preprocess, min_sqnr=args.min_sqnr)
     result = convert(opts, announce=(lambda _m: None) if args.json else step)
     if args.json:
         print_json(result.to_dict())
@@ -88,6 +96,10 @@ def print_report(result) -> None:
                      "yes" if v.fits else "NO", f"{a.seconds:.1f}"))
     print(f"convert {result.options.model} ({result.source_format}) for {profile.name} "
           f"({profile.runtime}, {profile.kernel_library})")
+    if result.preprocess is not None:
+        from lepton_edge.preprocess.spec import parse_spec, spec_to_inline
+
+        print(f"preprocess: {spec_to_inline(parse_spec(result.preprocess, 'manifest'))} (recorded in the manifest)")
     print(render_table(["step", "settings", "size B", "arena B", "RAM needed / budget B", "flash budget B", "SQNR",
                         "top-1 agree", "fits", "s"], rows, align="rlrrrrrrlr"))
     chosen = result.chosen

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import sys
+from pathlib import Path
+from typing import Any
 
 from lepton_edge.console import human_bytes, print_json, render_table
 
@@ -13,7 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Summarise a .tflite model: size, operators by kind with their MACs, weights, "
                                    "activations, inputs and outputs; with --profile, the operators and tensor "
                                    "types its runtime lacks and an estimated latency.")
-    p.add_argument("model", metavar="MODEL.tflite")
+    p.add_argument("model", metavar="MODEL.tflite",
+                   help="a .tflite file, or an artifact directory (its manifest's preprocessing spec is shown too)")
     p.add_argument("--profile", metavar="NAME", help="check operators and types against a device profile")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
@@ -25,14 +30,46 @@ def run(args: argparse.Namespace) -> int:
     from lepton_edge.tflite.reader import read_model_file
 
     profile = load_optional_profile(args.profile)
-    model = read_model_file(args.model)
+    model_path, preprocess = _artifact_parts(Path(args.model))
+    model = read_model_file(model_path)
     report = inspect_model(model, profile=profile, source=str(args.model))
+    if preprocess is not None:
+        report = dataclasses.replace(report, preprocess=preprocess)
     if args.json:
         print_json(report.to_dict())
     else:
         _print_human(report)
     sys.stdout.flush()
     return 0
+
+
+def _artifact_parts(path: Path) -> tuple[Path, dict[str, Any] | None]:
+    """The model file to read and the preprocessing spec of the artifact it belongs to (if any).
+
+    An artifact directory: its model.tflite and manifest.json. A .tflite file: the manifest.json beside
+    it, when that manifest describes this very file (its sha256)."""
+    from lepton_edge.artifact import MANIFEST_FILE, MODEL_FILE, parse_manifest
+    from lepton_edge.errors import BadInput
+
+    directory = path.is_dir()
+    model_path = path / MODEL_FILE if directory else path
+    manifest_path = (path if directory else path.parent) / MANIFEST_FILE
+    if directory and not manifest_path.is_file():
+        raise BadInput(f"{path}: is a directory without {MANIFEST_FILE}, not an artifact")
+    if not manifest_path.is_file() or not model_path.is_file():
+        return model_path, None
+    try:
+        manifest = parse_manifest(manifest_path.read_bytes(), str(manifest_path))
+    except (BadInput, OSError):
+        if directory:
+            raise
+        return model_path, None
+    if manifest["model"]["sha256"] != hashlib.sha256(model_path.read_bytes()).hexdigest():
+        if directory:
+            raise BadInput(f"{model_path}: sha256 does not match {manifest_path}")
+        return model_path, None
+    spec = manifest.get("preprocess")
+    return model_path, spec if isinstance(spec, dict) else None
 
 
 def _shape(shape) -> str:
@@ -72,6 +109,12 @@ def _print_human(r) -> None:
     rows = [("input", t.name, _shape(t.shape), t.dtype, _quant(t.scale), _quant(t.zero_point)) for t in r.inputs]
     rows += [("output", t.name, _shape(t.shape), t.dtype, _quant(t.scale), _quant(t.zero_point)) for t in r.outputs]
     print(render_table(["", "name", "shape", "dtype", "scale", "zero point"], rows, align="llllrr"))
+    if r.preprocess is not None:
+        from lepton_edge.preprocess.spec import parse_spec, spec_to_inline
+
+        spec = parse_spec(r.preprocess, "manifest.json")
+        print(f"\npreprocess (manifest.json, signed with the model): {spec_to_inline(spec)}")
+        print("  " + ", ".join(f"{k} = {v}" for k, v in r.preprocess.items()))
 
     if r.profile is not None:
         p = r.profile

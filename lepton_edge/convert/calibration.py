@@ -1,9 +1,11 @@
 """Calibration, evaluation and training data: read, check against the model's inputs, lay out.
 
 Accepted: ``.npy`` (the samples), ``.npz`` (key ``x``, or one key per input name; optional ``y``), or a
-directory of ``.npy`` files or images. Every array is checked against the model's input, shape and
-dtype, and a mismatch is one :class:`BadInput` line that shows both. For ONNX sources whose NCHW
-input became NHWC, data in either layout is accepted (NCHW is transposed).
+directory of ``.npy`` files or images. With a preprocessing spec (``--preprocess``) the data are raw:
+images of any size, WAV files, unscaled arrays (:mod:`lepton_edge.convert.raw_data`). Every array is
+checked against the model's input, shape and dtype, and a mismatch is one :class:`BadInput` line that
+shows both. For ONNX sources whose NCHW input became NHWC, data in either layout is accepted (NCHW is
+transposed).
 """
 
 from __future__ import annotations
@@ -11,11 +13,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from lepton_edge.convert.load import InputInfo
 from lepton_edge.errors import BadInput
+
+if TYPE_CHECKING:
+    from lepton_edge.preprocess import PreprocessSpec
 
 SYNTHETIC = "synthetic"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
@@ -32,13 +38,15 @@ class Dataset:
     origin: str
     synthetic: bool = False
     notes: list[str] = field(default_factory=list)
+    #: image inputs: 8-bit pixels at the model's size, RGB, before scaling (the mismatch diagnosis uses them)
+    pixels: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.xs[0])
 
     def head(self, n: int) -> Dataset:
         return Dataset([x[:n] for x in self.xs], None if self.y is None else self.y[:n], self.origin,
-                       self.synthetic, list(self.notes))
+                       self.synthetic, list(self.notes), None if self.pixels is None else self.pixels[:n])
 
     def sample(self, i: int) -> list[np.ndarray]:
         """Sample ``i`` as a batch of one per input."""
@@ -46,12 +54,21 @@ class Dataset:
 
 
 def load_dataset(spec: str, inputs: Sequence[InputInfo], *, what: str, source_layout: str = "",
-                 layout: str = "", need_labels: bool = False) -> Dataset:
-    """Read ``spec`` for ``inputs``; ``what`` names the option in messages (calibration, eval, train)."""
+                 layout: str = "", need_labels: bool = False, preprocess: PreprocessSpec | None = None) -> Dataset:
+    """Read ``spec`` for ``inputs``; ``what`` names the option in messages (calibration, eval, train).
+    With ``preprocess`` the data are raw and go through that spec first."""
     path = Path(spec)
     if not path.exists():
         raise BadInput(f"{what} data {path}: no such file or directory")
-    if path.is_dir():
+    pixels = None
+    if preprocess is not None:
+        from lepton_edge.convert.raw_data import read_raw
+
+        if len(inputs) != 1:
+            raise BadInput(f"--preprocess: the model has {len(inputs)} inputs; a spec describes one")
+        raw = read_raw(path, preprocess, tuple(inputs[0].shape[1:]), what)
+        arrays, y, pixels = [raw.x], raw.y, raw.pixels
+    elif path.is_dir():
         arrays, y = _read_directory(path, inputs, what), None
     elif path.suffix.lower() == ".npy":
         arrays, y = [_np_load(path, what)], None
@@ -70,14 +87,26 @@ def load_dataset(spec: str, inputs: Sequence[InputInfo], *, what: str, source_la
     if n == 0:
         raise BadInput(f"{what} data {path}: holds no samples")
     notes = []
-    if any(np.issubdtype(a.dtype, np.integer) and np.issubdtype(np.dtype(i.dtype), np.floating)
+    if pixels is None and preprocess is None:
+        pixels = _pixels_as_given(xs[0])
+    if preprocess is None and any(np.issubdtype(a.dtype, np.integer) and np.issubdtype(np.dtype(i.dtype), np.floating)
            for a, i in zip(arrays, inputs, strict=False)):
         notes.append(f"{what} data cast from {arrays[0].dtype} to float32 as is (no rescaling)")
     if y is not None:
         y = _check_labels(y, n, f"{what} data {path}")
     elif need_labels:
         raise BadInput(f"{what} data {path}: needs labels: an .npz with keys 'x' and 'y'")
-    return Dataset(xs, y, f"{path.name} ({n} samples)", notes=notes)
+    origin = f"{path.name} ({n} samples{', through --preprocess' if preprocess is not None else ''})"
+    return Dataset(xs, y, origin, notes=notes, pixels=pixels)
+
+
+def _pixels_as_given(x: np.ndarray) -> np.ndarray | None:
+    """Data that look like 8-bit images (N, H, W, 1|3 whole numbers 0..255): the pixels, for the diagnosis."""
+    if x.ndim != 4 or x.shape[-1] not in (1, 3) or x.dtype.kind not in "fiu" or x.size == 0:
+        return None
+    if x.min() < 0 or x.max() > 255 or x.max() <= 1 or not np.all(x == np.round(x)):
+        return None
+    return x.astype(np.uint8)
 
 
 def synthetic_dataset(inputs: Sequence[InputInfo], count: int = 64, seed: int = 0) -> Dataset:
@@ -160,8 +189,10 @@ def _read_image(path: Path, sample_shape: Sequence[int], what: str) -> np.ndarra
     if arr.ndim == 2:
         arr = arr[..., None]
     if arr.shape != tuple(sample_shape):
+        h, w = sample_shape[0], sample_shape[1]
         raise BadInput(f"{what} data {path}: image is {list(arr.shape)} (H, W, C) but the model's input takes "
-                       f"{list(sample_shape)}; resize the images first")
+                       f"{list(sample_shape)}; give --preprocess kind=image,size={h}x{w},... (with the scale the "
+                       f"model was trained with) to resize them, or resize the images first")
     return arr
 
 

@@ -30,6 +30,8 @@ class ConvertOptions:
     max_drop: float | None = None
     force: bool = False
     measure: str = "auto"  # where the arena is measured: auto, host or target (lepton_edge.plan.target)
+    preprocess: str | None = None  # a preprocessing spec: TOML file or inline (lepton_edge.preprocess.spec)
+    min_sqnr: float | None = None  # refuse to write an artifact whose SQNR is below this (dB)
 
 
 @dataclass(frozen=True)

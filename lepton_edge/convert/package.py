@@ -61,9 +61,9 @@ def self_test(attempt: Attempt, data: Dataset, profile: Profile) -> dict:
 
 
 def build_manifest(opts: ConvertOptions, profile: Profile, source: SourceModel, attempt: Attempt,
-                   calibration: Dataset | None, self_test: dict) -> dict:
+                   calibration: Dataset | None, self_test: dict, preprocess: dict | None = None) -> dict:
     """The manifest's fields (docs/DESIGN.md, "The artifact and its manifest"); ``model`` and ``signer``
-    are added when written."""
+    are added when written. ``preprocess`` (the spec, docs/PREPROCESS.md) only when one was given."""
     from lepton_edge.runtime.base import io_specs
     from lepton_edge.tflite.reader import parse_model
 
@@ -75,7 +75,7 @@ def build_manifest(opts: ConvertOptions, profile: Profile, source: SourceModel, 
         calib = "synthetic: seeded random values, NOT real inputs (int8 ranges may be wrong)"
     else:
         calib = calibration.origin
-    return {
+    manifest = {
         "name": opts.name or Path(opts.model).stem,
         "version": int(opts.version),
         "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
@@ -100,6 +100,9 @@ def build_manifest(opts: ConvertOptions, profile: Profile, source: SourceModel, 
         "fidelity": attempt.fidelity.to_dict() if attempt.fidelity else None,
         "self_test": self_test,
     }
+    if preprocess is not None:
+        manifest["preprocess"] = preprocess
+    return manifest
 
 
 def check_outdir(path: Path, force: bool) -> None:

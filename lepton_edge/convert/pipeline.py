@@ -18,13 +18,22 @@ import numpy as np
 
 from lepton_edge.convert import package
 from lepton_edge.convert.calibration import MAX_CALIBRATION_SAMPLES, SYNTHETIC, Dataset, load_dataset, synthetic_dataset
-from lepton_edge.convert.fidelity import Fidelity, compare, is_poor, looks_like_probabilities, run_converted
+from lepton_edge.convert.fidelity import (
+    POOR_SQNR_DB,
+    Fidelity,
+    compare,
+    is_poor,
+    looks_like_probabilities,
+    run_converted,
+)
 from lepton_edge.convert.fit import fit_to_profile
 from lepton_edge.convert.load import QUANTIZABLE_FORMATS, SourceModel, detect_format
+from lepton_edge.convert.mismatch import PROBE_SAMPLES, Diagnosis, diagnose
 from lepton_edge.convert.options import ConvertOptions, Settings
 from lepton_edge.convert.quantize import IO_TYPES, LITERT_ONLY_MODES, QUANTIZE_MODES
 from lepton_edge.convert.result import Attempt, ConversionResult
 from lepton_edge.errors import BadInput
+from lepton_edge.preprocess import PreprocessSpec, check_against_input, load_spec, spec_to_dict
 from lepton_edge.profiles import Profile, load_profile
 
 #: The stronger settings ``--auto-fit`` tries after the given ones: int8, then channel pruning.
@@ -52,6 +61,10 @@ def check_options(opts: ConvertOptions) -> tuple[Profile, str]:
         raise BadInput(f"--epochs {opts.epochs}: must be 1 or more")
     if opts.max_drop is not None and opts.max_drop < 0:
         raise BadInput(f"--max-drop {opts.max_drop:g}: must be 0 or more points")
+    if opts.min_sqnr is not None and not np.isfinite(opts.min_sqnr):
+        raise BadInput(f"--min-sqnr {opts.min_sqnr:g}: must be a number of dB")
+    if opts.preprocess:
+        load_spec(opts.preprocess)
     if opts.train and not (opts.prune or opts.prune_channels or opts.auto_fit):
         raise BadInput("--train fine-tunes a pruned model: give --prune, --prune-channels or --auto-fit too")
     profile = load_profile(opts.profile)
@@ -94,20 +107,28 @@ def convert(opts: ConvertOptions, announce: Announce = lambda _m: None) -> Conve
     if target is not None:
         announce(f"the arena will be measured on {target.label} ({target.board.name} firmware under QEMU)")
     announce(f"loading {opts.model} ({fmt})")
+    spec = load_spec(opts.preprocess) if opts.preprocess else None
     with load_source(opts.model) as source:
-        result = _convert_loaded(opts, profile, source, announce, target)
+        result = _convert_loaded(opts, profile, source, announce, target, spec)
     result.seconds = time.perf_counter() - started
     return result
 
 
 def _convert_loaded(opts: ConvertOptions, profile: Profile, source: SourceModel, announce: Announce,
-                    target: Any = None) -> ConversionResult:
+                    target: Any = None, spec: PreprocessSpec | None = None) -> ConversionResult:
     result = ConversionResult(opts, profile, source.format, source.layout, source.source_layout, [])
     result.notes += source.notes
-    calibration, evaluation, train = _load_data(opts, source, result)
+    if spec is not None:
+        if len(source.inputs) != 1:
+            raise BadInput(f"--preprocess: {opts.model} has {len(source.inputs)} inputs; a spec describes one")
+        check_against_input(spec, (1, *source.inputs[0].shape[1:]), Path(opts.model).name)
+        result.preprocess = spec_to_dict(spec)
+    calibration, evaluation, train = _load_data(opts, source, result, spec)
     keras_model, flavor = _keras_for_pruning(opts, source)
     fid_data = _fidelity_data(source, evaluation, calibration)
     reference = _reference(source, fid_data)
+    diagnoses = _diagnose(source, spec, fid_data, evaluation, calibration, reference[1])
+    result.warnings += [d.warning() for d in diagnoses]
 
     for settings in _candidates(opts, calibration is not None, keras_model is not None, result):
         announce(f"converting: {settings.label}")
@@ -132,28 +153,39 @@ def _convert_loaded(opts: ConvertOptions, profile: Profile, source: SourceModel,
 
         losses = layer_losses(source, calibration, fid_data.head(64), keras_model=chosen.keras_model)
         chosen.fidelity.worst_layers = [loss.to_dict() for loss in losses]
+    cause = f"; {diagnoses[0].short()}" if diagnoses else ""
+    sqnr = chosen.fidelity.sqnr_db if chosen.fidelity is not None else None
+    if sqnr is not None and sqnr < POOR_SQNR_DB and chosen.settings.quantize != "none":
+        result.warnings.append(
+            f"WARNING: SQNR {sqnr:.1f} dB (below {POOR_SQNR_DB:g} dB): the converted model departs from the float "
+            + ("one" + cause if diagnoses else "one; check the calibration data's range and channel order "
+               "(--preprocess) and the layers listed below"))
     drop = _drop(chosen.fidelity)
     if opts.max_drop is not None and drop is not None and drop > opts.max_drop:
         metric = ("accuracy" if chosen.fidelity and chosen.fidelity.accuracy_drop is not None
                   else "top-1 agreement")
         result.failure = (f"fidelity: loses {drop:.2f} points "
                           f"({metric}), "
-                          f"more than --max-drop {opts.max_drop:g}")
+                          f"more than --max-drop {opts.max_drop:g}{cause}")
+        return result
+    if opts.min_sqnr is not None and sqnr is not None and sqnr < opts.min_sqnr:
+        result.failure = f"fidelity: SQNR {sqnr:.1f} dB is below --min-sqnr {opts.min_sqnr:g} dB{cause}"
         return result
     announce("self-test: running the artifact's model on its runtimes")
     manifest_self_test = package.self_test(chosen, fid_data, profile)
-    result.manifest = package.build_manifest(opts, profile, source, chosen, calibration, manifest_self_test)
+    result.manifest = package.build_manifest(opts, profile, source, chosen, calibration, manifest_self_test,
+                                             result.preprocess)
     announce(f"writing {opts.outdir}")
     package.write_artifact(opts, result.manifest, chosen)
     result.written = True
     return result
 
 
-def _load_data(opts: ConvertOptions, source: SourceModel, result: ConversionResult
-               ) -> tuple[Dataset | None, Dataset | None, Dataset | None]:
+def _load_data(opts: ConvertOptions, source: SourceModel, result: ConversionResult,
+               preprocess: PreprocessSpec | None = None) -> tuple[Dataset | None, Dataset | None, Dataset | None]:
     def load(spec: str, what: str, need_labels: bool = False) -> Dataset:
         return load_dataset(spec, source.inputs, what=what, source_layout=source.source_layout, layout=source.layout,
-                            need_labels=need_labels)
+                            need_labels=need_labels, preprocess=preprocess)
 
     calibration = None
     if opts.calibration == SYNTHETIC:
@@ -169,6 +201,32 @@ def _load_data(opts: ConvertOptions, source: SourceModel, result: ConversionResu
     evaluation = load(opts.eval, "eval") if opts.eval else None
     train = load(opts.train, "train", need_labels=True) if opts.train else None
     return calibration, evaluation, train
+
+
+def _diagnose(source: SourceModel, spec: PreprocessSpec | None, fid_data: Dataset, evaluation: Dataset | None,
+              calibration: Dataset | None, reference: list[np.ndarray]) -> list[Diagnosis]:
+    """Whether the float model behaves untrained on the data it is calibrated and evaluated with."""
+    from lepton_edge.convert.load import float_predictor
+
+    loaded: list[Any] = []
+
+    def predict(xs: Any) -> list[np.ndarray]:  # the float model, loaded only if a diagnosis needs it
+        if not loaded:
+            loaded.append(float_predictor(source))
+        return loaded[0](xs)
+
+    found = []
+    if evaluation is not None or calibration is not None:
+        what = "eval data" if evaluation is not None else "calibration data"
+        head = [r[:PROBE_SAMPLES] for r in reference]
+        d = diagnose(predict, fid_data, spec, what, outputs=head)
+        if d is not None:
+            found.append(d)
+    if evaluation is not None and calibration is not None:
+        d = diagnose(predict, calibration, spec, "calibration data")
+        if d is not None:
+            found.insert(0, d)
+    return found
 
 
 def _keras_for_pruning(opts: ConvertOptions, source: SourceModel) -> tuple[Any, str | None]:

@@ -51,8 +51,9 @@ class ConversionResult:
     notes: list[str] = field(default_factory=list)
     manifest: dict | None = None
     written: bool = False
-    failure: str | None = None  # why no artifact was written (does not fit, --max-drop)
+    failure: str | None = None  # why no artifact was written (does not fit, --max-drop, --min-sqnr)
     seconds: float = 0.0
+    preprocess: dict | None = None  # the --preprocess spec, as the manifest holds it
 
     @property
     def chosen(self) -> Attempt:
@@ -72,6 +73,7 @@ class ConversionResult:
                         "flash_budget_bytes": self.profile.flash_budget_bytes},
             "source": {"path": self.options.model, "format": self.source_format, "layout": self.source_layout},
             "layout": self.layout,
+            "preprocess": self.preprocess,
             "steps": [a.to_dict() for a in self.attempts],
             "fits": chosen.fit.fits,
             "arena": chosen.fit.arena,

@@ -170,8 +170,9 @@ def scale_pixels(spec: ImageSpec, pixels: np.ndarray) -> np.ndarray:
     return out.astype(np.float32, copy=False)[None]
 
 
-def pixels_to_input(spec: ImageSpec, pixels: np.ndarray) -> np.ndarray:
-    """8-bit pixels of any size (H, W), (H, W, 1|3|4), RGB -> float32 (1, H, W, C) for the model."""
+def fit_pixels(spec: ImageSpec, pixels: np.ndarray) -> np.ndarray:
+    """8-bit pixels of any size -> uint8 (H, W, C) at the spec's size: centre crop, grayscale, resize
+    (RGB order still; :func:`finish_pixels` applies the channel order and the scaling)."""
     arr = _as_pixels(pixels)
     if spec.crop == "center":
         arr = center_crop(arr, spec.size)
@@ -179,10 +180,17 @@ def pixels_to_input(spec: ImageSpec, pixels: np.ndarray) -> np.ndarray:
         arr = arr if arr.shape[2] == 1 else to_grayscale(arr)[:, :, None]
     elif arr.shape[2] == 1:
         arr = np.repeat(arr, 3, axis=2)
-    arr = resize(arr, spec.size, spec.resize)
-    if spec.color == "bgr":
-        arr = arr[:, :, ::-1]
-    return scale_pixels(spec, arr)
+    return resize(arr, spec.size, spec.resize)
+
+
+def finish_pixels(spec: ImageSpec, pixels: np.ndarray) -> np.ndarray:
+    """Pixels at the model's size, RGB -> float32 (1, H, W, C): channel order, then scale/offset or mean/std."""
+    return scale_pixels(spec, pixels[:, :, ::-1] if spec.color == "bgr" else pixels)
+
+
+def pixels_to_input(spec: ImageSpec, pixels: np.ndarray) -> np.ndarray:
+    """8-bit pixels of any size (H, W), (H, W, 1|3|4), RGB -> float32 (1, H, W, C) for the model."""
+    return finish_pixels(spec, fit_pixels(spec, pixels))
 
 
 def image_to_input(spec: ImageSpec, data: bytes | PILImage.Image) -> np.ndarray:

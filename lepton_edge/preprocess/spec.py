@@ -287,6 +287,34 @@ def spec_to_dict(spec: PreprocessSpec) -> dict[str, Any]:
     return out
 
 
+def spec_to_inline(spec: PreprocessSpec) -> str:
+    """The spec as a ``--preprocess`` string (fields left at their defaults are left out)."""
+    defaults = spec_to_dict(type(spec)(size=spec.size) if isinstance(spec, ImageSpec) else type(spec)())
+    parts = []
+    for key, value in spec_to_dict(spec).items():
+        if key not in ("kind", "size") and defaults.get(key) == value:
+            continue
+        if key == "size":
+            text = f"{value[0]}x{value[1]}"
+        elif isinstance(value, list):
+            text = ":".join(_short_number(float(v)) for v in value)
+        elif isinstance(value, float):
+            text = _short_number(value)
+        else:
+            text = str(value)
+        parts.append(f"{key}={text}")
+    return ",".join(parts)
+
+
+def _short_number(value: float) -> str:
+    """``1/255`` for 0.00392..., else the shortest repr that reads back the same float."""
+    for den in (255, 127.5, 128, 256, 32768):
+        for num in (1, -1, 2, -2):
+            if value == num / den:
+                return f"{num}/{den:g}"
+    return f"{value:g}" if float(f"{value:g}") == value else repr(value)
+
+
 def _inline_value(text: str) -> Any:
     """One inline value: a number (``1/255`` allowed), ``96x96`` (a size), ``a:b:c`` (a list) or a word."""
     text = text.strip()
