@@ -79,8 +79,7 @@ class Dashboard {
     ]);
     this.devices = (devices.devices || []).map((d) => ({...d, rate: this.throughput.rate(d)}));
     this.rollouts = rollouts === null ? null : Array.isArray(rollouts) ? rollouts : rollouts.rollouts || [];
-    this.table.update(this.devices);
-    this.showCount(this.table.render());
+    this.showCount(this.table.update(this.devices));
     renderSummary($('summary'), this.devices, this.rollouts);
     await Promise.all([
       this.rolloutList.update(this.rollouts),

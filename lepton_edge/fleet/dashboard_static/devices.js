@@ -48,38 +48,44 @@ function otaText(ota) {
 
 const OTA_CLASS = {healthy: 'ok', failed: 'bad', rolled_back: 'bad', expired: 'warn', superseded: 'muted'};
 
-function row(d, now, selected, onSelect) {
+function td(col, value, props, ...children) {
+  return h('td', {...props, dataset: {col, value: value === null || value === undefined ? '' : String(value)}}, ...children);
+}
+
+/** A row's cells: for each column a signature (it changes exactly when the cell's look changes) and how
+ * to make the cell. A refresh rebuilds only the cells whose signature changed. */
+function cellSpecs(d, now) {
   const t = d.telemetry || {};
   const budget = isNum(d.latency_budget_ms) ? d.latency_budget_ms : null;
-  const p99 = tel(d, 'latency_p99_ms');
+  const p50 = tel(d, 'latency_p50_ms'), p99 = tel(d, 'latency_p99_ms'), rss = tel(d, 'rss_bytes');
   const over = budget !== null && p99 !== null && p99 > budget;
-  const cell = (key, value, text, props = {}) =>
-    h('td', {...props, dataset: {col: key, value: value === null || value === undefined ? '' : String(value)}}, text);
   const tags = Array.isArray(d.tags) ? d.tags : [];
-  return h('tr', {
-    class: [!d.online && 'offline', selected && 'selected'],
-    dataset: {device: d.device}, tabindex: '0', 'aria-selected': selected ? 'true' : 'false',
-    onclick: () => onSelect(d.device),
-    onkeydown: (ev) => { if (ev.key === 'Enter' || ev.key === ' ') { ev.preventDefault(); onSelect(d.device); } },
-  },
-  cell('device', d.device, [h('span', {class: 'dev-id'}, d.device),
-    ...tags.slice(0, 3).map((tag) => h('span', {class: 'tag'}, tag)),
-    tags.length > 3 ? h('span', {class: 'tag muted', title: tags.slice(3).join(' ')}, `+${tags.length - 3}`) : null]),
-  cell('online', d.online ? 'online' : 'offline',
-    h('span', {class: ['pill', d.online ? 'ok' : 'off'], title: d.online ? null : d.offline_reason || null},
-      d.online ? 'online' : 'offline')),
-  cell('model', d.model ? `${d.model.name} v${d.model.version}` : '',
-    d.model ? [h('span', {class: 'model-name'}, d.model.name), h('span', {class: 'ver'}, ` v${d.model.version}`)]
-      : h('span', {class: 'muted'}, 'none'),
-    {title: d.model ? `sha256 ${d.model.sha256}${d.model.slot ? ', slot ' + d.model.slot : ''}` : null}),
-  cell('p50', tel(d, 'latency_p50_ms'), fmtNum(t.latency_p50_ms, 2), {class: 'num'}),
-  cell('p99', p99, fmtNum(p99, 2),
-    {class: ['num', over && 'over'], title: budget !== null ? `latency budget ${fmtNum(budget, 2)} ms` : null}),
-  cell('throughput', d.rate, fmtNum(d.rate, 1), {class: 'num'}),
-  cell('memory', tel(d, 'rss_bytes'), fmtBytes(t.rss_bytes), {class: 'num'}),
-  cell('last_seen', d.last_seen, fmtAgo(d.last_seen, now), {class: 'num', title: fmtDate(d.last_seen)}),
-  cell('ota', d.ota ? d.ota.state : '', d.ota ? h('span', {class: ['ota', OTA_CLASS[d.ota.state] || 'busy'],
-    title: d.ota.reason || null}, otaText(d.ota)) : ''));
+  const m = d.model;
+  const modelText = m ? `${m.name} v${m.version}` : '';
+  const ago = fmtAgo(d.last_seen, now);
+  const ota = d.ota;
+  return [
+    [`${d.device}\u0001${tags.join('\u0001')}`, () => td('device', d.device, {}, h('span', {class: 'dev-id'}, d.device),
+      tags.slice(0, 3).map((tag) => h('span', {class: 'tag'}, tag)),
+      tags.length > 3 ? h('span', {class: 'tag muted', title: tags.slice(3).join(' ')}, `+${tags.length - 3}`) : null)],
+    [`${d.online}\u0001${d.offline_reason}`, () => td('online', d.online ? 'online' : 'offline', {},
+      h('span', {class: ['pill', d.online ? 'ok' : 'off'], title: d.online ? null : d.offline_reason || null},
+        d.online ? 'online' : 'offline'))],
+    [m ? `${modelText}\u0001${m.sha256}\u0001${m.slot}` : '', () => td('model', modelText,
+      {title: m ? `sha256 ${m.sha256}${m.slot ? ', slot ' + m.slot : ''}` : null},
+      m ? [h('span', {class: 'model-name'}, m.name), h('span', {class: 'ver'}, ` v${m.version}`)]
+        : h('span', {class: 'muted'}, 'none'))],
+    [`${p50}`, () => td('p50', p50, {class: 'num'}, fmtNum(p50, 2))],
+    [`${p99}\u0001${budget}`, () => td('p99', p99,
+      {class: ['num', over && 'over'], title: budget !== null ? `latency budget ${fmtNum(budget, 2)} ms` : null},
+      fmtNum(p99, 2))],
+    [`${d.rate}`, () => td('throughput', d.rate, {class: 'num'}, fmtNum(d.rate, 1))],
+    [`${rss}`, () => td('memory', rss, {class: 'num'}, fmtBytes(t.rss_bytes))],
+    [`${d.last_seen}\u0001${ago}`, () => td('last_seen', d.last_seen, {class: 'num', title: fmtDate(d.last_seen)}, ago)],
+    [ota ? `${ota.state}\u0001${ota.received}\u0001${ota.total}\u0001${ota.reason}` : '', () => td('ota',
+      ota ? ota.state : '', {}, ota ? h('span', {class: ['ota', OTA_CLASS[ota.state] || 'busy'], title: ota.reason || null},
+        otaText(ota)) : '')],
+  ];
 }
 
 export class DeviceTable {
@@ -91,6 +97,7 @@ export class DeviceTable {
     this.filter = '';
     this.devices = [];
     this.selected = null;
+    this.rows = new Map(); // device -> {tr, sigs}
     this.head = h('tr');
     table.replaceChildren(h('thead', null, this.head), this.body = h('tbody'));
     this.renderHead();
@@ -111,7 +118,34 @@ export class DeviceTable {
 
   update(devices) {
     this.devices = devices;
-    this.render();
+    const present = new Set(devices.map((d) => d.device));
+    for (const id of this.rows.keys()) if (!present.has(id)) this.rows.delete(id);
+    return this.render();
+  }
+
+  /** The device's row: the same element from refresh to refresh (the row under the mouse, its focus and a
+   * click in progress survive), with only its changed cells made again. */
+  row(d, now) {
+    let cached = this.rows.get(d.device);
+    if (!cached) {
+      const id = d.device;
+      const tr = h('tr', {dataset: {device: id}, tabindex: '0', onclick: () => this.onSelect(id),
+        onkeydown: (ev) => { if (ev.key === 'Enter' || ev.key === ' ') { ev.preventDefault(); this.onSelect(id); } }});
+      cached = {tr, sigs: []};
+      this.rows.set(id, cached);
+    }
+    const {tr, sigs} = cached;
+    const selected = d.device === this.selected;
+    const cls = [!d.online && 'offline', selected && 'selected'].filter(Boolean).join(' ');
+    if ((tr.getAttribute('class') || '') !== cls) tr.setAttribute('class', cls);
+    tr.setAttribute('aria-selected', String(selected));
+    cellSpecs(d, now).forEach(([sig, make], i) => {
+      if (sigs[i] === sig && tr.cells[i]) return;
+      const cell = make();
+      if (tr.cells[i]) tr.cells[i].replaceWith(cell); else tr.append(cell);
+      sigs[i] = sig;
+    });
+    return tr;
   }
 
   matches(d) {
@@ -139,7 +173,9 @@ export class DeviceTable {
     } else if (!shown.length) {
       fill(this.body, h('tr', {class: 'empty'}, h('td', {colspan: COLUMNS.length}, 'no device matches the filter')));
     } else {
-      morph(this.body, shown.map((d) => row(d, now, d.device === this.selected, this.onSelect)));
+      const rows = shown.map((d) => this.row(d, now));
+      const current = this.body.children;
+      if (current.length !== rows.length || rows.some((tr, i) => current[i] !== tr)) this.body.replaceChildren(...rows);
     }
     return shown.length;
   }

@@ -101,8 +101,10 @@ export function fmtClock(ts, withSeconds = true) {
   return `${pad(d.getHours())}:${pad(d.getMinutes())}${withSeconds ? ':' + pad(d.getSeconds()) : ''}`;
 }
 
+const DATE_TIME = new Intl.DateTimeFormat(undefined, {dateStyle: 'medium', timeStyle: 'medium'}); // made once: slow to make
+
 export function fmtDate(ts) {
-  return isNum(ts) ? new Date(ts * 1000).toLocaleString() : '–';
+  return isNum(ts) ? DATE_TIME.format(new Date(ts * 1000)) : '–';
 }
 
 export function fmtDuration(secs) {
