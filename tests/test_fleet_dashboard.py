@@ -28,16 +28,21 @@ import pytest
 
 from fleet_helpers import FLEET, api
 from lepton_edge.console import human_bytes
+from lepton_edge.fleet.dashboard import dashboard_asset
 from lepton_edge.fleet.http_api import HttpApi, HttpListen, resolve_token
+from lepton_edge.fleet.series import telemetry_series
+from lepton_edge.fleet.store import FleetDB, TelemetryRecord
 from lepton_edge.mqtt import DeviceTopics, ModelInfo, Status, Telemetry
 
+try:
+    from selenium import webdriver
+    from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+except ImportError:  # the browser tests skip (the browser fixture says why)
+    webdriver = None
+
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-pytestmark = pytest.mark.skipif(not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
-                                reason="needs Debian's chromium and chromium-driver (make setup installs them)")
-webdriver = pytest.importorskip("selenium.webdriver")
-from selenium.common.exceptions import StaleElementReferenceException, TimeoutException  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 TOKEN_KEY = "lepton-edge.api-token"          # dashboard_static/api.js
 NONE = "\u2013"                                # the page's "no value" (an en dash)
@@ -141,6 +146,10 @@ def fleet_specs() -> list[SimSpec]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    if webdriver is None:
+        pytest.skip("needs selenium (the dev extra)")
+    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
+        pytest.skip("needs Debian's chromium and chromium-driver (make setup installs them)")
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
 
@@ -260,6 +269,37 @@ def wait_devices(url: str, count: int, token: str | None = None) -> list[dict[st
     raise AssertionError(f"the controller has {len(devices)} devices (with telemetry), want {count}")
 
 
+def test_assets_only_by_plain_name_from_their_directory():
+    """index.html and its files with their types; nothing outside lepton_edge/fleet/dashboard_static."""
+    page, ctype = dashboard_asset("index.html")
+    assert ctype == "text/html; charset=utf-8" and b'src="/dashboard/app.js"' in page
+    for name, want in (("app.js", "text/javascript"), ("style.css", "text/css"), ("favicon.svg", "image/svg+xml")):
+        found = dashboard_asset(name)
+        assert found is not None and found[1].startswith(want) and found[0]
+    for name in ("../dashboard.py", "../store.py", "..", ".", "", "/etc/passwd", "x/../index.html", "index.html/",
+                 "..%2fstore.py", "dashboard.py", "__init__.py", ".hidden.js", "nope.js", "index.html\x00.js"):
+        assert dashboard_asset(name) is None, name
+
+
+def test_series_is_the_newest_rows_since_oldest_first(tmp_path):
+    """GET /v1/devices/<id>/telemetry's rows: at or after ``since``, the newest ``limit`` of them, oldest
+    first, each with its receive time, seq and the telemetry fields (unknown ones left out)."""
+    db = FleetDB(tmp_path / "fleet.db")
+    try:
+        db.record_telemetry([TelemetryRecord(
+            dev, 100.0 + i, Telemetry(i, 50.0 + i, {"latency_p99_ms": 2.0 + i}),
+            f'{{"seq": {i}, "ts": {50.0 + i}, "latency_p99_ms": {2.0 + i}, "inferences": {10 * i}, "bogus": 1}}')
+            for i in range(6) for dev in ("a", "b")])
+        rows = telemetry_series(db, "a", 102.0, 3)
+        assert rows == [{"received": 100.0 + i, "seq": i, "ts": 50.0 + i, "latency_p99_ms": 2.0 + i,
+                         "inferences": 10 * i} for i in (3, 4, 5)]
+        assert [r["seq"] for r in telemetry_series(db, "a", 102.0, 100)] == [2, 3, 4, 5]
+        assert telemetry_series(db, "a", 106.0, 10) == [] and telemetry_series(db, "a", 0.0, 0) == []
+        assert telemetry_series(db, "c", 0.0, 10) == []
+    finally:
+        db.close()
+
+
 def test_fleet_table_charts_and_no_console_errors(fleet, broker, browser):
     """Every device and number on the page is the API's; a device's charts draw its stored telemetry."""
     specs = fleet_specs()
@@ -314,6 +354,10 @@ def test_fleet_table_charts_and_no_console_errors(fleet, broker, browser):
         assert page_rows(browser)["gw-lyon-07"]["model"][0] == f"{EVIL} v1"
         assert not browser.find_elements(By.CSS_SELECTOR, "main img")
         assert browser.execute_script("return window.__pwned === undefined")
+
+        # The page's files come only from its own directory; the API's routes still need their token there.
+        assert api(fleet.http.url, "GET", "/dashboard/../store.py")[0] == 404
+        assert api(fleet.http.url, "GET", "/dashboard/%2e%2e%2fstore.py")[0] == 404
 
         # No rollouts yet: the page says so (GET /v1/rollouts may still be missing: then it 404s, expectedly).
         assert browser.find_element(By.ID, "no-rollouts").text == "no rollouts"
