@@ -392,6 +392,9 @@ def check_against_input(spec: PreprocessSpec, shape: tuple[int, ...], source: st
             raise BadInput(f"{where} color: {spec.color} gives {spec.channels} channel(s), the model's input "
                            f"{_dims(shape)} has {shape[3]}")
     elif isinstance(spec, AudioSpec):
+        if len(shape) == 4 and shape[-1] != 1:
+            raise BadInput(f"{where} kind: audio gives frames x features (x 1); the model's input {_dims(shape)} "
+                           f"has {shape[-1]} channels (an image?)")
         count = math.prod(shape[1:])
         if count != spec.frames * spec.width:
             field = "coefficients" if spec.features == "mfcc" else "mel_bins"
