@@ -3,7 +3,9 @@
 (the float real FFT, kissfft) from the TFLM tree the firmware builds with.
 
 Scaling, colour conversion and quantization: bit for bit (both are float32 operations in the same order;
-the C is built with -ffp-contract=off, as the firmware's Makefile builds it).
+the C is built with -ffp-contract=off, as the firmware's Makefile builds it). The centre crop and the resize
+("nearest", "bilinear"): bit for bit against the numpy implementation and Pillow itself, and the whole
+image pipeline (an RGB frame of any size to the int8 input tensor) against numpy's.
 
 Features, on synthetic 16-bit WAVs (tones, a sweep, noise, silence, a short and a long clip, a clip whose
 largest sample is negative, a square wave at full scale), for MLPerf Tiny KWS's MFCC spec and two others.
@@ -30,11 +32,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from lepton_edge.firmware_build import build as fwbuild
 from lepton_edge.preprocess import quantize
 from lepton_edge.preprocess.audio import wav_to_input
-from lepton_edge.preprocess.image import scale_pixels, to_grayscale
+from lepton_edge.preprocess.image import pixels_to_input, resize, scale_pixels, to_grayscale
 from lepton_edge.preprocess.spec import AudioSpec, ImageSpec
 from lepton_edge.preprocess.wav import write_wav
 
@@ -58,7 +61,7 @@ def driver(tmp_path_factory) -> Path:
         pytest.skip(str(exc))
     kissfft = tree / "tensorflow" / "lite" / "micro" / "tools" / "make" / "downloads" / "kissfft"
     signal = tree / "signal" / "src"
-    sources = [PREPROCESS / "test_preprocess.cc", PREPROCESS / "audio.cc", PREPROCESS / "scale.cc",
+    sources = [*(PREPROCESS / f for f in ("test_preprocess.cc", "audio.cc", "scale.cc", "image.cc")),
                signal / "rfft_float.cc", signal / "kiss_fft_wrappers" / "kiss_fft_float.cc"]
     exe = tmp_path_factory.mktemp("preprocess_c") / "test_preprocess"
     run = subprocess.run(["g++", "-std=c++17", "-Wall", "-Wextra", "-Werror", "-O1", "-g", "-ffp-contract=off",
@@ -147,6 +150,71 @@ def test_colour_conversions_match_numpy(driver, tmp_path):
     assert gray.tobytes() == to_grayscale(rgb).tobytes()
     bgr = np.frombuffer(_run(driver, "swap", rgb.tobytes(), tmp_path), np.uint8)
     assert bgr.tobytes() == np.ascontiguousarray(rgb[:, :, ::-1]).tobytes()
+
+
+# ---------------------------------------------------------------- crop and resize, bit for bit
+
+def _resize_cases() -> list[tuple[int, int, int, int, int]]:
+    """(h, w, out_h, out_w, channels): fixed corner cases, then random sizes within the Resizer's bounds
+    (outputs up to 128, downscales up to 7x: 2 * ceil(7) + 1 <= 16 taps)."""
+    cases = [(96, 96, 32, 32, 3), (96, 71, 48, 48, 1), (96, 71, 48, 48, 3), (71, 96, 48, 48, 3), (13, 7, 128, 128, 3),
+             (96, 50, 96, 32, 3), (50, 96, 32, 96, 1), (2, 3, 1, 1, 3), (1, 1, 5, 9, 1), (120, 17, 20, 40, 3)]
+    rng = np.random.default_rng(6)
+    while len(cases) < 60:
+        out_h, out_w = (int(v) for v in rng.integers(1, 129, 2))
+        h, w = (int(rng.integers(max(1, o // 4), 7 * o + 1)) for o in (out_h, out_w))
+        cases.append((h, w, out_h, out_w, int(rng.choice([1, 3]))))
+    return cases
+
+
+@pytest.mark.parametrize("method", ["nearest", "bilinear"])
+def test_resize_matches_numpy_and_pillow_bit_for_bit(driver, tmp_path, method):
+    rng = np.random.default_rng(7)
+    filt = Image.Resampling.NEAREST if method == "nearest" else Image.Resampling.BILINEAR
+    for h, w, out_h, out_w, channels in _resize_cases():
+        pixels = rng.integers(0, 256, (h, w, channels), dtype=np.uint8)
+        pixels[: h // 2] //= 3  # edges, not only noise
+        out = np.frombuffer(_run(driver, "resize", pixels.tobytes(), tmp_path, f"h={h}", f"w={w}",
+                                 f"channels={channels}", f"out_h={out_h}", f"out_w={out_w}", f"method={method}"),
+                            np.uint8).reshape(out_h, out_w, channels)
+        pil = np.asarray(Image.fromarray(pixels[:, :, 0] if channels == 1 else pixels).resize((out_w, out_h), filt))
+        assert np.array_equal(out, pil.reshape(out.shape)), (h, w, out_h, out_w, channels)
+        assert np.array_equal(out, resize(pixels, (out_h, out_w), method)), (h, w, out_h, out_w, channels)
+
+
+PIPELINE_SPECS = [
+    ImageSpec(size=(32, 32), crop="center"),  # MLPerf Tiny IC: raw 0..255
+    ImageSpec(size=(96, 96), crop="center", color="grayscale", scale=1 / 255),
+    ImageSpec(size=(24, 40), crop="center", color="bgr", resize="nearest", mean=(120, 110, 100), std=(60, 61, 62)),
+    ImageSpec(size=(48, 48), color="grayscale", scale=1 / 127.5, offset=-1.0),
+]
+
+
+@pytest.mark.parametrize("spec", PIPELINE_SPECS, ids=lambda s: f"{s.size[0]}x{s.size[1]}-{s.color}-{s.resize}")
+def test_an_rgb_frame_becomes_the_same_int8_input_tensor_as_in_numpy(driver, tmp_path, spec):
+    """crop, grayscale, resize, channel order, scaling and quantization (image_pixels, normalize_quantize_u8)."""
+    rng = np.random.default_rng(8)
+    scale, zero_point = (1.0, -128) if spec.mean is None and spec.scale == 1.0 else (0.0157, -3)
+    for h, w in ((96, 96), (120, 71), (55, 160)):
+        frame = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        frame[:, : w // 3] = frame[:, : w // 3] // 4 + 100
+        out = np.frombuffer(_run(driver, "pipeline", frame.tobytes(), tmp_path, f"h={h}", f"w={w}",
+                                 f"out_h={spec.size[0]}", f"out_w={spec.size[1]}", f"crop={int(spec.crop == 'center')}",
+                                 f"method={spec.resize}", f"color={spec.color}", *_norm_args(spec)[1:],
+                                 f"qscale={scale!r}", f"zero_point={zero_point}", "dtype=int8"), np.int8)
+        expected = quantize(pixels_to_input(spec, frame), scale, zero_point, np.dtype(np.int8))
+        assert out.tobytes() == expected.tobytes(), (h, w)
+
+
+def test_the_resizer_refuses_what_its_static_tables_cannot_hold(driver, tmp_path):
+    pixels = np.zeros((200, 200, 3), np.uint8)
+    for out_h, out_w, method in ((20, 20, "bilinear"), (129, 10, "nearest"), (10, 129, "bilinear")):
+        src = tmp_path / "in.u8"
+        src.write_bytes(pixels.tobytes())
+        run = subprocess.run([str(driver), "resize", str(src), str(tmp_path / "out"), "h=200", "w=200", "channels=3",
+                              f"out_h={out_h}", f"out_w={out_w}", f"method={method}"],
+                             capture_output=True, text=True, timeout=60)
+        assert run.returncode == 2 and "resizer refused" in run.stderr, (out_h, out_w, method, run.stderr)
 
 
 # ---------------------------------------------------------------- the audio front end, within the tolerance

@@ -7,6 +7,9 @@
 //       per-channel values as comma lists; IN holds interleaved pixels
 //   test_preprocess quantize IN.f32 OUT.bin scale=S zero_point=Z dtype=int8|uint8|int16
 //   test_preprocess image_quantize IN.u8 OUT.bin channels=.. (scale/offset | mean/std) qscale=.. zero_point=.. dtype=..
+//   test_preprocess resize IN.u8 OUT.u8 h=.. w=.. channels=.. out_h=.. out_w=.. method=nearest|bilinear
+//   test_preprocess pipeline IN.u8 OUT.bin h=.. w=.. out_h=.. out_w=.. crop=0|1 method=.. color=rgb|bgr|grayscale
+//       (scale/offset | mean/std) qscale=.. zero_point=.. dtype=int8|uint8: an RGB frame to the input tensor
 //   test_preprocess gray IN.u8 OUT.u8          RGB -> L (Pillow's weights)
 //   test_preprocess swap IN.u8 OUT.u8          RGB <-> BGR
 // Exit 0, or 2 with one line on stderr.
@@ -17,6 +20,7 @@
 #include <vector>
 
 #include "core/preprocess/audio.h"
+#include "core/preprocess/image.h"
 #include "core/preprocess/scale.h"
 
 using lepton::preprocess::AudioConfig;
@@ -24,6 +28,9 @@ using lepton::preprocess::AudioFrontend;
 using lepton::preprocess::ChannelNorm;
 using lepton::preprocess::ConfigError;
 using lepton::preprocess::Features;
+using lepton::preprocess::ImageView;
+using lepton::preprocess::Resize;
+using lepton::preprocess::Resizer;
 using lepton::preprocess::QuantType;
 
 namespace {
@@ -108,9 +115,20 @@ std::vector<int16_t> read_wav(const std::vector<unsigned char>& d, int32_t* rate
   fail("no data chunk");
 }
 
-ChannelNorm norm_args(int argc, char** argv) {
+int32_t int_arg(int argc, char** argv, const char* key) {
+  return static_cast<int32_t>(number(arg(argc, argv, key)));
+}
+
+Resize method_arg(int argc, char** argv) {
+  const char* m = arg(argc, argv, "method");
+  if (std::strcmp(m, "nearest") == 0) return Resize::kNearest;
+  if (std::strcmp(m, "bilinear") == 0) return Resize::kBilinear;
+  fail("unknown method ", m);
+}
+
+ChannelNorm norm_args(int argc, char** argv, int32_t channels = 0) {
   ChannelNorm norm{};
-  norm.channels = static_cast<int32_t>(number(arg(argc, argv, "channels")));
+  norm.channels = channels > 0 ? channels : static_cast<int32_t>(number(arg(argc, argv, "channels")));
   if (norm.channels < 1 || norm.channels > 4) fail("channels must be 1 to 4");
   const char* mean = arg(argc, argv, "mean", "");
   float a[4], b[4];
@@ -191,6 +209,44 @@ int main(int argc, char** argv) {
                                       static_cast<int32_t>(number(arg(argc, argv, "zero_point"))), t};
     std::vector<unsigned char> out(in.size() * width(t));
     if (!lepton::preprocess::normalize_quantize_u8(in.data(), in.size(), norm, q, out.data())) {
+      fail("normalize_quantize_u8 refused");
+    }
+    write_file(argv[3], out.data(), out.size());
+  } else if (std::strcmp(mode, "resize") == 0) {
+    const ImageView view{in.data(), int_arg(argc, argv, "h"), int_arg(argc, argv, "w"),
+                         int_arg(argc, argv, "channels"),
+                         static_cast<size_t>(int_arg(argc, argv, "w") * int_arg(argc, argv, "channels"))};
+    if (in.size() != static_cast<size_t>(view.height) * view.stride) fail("input size is not h * w * channels");
+    static Resizer resizer;
+    const int32_t out_h = int_arg(argc, argv, "out_h"), out_w = int_arg(argc, argv, "out_w");
+    if (!resizer.init(view.height, view.width, out_h, out_w, method_arg(argc, argv))) fail("resizer refused");
+    std::vector<unsigned char> out(static_cast<size_t>(out_h * out_w * view.channels));
+    if (!resizer.run(view, out.data())) fail("resize refused");
+    write_file(argv[3], out.data(), out.size());
+  } else if (std::strcmp(mode, "pipeline") == 0) {
+    // An RGB frame as a device has it; grayscale converts it in place first, as image.h says.
+    std::vector<unsigned char> frame(in);
+    const int32_t h = int_arg(argc, argv, "h"), w = int_arg(argc, argv, "w");
+    if (frame.size() != static_cast<size_t>(h * w * 3)) fail("input size is not h * w * 3");
+    const char* color = arg(argc, argv, "color");
+    const bool gray = std::strcmp(color, "grayscale") == 0;
+    if (gray) lepton::preprocess::rgb_to_gray(frame.data(), static_cast<size_t>(h * w), frame.data());
+    const int32_t channels = gray ? 1 : 3;
+    const ImageView view{frame.data(), h, w, channels, static_cast<size_t>(w * channels)};
+    const int32_t out_h = int_arg(argc, argv, "out_h"), out_w = int_arg(argc, argv, "out_w");
+    static Resizer resizer;
+    std::vector<unsigned char> out(static_cast<size_t>(out_h * out_w * channels));
+    if (!lepton::preprocess::image_pixels(view, out_h, out_w, int_arg(argc, argv, "crop") != 0,
+                                          method_arg(argc, argv), std::strcmp(color, "bgr") == 0, &resizer,
+                                          out.data())) {
+      fail("image_pixels refused");
+    }
+    const QuantType t = dtype_arg(arg(argc, argv, "dtype"));
+    if (t == QuantType::kInt16) fail("the pipeline quantizes in place: int8 or uint8");
+    const lepton::preprocess::Quant q{static_cast<float>(number(arg(argc, argv, "qscale"))),
+                                      int_arg(argc, argv, "zero_point"), t};
+    if (!lepton::preprocess::normalize_quantize_u8(out.data(), out.size(), norm_args(argc, argv, channels), q,
+                                                   out.data())) {
       fail("normalize_quantize_u8 refused");
     }
     write_file(argv[3], out.data(), out.size());
