@@ -191,7 +191,7 @@ def screenshot(driver) -> None:
     path = os.environ.get("LEPTON_SCREENSHOT")
     if not path:
         return
-    height = driver.execute_script("return document.documentElement.scrollHeight")
+    height = driver.execute_script("return document.body.scrollHeight")
     width = driver.execute_script("return window.innerWidth")
     driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
                            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
