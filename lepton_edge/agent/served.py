@@ -34,7 +34,8 @@ class ServedModel:
         return {"name": self.name, "version": self.version, "sha256": self.sha256, "slot": self.slot,
                 "signer": self.artifact.manifest.get("signer"), "profile": self.artifact.manifest.get("profile"),
                 "inputs": [s.to_dict() for s in self.runner.inputs],
-                "outputs": [s.to_dict() for s in self.runner.outputs]}
+                "outputs": [s.to_dict() for s in self.runner.outputs],
+                "preprocess": self.artifact.manifest.get("preprocess")}
 
 
 def load_served(artifact: Artifact, slot: str, *, backend: str, profile: Profile | None, threads: int) -> ServedModel:

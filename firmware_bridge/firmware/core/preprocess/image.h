@@ -9,7 +9,7 @@
 // No heap: a Resizer holds its weight tables and a ring of horizontally resized rows, sized at compile
 // time by LEPTON_PRE_MAX_SIDE (largest output side), LEPTON_PRE_MAX_TAPS (input pixels one output pixel
 // reads: 2 * ceil(input / output) + 1 for a downscale, so 16 taps take up to 7x down) and
-// LEPTON_PRE_MAX_IN_WIDTH (widest input row a vertical-first resize holds). About 26 KB with the
+// LEPTON_PRE_MAX_IN_WIDTH (widest input row a vertical-first resize holds). About 28 KB with the
 // defaults: make it static. The weights are computed in double precision at init(), as Pillow
 // computes them (software double on a Cortex-M4: once per configuration, not per frame).
 #pragma once
