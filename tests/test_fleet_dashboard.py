@@ -7,7 +7,8 @@ API's, that a device's charts draw its stored telemetry, that text from devices 
 markup), that a rollout's progress appears, and the token path: on a controller that needs a token the
 page asks for it once, keeps it in sessionStorage and never puts it in a URL.
 
-``LEPTON_SCREENSHOT=path.png`` saves a screenshot of the fleet page (docs/img/dashboard.png comes from it).
+``LEPTON_SCREENSHOT=path.png`` saves a full-page screenshot: the fleet test's page, replaced by the rollout
+test's (a completed rollout, its devices and one device's charts) when that one runs.
 """
 
 from __future__ import annotations
