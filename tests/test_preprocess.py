@@ -260,6 +260,10 @@ def test_decode_by_content_type():
     as_json = json.dumps(pixels.tolist()).encode()
     np.testing.assert_array_equal(decode(image, as_json, "application/json"), pixels_to_input(image, pixels))
 
+    floats = pixels[:32, :32].astype(np.float64) + 0.25  # unscaled floats at the model's size: no resize
+    np.testing.assert_array_equal(decode(image, json.dumps(floats.tolist()).encode(), "application/json"),
+                                  (floats.astype(np.float32) * np.float32(1 / 255))[None])
+
     audio = AudioSpec()
     kws = decode(audio, WAVS["sweep"], "audio/wav", shape=(1, 49, 10, 1))
     np.testing.assert_array_equal(kws, wav_to_input(audio, WAVS["sweep"]))

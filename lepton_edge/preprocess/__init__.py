@@ -15,7 +15,7 @@ import numpy as np
 
 from lepton_edge.errors import BadInput
 from lepton_edge.preprocess.audio import features, samples_to_input, wav_to_input
-from lepton_edge.preprocess.image import image_to_input, pixels_to_input
+from lepton_edge.preprocess.image import finish_pixels, image_to_input, pixels_to_input
 from lepton_edge.preprocess.spec import (
     AudioSpec,
     ImageSpec,
@@ -46,9 +46,16 @@ def fit_shape(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def array_to_input(spec: PreprocessSpec, values: np.ndarray) -> np.ndarray:
-    """Unscaled values (8-bit pixels of any size, audio samples at the spec's rate, or a tensor) -> float32."""
+    """Unscaled values -> float32 for the model: 8-bit pixels of any size (or unscaled float pixels at the
+    model's size, RGB), audio samples at the spec's rate, or a tensor."""
     if isinstance(spec, ImageSpec):
-        return pixels_to_input(spec, values)
+        arr = np.asarray(values)
+        at_size = arr.shape in ((*spec.size, spec.channels), (1, *spec.size, spec.channels))
+        if at_size and arr.dtype.kind == "f" and not np.all(arr == np.round(arr)):
+            if not np.all(np.isfinite(arr)):
+                raise BadInput("image values must be finite")
+            return finish_pixels(spec, arr.reshape(*spec.size, spec.channels))  # unscaled floats at the model's size
+        return pixels_to_input(spec, arr)
     if isinstance(spec, AudioSpec):
         samples = np.asarray(values)
         if samples.dtype.kind not in "iuf" or samples.size == 0:
