@@ -72,6 +72,10 @@ log = logging.getLogger("lepton_edge.fleet.http")
 DEFAULT_LISTEN = "127.0.0.1:8788"
 DEFAULT_MAX_BODY = 256 * 1024 * 1024
 TOKEN_FILE = "api.token"
+# The dashboard's files: no sniffing, always revalidated (a new kit version's page), never framed
+# (the page's own <meta> CSP cannot say frame-ancestors).
+DASHBOARD_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache",
+                     "Content-Security-Policy": "frame-ancestors 'none'"}
 
 
 @dataclass(frozen=True)
@@ -173,7 +177,7 @@ class _Handler(BaseHTTPRequestHandler):
                 found = dashboard_asset("index.html" if path == "/" else path[len("/dashboard/"):])
                 if found is None:
                     raise ApiError(404, f"no such file: {path}")
-                return self._reply_bytes(200, *found)
+                return self._reply_bytes(200, *found, DASHBOARD_HEADERS)
             self._authorize()
             c = self.server.controller
             if path == "/metrics":

@@ -18,11 +18,7 @@ def telemetry_series(db: FleetDB, device: str, since: float, limit: int) -> list
     ``{"received", "seq", "ts", ...the telemetry fields it has}``; fields outside the wire format's
     list are left out (the database keeps the payload as the device sent it)."""
     limit = max(0, min(int(limit), MAX_LIMIT))
-    # FleetDB has no public reader for telemetry rows yet: its per-thread connection, as its readers use it.
-    rows = db._conn().execute(
-        "SELECT received, seq, ts, payload FROM (SELECT id, received, seq, ts, payload FROM telemetry"
-        " WHERE device=? AND received >= ? ORDER BY received DESC, id DESC LIMIT ?) ORDER BY received, id",
-        (device, since, limit)).fetchall()
+    rows = db.telemetry_rows(device, since, limit)
     out: list[dict[str, Any]] = []
     for r in rows:
         try:

@@ -331,6 +331,13 @@ class FleetDB:
             })
         return out
 
+    def telemetry_rows(self, device: str, since: float, limit: int) -> list[sqlite3.Row]:
+        """The device's telemetry received at or after ``since``: the newest ``limit`` rows, oldest first."""
+        return self._conn().execute(
+            "SELECT received, seq, ts, payload FROM (SELECT id, received, seq, ts, payload FROM telemetry"
+            " WHERE device=? AND received >= ? ORDER BY received DESC, id DESC LIMIT ?) ORDER BY received, id",
+            (device, since, limit)).fetchall()
+
     def telemetry_count(self, device: str | None = None) -> int:
         if device is None:
             return self._conn().execute("SELECT COUNT(*) FROM telemetry").fetchone()[0]
