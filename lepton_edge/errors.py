@@ -9,7 +9,7 @@ The tree (where each class lives):
 
 * LeptonError
   + BadInput                      (exit 2)
-  | + NotFound                    fleet/controller.py
+  | + NotFound                    fleet/store.py
   | + PayloadError                mqtt/messages.py: an MQTT payload we cannot use
   | + _Corrupt                    tflite/reader.py: becomes a BadInput naming the file
   + CheckFailed                   (exit 1)

@@ -24,7 +24,7 @@ from lepton_edge.errors import BadInput
 from lepton_edge.preprocess import (
     AudioSpec,
     ImageSpec,
-    TensorSpec,
+    ScaleSpec,
     check_against_input,
     decode,
     features,
@@ -271,7 +271,7 @@ def test_decode_by_content_type():
     flat = decode(audio, json.dumps({"inputs": samples}).encode(), "application/json", shape=(1, 490))
     np.testing.assert_array_equal(flat.reshape(kws.shape), kws)
 
-    tensor = TensorSpec(scale=0.5, offset=-1.0)
+    tensor = ScaleSpec(scale=0.5, offset=-1.0)
     np.testing.assert_array_equal(decode(tensor, b"[[2, 4], [6, 8]]", "application/json"),
                                   np.float32([[0, 1], [2, 3]]))
 
@@ -282,9 +282,9 @@ def test_decode_by_content_type():
     (ImageSpec(size=(8, 8)), WAVS["silence"], "audio/wav", "audio/wav body, but the model's preprocessing is image"),
     (AudioSpec(), b"RIFF", "audio/wav", "not a WAV file"),
     (AudioSpec(), b"{", "application/json", "not valid JSON"),
-    (TensorSpec(), b'[1, "a"]', "application/json", "numbers"),
-    (TensorSpec(), b"[[1, 2], [3]]", "application/json", "lists of equal length"),
-    (TensorSpec(), b"\x00\x01", "application/octet-stream", "content type application/octet-stream not accepted"),
+    (ScaleSpec(), b'[1, "a"]', "application/json", "numbers"),
+    (ScaleSpec(), b"[[1, 2], [3]]", "application/json", "lists of equal length"),
+    (ScaleSpec(), b"\x00\x01", "application/octet-stream", "content type application/octet-stream not accepted"),
 ])
 def test_decode_refuses_in_one_line(spec, body, content_type, message):
     with pytest.raises(BadInput, match=message) as err:
@@ -370,8 +370,8 @@ SPECS = [
     AudioSpec(),
     AudioSpec(sample_rate=8000, clip_ms=750.0, fft_size=512, features="log_mel", spectrum="power", mel_bins=32,
               upper_hz=3900.0, normalize="peak", resample="linear", log_offset=0.001),
-    TensorSpec(),
-    TensorSpec(scale=0.125, offset=-3.5),
+    ScaleSpec(),
+    ScaleSpec(scale=0.125, offset=-3.5),
 ]
 
 

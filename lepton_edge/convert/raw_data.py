@@ -27,7 +27,7 @@ from lepton_edge.preprocess import (
     AudioSpec,
     ImageSpec,
     PreprocessSpec,
-    TensorSpec,
+    ScaleSpec,
     array_to_input,
     tensor_to_input,
     wav_to_input,
@@ -47,7 +47,7 @@ class RawData:
 
 def read_raw(path: Path, spec: PreprocessSpec, sample_shape: tuple[int, ...], what: str) -> RawData:
     """Read ``path`` through ``spec``; every problem one BadInput line naming the file."""
-    reader = _Reader(spec, sample_shape, what)
+    reader = _RawReader(spec, sample_shape, what)
     y = None
     if path.is_dir():
         reader.directory(path)
@@ -67,7 +67,7 @@ def read_raw(path: Path, spec: PreprocessSpec, sample_shape: tuple[int, ...], wh
     return RawData(x, y, pixels)
 
 
-class _Reader:
+class _RawReader:
     def __init__(self, spec: PreprocessSpec, sample_shape: tuple[int, ...], what: str) -> None:
         self.spec = spec
         self.sample_shape = sample_shape
@@ -106,7 +106,7 @@ class _Reader:
         self._add(array_to_input(self.spec, samples)[0])
 
     def _tensor(self, values: np.ndarray) -> None:
-        assert isinstance(self.spec, TensorSpec)
+        assert isinstance(self.spec, ScaleSpec)
         self._add(tensor_to_input(self.spec, values))
 
     def file(self, path: Path) -> None:

@@ -67,7 +67,7 @@ class _JobOptions(Protocol):
     def block_size(self) -> int: ...
 
 
-class Controller(Protocol):
+class RolloutHost(Protocol):
     """What the driver needs of :class:`lepton_edge.fleet.controller.Controller` (a Protocol, so that the
     two modules do not import each other)."""
 
@@ -133,7 +133,7 @@ class _Tracker:
         self.cursor: int | None = None
         self.windows: dict[str, _Window] = {}
 
-    def update(self, controller: Controller, rollout_id: str, params: RolloutParams,
+    def update(self, controller: RolloutHost, rollout_id: str, params: RolloutParams,
                members: list[dict[str, Any]]) -> list[UpdatedDevice]:
         db = controller.db
         healthy = {m["device"]: m for m in members if m["job_state"] == "healthy" and m["revert_job"] is None}
@@ -168,7 +168,7 @@ class _Tracker:
 class RolloutDriver:
     """Creates rollouts, advances them (a thread of its own), and renders their JSON."""
 
-    def __init__(self, controller: Controller, tick_s: float = 0.5) -> None:
+    def __init__(self, controller: RolloutHost, tick_s: float = 0.5) -> None:
         self.controller, self.tick_s = controller, tick_s
         self._lock = threading.RLock()
         self._stopping = threading.Event()

@@ -20,7 +20,7 @@ from lepton_edge.preprocess.spec import (
     AudioSpec,
     ImageSpec,
     PreprocessSpec,
-    TensorSpec,
+    ScaleSpec,
     check_against_input,
     load_spec,
     parse_spec,
@@ -28,7 +28,7 @@ from lepton_edge.preprocess.spec import (
 )
 from lepton_edge.preprocess.tensor import tensor_to_input
 
-__all__ = ["AudioSpec", "ImageSpec", "PreprocessSpec", "TensorSpec", "array_to_input", "check_against_input",
+__all__ = ["AudioSpec", "ImageSpec", "PreprocessSpec", "ScaleSpec", "array_to_input", "check_against_input",
            "decode", "features", "fit_shape", "image_to_input", "load_spec", "parse_spec", "pixels_to_input",
            "quantize", "samples_to_input", "spec_to_dict", "tensor_to_input", "wav_to_input"]
 

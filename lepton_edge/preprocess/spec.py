@@ -108,7 +108,7 @@ class AudioSpec:
 
 
 @dataclass(frozen=True)
-class TensorSpec:
+class ScaleSpec:
     """A plain tensor: ``value * scale + offset``."""
 
     scale: float = 1.0
@@ -117,9 +117,9 @@ class TensorSpec:
     kind = "tensor"
 
 
-PreprocessSpec: TypeAlias = ImageSpec | AudioSpec | TensorSpec
-_CLASSES: dict[str, type[ImageSpec] | type[AudioSpec] | type[TensorSpec]] = {
-    "image": ImageSpec, "audio": AudioSpec, "tensor": TensorSpec}
+PreprocessSpec: TypeAlias = ImageSpec | AudioSpec | ScaleSpec
+_CLASSES: dict[str, type[ImageSpec] | type[AudioSpec] | type[ScaleSpec]] = {
+    "image": ImageSpec, "audio": AudioSpec, "tensor": ScaleSpec}
 
 
 def _where(source: str) -> str:
@@ -247,11 +247,11 @@ def _audio(f: _Fields) -> AudioSpec:
     return spec
 
 
-def _tensor(f: _Fields) -> TensorSpec:
+def _tensor(f: _Fields) -> ScaleSpec:
     scale = f.number("scale", 1.0)
     if scale == 0:
         raise f.fail("scale", "0 would make every input the same")
-    return TensorSpec(scale=scale, offset=f.number("offset", 0.0))
+    return ScaleSpec(scale=scale, offset=f.number("offset", 0.0))
 
 
 _PARSERS: dict[str, Callable[[_Fields], PreprocessSpec]] = {"image": _image, "audio": _audio, "tensor": _tensor}

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 
 from lepton_edge.errors import BadInput
-from lepton_edge.preprocess.spec import TensorSpec
+from lepton_edge.preprocess.spec import ScaleSpec
 
 
-def tensor_to_input(spec: TensorSpec, values: np.ndarray) -> np.ndarray:
+def tensor_to_input(spec: ScaleSpec, values: np.ndarray) -> np.ndarray:
     """Numbers of any shape -> float32 ``values * scale + offset``; BadInput for non-numbers or non-finite."""
     arr = np.asarray(values)
     if arr.dtype.kind not in "iuf" or arr.size == 0:
