@@ -7,8 +7,9 @@ STAMP  := $(VENV)/.installed
 # The reference firmware boards `make test` runs or links (firmware_bridge/firmware/boards/).
 FIRMWARE_BOARDS := host qemu-m4 qemu-m7 nucleo-l4r5zi
 TOOLCHAIN_PKGS  := gcc-arm-none-eabi libnewlib-arm-none-eabi libstdc++-arm-none-eabi-newlib qemu-system-arm
-# What the fleet tests start on loopback: Prometheus (and promtool), headless Chromium with its driver.
-FLEET_PKGS      := prometheus chromium chromium-driver
+# What the fleet tests start on loopback: Prometheus (and promtool), headless Chromium with its driver,
+# PostgreSQL (the controller's second store) and a NATS cluster (a clustered MQTT broker).
+FLEET_PKGS      := prometheus chromium chromium-driver postgresql nats-server
 
 .PHONY: demo test setup mosquitto toolchain fleet-tools firmware bench clean lock
 
@@ -77,9 +78,11 @@ toolchain:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(TOOLCHAIN_PKGS) g++ make patch >/dev/null; \
 	fi
 
-# Prometheus, promtool, chromium and chromedriver, installed with apt-get when any is missing.
+# Prometheus, promtool, chromium, chromedriver, PostgreSQL and nats-server, installed with apt-get when any
+# is missing.
 fleet-tools:
-	@ok=1; for c in prometheus promtool chromium chromedriver; do command -v $$c >/dev/null 2>&1 || ok=0; done; \
+	@ok=1; for c in prometheus promtool chromium chromedriver nats-server; do command -v $$c >/dev/null 2>&1 || ok=0; done; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ok=0; \
 	if [ $$ok = 0 ]; then \
 	  echo "installing $(FLEET_PKGS) with apt-get"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
