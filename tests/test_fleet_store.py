@@ -1,4 +1,5 @@
-"""The controller's store: artifacts by id on disk, fleet state in SQLite (WAL)."""
+"""The controller's store: artifacts by id on disk, fleet state in SQLite (WAL) or PostgreSQL (both run
+every test that is not about one engine; the PostgreSQL server is tests/pg.py's)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,16 @@ from lepton_edge.artifact import load_artifact, sha256_hex
 from lepton_edge.errors import BadInput
 from lepton_edge.fleet.store import ArtifactStore, FleetDB, TelemetryRecord
 from lepton_edge.mqtt import ModelInfo, Progress, Status, Telemetry
+
+pytest_plugins = ["pg"]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_spec(request, tmp_path):
+    """What ``fleet serve --db`` takes: a file path, or a fresh PostgreSQL database's URL."""
+    if request.param == "sqlite":
+        return tmp_path / "fleet.db"
+    return request.getfixturevalue("pg_url")
 
 
 @pytest.fixture
@@ -51,10 +62,11 @@ def test_a_bad_upload_leaves_nothing_behind(tmp_path, artifact):
         store.path("../../etc")
 
 
-def test_database_uses_wal_and_records_the_fleet(tmp_path, artifact):
+def test_database_uses_wal_and_records_the_fleet(db_spec, artifact):
     _art, _ = artifact
-    db = FleetDB(tmp_path / "fleet.db")
-    assert db.journal_mode().lower() == "wal"
+    db = FleetDB(db_spec)
+    assert db.journal_mode().lower() == ("postgresql" if isinstance(db_spec, str) else "wal")
+    assert db.schema_version() == 3
     model = ModelInfo("m", 1, "ab" * 32, "a")
     db.record_status("d1", Status(True, model, "agent", 1.0), received=10.0)
     db.record_status("d1", Status(False, reason="connection lost"), received=11.0)
@@ -70,11 +82,11 @@ def test_database_uses_wal_and_records_the_fleet(tmp_path, artifact):
     db.close()
 
 
-def test_jobs_states_supersede_and_expire(tmp_path, artifact):
+def test_jobs_states_supersede_and_expire(tmp_path, db_spec, artifact):
     art, _ = artifact
     store = ArtifactStore(tmp_path / "store")
     stored, _ = store.put(art.manifest_bytes, art.signature, art.model_bytes)
-    db = FleetDB(tmp_path / "fleet.db")
+    db = FleetDB(db_spec)
     db.add_artifact(stored)
     now = time.time()
     _dep1, (job1,), sup = db.create_deployment(stored, ["d1"], now + 100, 4096, now)
@@ -168,12 +180,15 @@ def test_a_database_from_before_rollouts_opens_and_gains_the_new_columns(tmp_pat
                                        latency_budget_ms=12.5), received=2.0)
     (dev,) = db.devices()
     assert dev["tags"] == ["site:x"] and dev["profile"] == "p" and dev["latency_budget_ms"] == 12.5
+    assert db.schema_version() == 3
     db.close()
     FleetDB(path).close()  # a second open finds every column in place
+    with sqlite3.connect(path) as conn:
+        assert [r[0] for r in conn.execute("SELECT version FROM schema_migrations ORDER BY version")] == [1, 2, 3]
 
 
-def test_tags_profile_and_budget_follow_the_online_status(tmp_path):
-    db = FleetDB(tmp_path / "fleet.db")
+def test_tags_profile_and_budget_follow_the_online_status(db_spec):
+    db = FleetDB(db_spec)
     model = ModelInfo("m", 1, "ab" * 32, "a")
     db.record_status("d1", Status(True, model, tags=("site:berlin", "hw:pi4"), profile="linux-sbc",
                                   latency_budget_ms=20.0), received=1.0)
@@ -187,11 +202,11 @@ def test_tags_profile_and_budget_follow_the_online_status(tmp_path):
     db.close()
 
 
-def test_a_rollout_gives_each_device_one_job_and_one_command_of_each_kind(tmp_path, artifact):
+def test_a_rollout_gives_each_device_one_job_and_one_command_of_each_kind(tmp_path, db_spec, artifact):
     art, _ = artifact
     store = ArtifactStore(tmp_path / "store")
     stored, _ = store.put(art.manifest_bytes, art.signature, art.model_bytes)
-    db = FleetDB(tmp_path / "fleet.db")
+    db = FleetDB(db_spec)
     db.add_artifact(stored)
     old_model = ModelInfo("m", 0, "ef" * 32, "a")
     db.record_status("d1", Status(True, old_model), received=1.0)

@@ -1,11 +1,11 @@
-"""The fleet controller: OTA jobs and the block server over MQTT; status, telemetry and progress into SQLite.
+"""The fleet controller: OTA jobs and the block server over MQTT; status, telemetry and progress into the database.
 
 Threads and who owns what:
 
 * the MQTT loop thread (:mod:`lepton_edge.mqtt.client`) runs the message handlers. They parse,
   answer block requests straight from the artifact file (``os.pread``; the device asks for
   offset and length and paces itself), send jobs, and queue everything that must be written;
-* one ingest thread writes that queue to SQLite in batches (one transaction per batch), expires
+* one ingest thread writes that queue to the database in batches (one transaction per batch), expires
   jobs, and adds up the blocks served;
 * HTTP threads (:mod:`lepton_edge.fleet.http_api`) call :meth:`Controller.upload_artifact`,
   :meth:`Controller.create_deployment`, the rollout operations and the readers;
@@ -525,7 +525,7 @@ class Controller:
 
     def _apply(self, items: list[tuple]) -> None:
         """Write a batch in one transaction. Each record runs under its own SAVEPOINT: one that cannot
-        be written (a value SQLite refuses, a constraint) costs only itself; it is counted in
+        be written (a value the database refuses, a constraint) costs only itself; it is counted in
         ``counters.write_failures`` and logged with its device, and the rest of the batch is written."""
         telemetry = [item[1] for item in items if item[0] == "telemetry"]
         with self._lock:  # blocks served so far go in with the reports that follow them
@@ -563,18 +563,15 @@ class Controller:
                  quiet: bool = False) -> bool:
         """Run ``write`` under a SAVEPOINT; on failure undo only it. ``quiet``: a batch attempt whose
         records are retried one by one (neither counted nor logged)."""
-        conn.execute("SAVEPOINT record")
         try:
-            write()
+            with conn.savepoint():
+                write()
         except Exception as exc:
-            conn.execute("ROLLBACK TO record")
-            conn.execute("RELEASE record")
             if not quiet:
                 self.counters.write_failures += 1
                 log.error("%s: could not write its %s record (%s: %s); the rest of the batch is written",
                           device or "?", kind, type(exc).__name__, exc)
             return False
-        conn.execute("RELEASE record")
         return True
 
     def _housekeeping(self) -> None:

@@ -1,4 +1,4 @@
-"""What the controller keeps: artifacts on disk by id, and the fleet's state in SQLite.
+"""What the controller keeps: artifacts on disk by id, and the fleet's state in SQLite or PostgreSQL.
 
 On disk (``--store DIR``)::
 
@@ -11,12 +11,16 @@ so the id pins model, version and signature target at once (one model re-signed 
 a new artifact).
 
 SQLite: one connection per thread, WAL (readers never wait for the writer), writes serialised by a
-lock, ``synchronous=NORMAL``. Telemetry arrives in batches from one ingest thread.
+lock, ``synchronous=NORMAL``. PostgreSQL (``--db postgresql://...``): a small pool of autocommit
+connections, writes serialised by the same lock (one controller per database in this version).
+The queries are the same for both (lepton_edge/fleet/sql.py rewrites what differs; docs/STORE.md).
+Telemetry arrives in batches from one ingest thread.
 
 Tables: ``devices`` (last status and telemetry, tags), ``telemetry``, ``artifacts``, ``deployments`` and
 ``jobs`` (an install, or a rollout's revert/confirm command; ``job_events`` their history), ``rollouts``
 and ``rollout_devices`` (each selected device's wave, install job, commands and revert target;
-docs/ROLLOUTS.md). Columns added since the first schema are added to an older file when it is opened.
+docs/ROLLOUTS.md). The schema comes from numbered migrations (``MIGRATIONS``) recorded in
+``schema_migrations`` and run at open, so an older database is brought up to date.
 """
 
 from __future__ import annotations
@@ -28,13 +32,14 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from lepton_edge.artifact import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE, sha256_hex, verify_manifest, verify_model
 from lepton_edge.errors import BadInput
+from lepton_edge.fleet.sql import Conn, Row, SqliteDialect, Transaction, open_dialect
 from lepton_edge.fsio import atomic_directory
 from lepton_edge.mqtt import TERMINAL_OTA_STATES, Progress, Status, Telemetry
 
@@ -115,51 +120,111 @@ class ArtifactStore:
         return manifest, sig.read_bytes() if sig.exists() else None
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS devices(
-    device TEXT PRIMARY KEY, online INTEGER NOT NULL DEFAULT 0, agent TEXT, offline_reason TEXT,
-    model_name TEXT, model_version INTEGER, model_sha256 TEXT, slot TEXT,
-    first_seen REAL, last_seen REAL, status_at REAL, telemetry TEXT, telemetry_at REAL,
-    tags TEXT, profile TEXT, latency_budget_ms REAL);
-CREATE TABLE IF NOT EXISTS telemetry(
-    id INTEGER PRIMARY KEY, device TEXT NOT NULL, received REAL NOT NULL, seq INTEGER, ts REAL,
-    payload TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS telemetry_by_device ON telemetry(device, received);
-CREATE INDEX IF NOT EXISTS telemetry_by_time ON telemetry(received);
-CREATE TABLE IF NOT EXISTS artifacts(
-    id TEXT PRIMARY KEY, name TEXT NOT NULL, version INTEGER NOT NULL, model_sha256 TEXT NOT NULL,
-    size INTEGER NOT NULL, signed INTEGER NOT NULL, created REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS deployments(
-    id TEXT PRIMARY KEY, artifact TEXT NOT NULL REFERENCES artifacts(id), created REAL NOT NULL,
-    expires_at REAL NOT NULL, block_size INTEGER NOT NULL, rollout TEXT);
-CREATE TABLE IF NOT EXISTS jobs(
-    id TEXT PRIMARY KEY, deployment TEXT NOT NULL REFERENCES deployments(id), device TEXT NOT NULL,
-    artifact TEXT NOT NULL, state TEXT NOT NULL, received INTEGER NOT NULL DEFAULT 0, total INTEGER NOT NULL,
-    reason TEXT, blocks_served INTEGER NOT NULL DEFAULT 0, bytes_served INTEGER NOT NULL DEFAULT 0,
-    created REAL NOT NULL, updated REAL NOT NULL, sent_at REAL, expires_at REAL NOT NULL,
-    kind TEXT NOT NULL DEFAULT 'install', target_sha256 TEXT);
-CREATE INDEX IF NOT EXISTS jobs_by_device ON jobs(device, created);
-CREATE INDEX IF NOT EXISTS jobs_by_deployment ON jobs(deployment);
-CREATE TABLE IF NOT EXISTS job_events(
-    id INTEGER PRIMARY KEY, job TEXT NOT NULL, state TEXT NOT NULL, received INTEGER, reason TEXT, ts REAL NOT NULL);
-CREATE INDEX IF NOT EXISTS job_events_by_job ON job_events(job);
-CREATE TABLE IF NOT EXISTS rollouts(
-    id TEXT PRIMARY KEY, artifact TEXT NOT NULL REFERENCES artifacts(id), state TEXT NOT NULL, paused_from TEXT,
-    params TEXT NOT NULL, abort TEXT, active INTEGER NOT NULL DEFAULT 1, created REAL NOT NULL,
-    updated REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS rollout_devices(
-    rollout TEXT NOT NULL REFERENCES rollouts(id), device TEXT NOT NULL, ord INTEGER NOT NULL, wave INTEGER,
-    released_at REAL, job TEXT, revert_job TEXT, confirm_job TEXT, prev_known INTEGER NOT NULL DEFAULT 0,
-    prev_name TEXT, prev_version INTEGER, prev_sha256 TEXT, PRIMARY KEY(rollout, device));
-CREATE INDEX IF NOT EXISTS rollout_devices_by_job ON rollout_devices(job);
-"""
-
-# Columns added since the first schema: an older fleet.db gets them on open (ALTER TABLE ... ADD COLUMN).
-_ADDED_COLUMNS = (
-    ("devices", "tags", "TEXT"), ("devices", "profile", "TEXT"), ("devices", "latency_budget_ms", "REAL"),
-    ("deployments", "rollout", "TEXT"),
-    ("jobs", "kind", "TEXT NOT NULL DEFAULT 'install'"), ("jobs", "target_sha256", "TEXT"),
+# Numbered migrations, recorded in schema_migrations and run at open by both stores (one transaction;
+# PostgreSQL's DDL is transactional, SQLite's too). Steps are SQL in SQLite's spelling (Dialect.ddl
+# gives PostgreSQL's types) or ("add", table, column, declaration): a column added only where missing,
+# so a fleet.db from before schema_migrations, which may hold some of them already, still upgrades.
+# Never edit a released migration: add the next one.
+Step = str | tuple[str, str, str, str]
+MIGRATIONS: tuple[tuple[int, str, tuple[Step, ...]], ...] = (
+    (1, "devices, telemetry, artifacts, deployments, jobs", (
+        """CREATE TABLE IF NOT EXISTS devices(
+            device TEXT PRIMARY KEY, online INTEGER NOT NULL DEFAULT 0, agent TEXT, offline_reason TEXT,
+            model_name TEXT, model_version INTEGER, model_sha256 TEXT, slot TEXT,
+            first_seen REAL, last_seen REAL, status_at REAL, telemetry TEXT, telemetry_at REAL)""",
+        """CREATE TABLE IF NOT EXISTS telemetry(
+            id {id}, device TEXT NOT NULL, received REAL NOT NULL, seq INTEGER, ts REAL, payload TEXT NOT NULL)""",
+        "CREATE INDEX IF NOT EXISTS telemetry_by_device ON telemetry(device, received)",
+        "CREATE INDEX IF NOT EXISTS telemetry_by_time ON telemetry(received)",
+        """CREATE TABLE IF NOT EXISTS artifacts(
+            id TEXT PRIMARY KEY, name TEXT NOT NULL, version INTEGER NOT NULL, model_sha256 TEXT NOT NULL,
+            size INTEGER NOT NULL, signed INTEGER NOT NULL, created REAL NOT NULL)""",
+        """CREATE TABLE IF NOT EXISTS deployments(
+            id TEXT PRIMARY KEY, artifact TEXT NOT NULL REFERENCES artifacts(id), created REAL NOT NULL,
+            expires_at REAL NOT NULL, block_size INTEGER NOT NULL)""",
+        """CREATE TABLE IF NOT EXISTS jobs(
+            id TEXT PRIMARY KEY, deployment TEXT NOT NULL REFERENCES deployments(id), device TEXT NOT NULL,
+            artifact TEXT NOT NULL, state TEXT NOT NULL, received INTEGER NOT NULL DEFAULT 0,
+            total INTEGER NOT NULL, reason TEXT, blocks_served INTEGER NOT NULL DEFAULT 0,
+            bytes_served INTEGER NOT NULL DEFAULT 0, created REAL NOT NULL, updated REAL NOT NULL, sent_at REAL,
+            expires_at REAL NOT NULL)""",
+        "CREATE INDEX IF NOT EXISTS jobs_by_device ON jobs(device, created)",
+        "CREATE INDEX IF NOT EXISTS jobs_by_deployment ON jobs(deployment)",
+        """CREATE TABLE IF NOT EXISTS job_events(
+            id {id}, job TEXT NOT NULL, state TEXT NOT NULL, received INTEGER, reason TEXT, ts REAL NOT NULL)""",
+        "CREATE INDEX IF NOT EXISTS job_events_by_job ON job_events(job)",
+    )),
+    (2, "devices: tags, profile, latency budget", (
+        ("add", "devices", "tags", "TEXT"), ("add", "devices", "profile", "TEXT"),
+        ("add", "devices", "latency_budget_ms", "REAL"),
+    )),
+    (3, "staged rollouts: rollouts, rollout_devices, job kinds", (
+        ("add", "deployments", "rollout", "TEXT"),
+        ("add", "jobs", "kind", "TEXT NOT NULL DEFAULT 'install'"), ("add", "jobs", "target_sha256", "TEXT"),
+        """CREATE TABLE IF NOT EXISTS rollouts(
+            id TEXT PRIMARY KEY, artifact TEXT NOT NULL REFERENCES artifacts(id), state TEXT NOT NULL,
+            paused_from TEXT, params TEXT NOT NULL, abort TEXT, active INTEGER NOT NULL DEFAULT 1,
+            created REAL NOT NULL, updated REAL NOT NULL)""",
+        """CREATE TABLE IF NOT EXISTS rollout_devices(
+            rollout TEXT NOT NULL REFERENCES rollouts(id), device TEXT NOT NULL, ord INTEGER NOT NULL,
+            wave INTEGER, released_at REAL, job TEXT, revert_job TEXT, confirm_job TEXT,
+            prev_known INTEGER NOT NULL DEFAULT 0, prev_name TEXT, prev_version INTEGER, prev_sha256 TEXT,
+            PRIMARY KEY(rollout, device))""",
+        "CREATE INDEX IF NOT EXISTS rollout_devices_by_job ON rollout_devices(job)",
+    )),
 )
+_MAX_IDLE = 8  # PostgreSQL connections kept open between uses
+
+
+def migrate(c: Conn) -> list[int]:
+    """Inside a write transaction: run the migrations this database has not had; returns their numbers."""
+    c.dialect.migration_lock(c)
+    c.raw.execute(c.dialect.ddl("CREATE TABLE IF NOT EXISTS schema_migrations("
+                                "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied REAL NOT NULL)"))
+    done = {r[0] for r in c.execute("SELECT version FROM schema_migrations")}
+    ran = []
+    for version, name, steps in MIGRATIONS:
+        if version in done:
+            continue
+        for step in steps:
+            if isinstance(step, str):
+                c.raw.execute(c.dialect.ddl(step))
+            elif step[2] not in c.dialect.columns(c, step[1]):
+                c.raw.execute(c.dialect.ddl(f"ALTER TABLE {step[1]} ADD COLUMN {step[2]} {step[3]}"))
+        c.execute("INSERT INTO schema_migrations(version, name, applied) VALUES(?,?,?)", (version, name, time.time()))
+        ran.append(version)
+    return ran
+
+
+class _Result:
+    """A statement's rows, fetched before its connection went back."""
+
+    def __init__(self, rows: list[Row], rowcount: int) -> None:
+        self.rows, self.rowcount = rows, rowcount
+
+    def fetchone(self) -> Row | None:
+        return self.rows[0] if self.rows else None
+
+    def fetchall(self) -> list[Row]:
+        return self.rows
+
+    def __iter__(self) -> Iterator[Row]:
+        return iter(self.rows)
+
+
+class _Reader:
+    """Reads outside a transaction: each statement on a connection of the database's (autocommit)."""
+
+    def __init__(self, db: FleetDB) -> None:
+        self.db = db
+
+    def execute(self, sql: str, args: Sequence[Any] = ()) -> _Result:
+        conn = self.db._take()
+        try:
+            cur = conn.execute(sql, args)
+            return _Result(cur.fetchall() if cur.description else [], cur.rowcount)
+        finally:
+            self.db._give(conn)
 
 
 @dataclass(frozen=True)
@@ -196,80 +261,106 @@ class TelemetryRecord:
 
 
 class FleetDB:
-    """The controller's SQLite database. Safe to use from any thread."""
+    """The controller's database: SQLite (a file path or ``sqlite:///path``) or PostgreSQL
+    (``postgresql://user@host:port/db``). Safe to use from any thread. Migrations run at open."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, spec: str | os.PathLike[str]) -> None:
+        self.dialect = open_dialect(spec)
+        self.path = self.dialect.path if isinstance(self.dialect, SqliteDialect) else None
         self._local = threading.local()
         self._write_lock = threading.Lock()
-        self._all: list[sqlite3.Connection] = []
+        self._all: list[Conn] = []      # every connection made (closed by close())
+        self._idle: list[Conn] = []     # PostgreSQL: connections free for the next reader or writer
         self._all_lock = threading.Lock()
+        self._reader = _Reader(self)
+        if isinstance(self.dialect, SqliteDialect):
+            try:
+                conn = self._take()
+                mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            except sqlite3.DatabaseError as exc:
+                raise BadInput(f"{self.path}: not a usable SQLite database ({exc})") from None
+            if mode.lower() != "wal":
+                raise BadInput(f"{self.path}: cannot use write-ahead logging (journal mode {mode})")
         try:
-            conn = self._conn()
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        except sqlite3.DatabaseError as exc:
-            raise BadInput(f"{self.path}: not a usable SQLite database ({exc})") from None
-        if mode.lower() != "wal":
-            raise BadInput(f"{self.path}: cannot use write-ahead logging (journal mode {mode})")
-        with self._write_lock:
-            conn.executescript(_SCHEMA)
-            self._migrate(conn)
+            with self._write() as c:
+                migrate(c)
+        except self.dialect.errors as exc:
+            raise BadInput(f"{self.dialect.describe()}: cannot bring the schema up to date"
+                           f" ({' '.join(str(exc).split())})") from None
 
-    @staticmethod
-    def _migrate(conn: sqlite3.Connection) -> None:
-        """Add the columns an older database lacks (each ALTER is its own statement; SQLite's DDL is quick)."""
-        for table, column, decl in _ADDED_COLUMNS:
-            have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
-            if column not in have:
-                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
-
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA busy_timeout=30000")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA foreign_keys=ON")
-            self._local.conn = conn
-            with self._all_lock:
-                self._all.append(conn)
+    def _take(self) -> Conn:
+        """SQLite: this thread's connection. PostgreSQL: an idle pooled connection or a new one."""
+        if self.dialect.per_thread:
+            conn = getattr(self._local, "conn", None)
+            if conn is None:
+                conn = self._local.conn = self.dialect.connect()
+                with self._all_lock:
+                    self._all.append(conn)
+            return conn
+        with self._all_lock:
+            if self._idle:
+                return self._idle.pop()
+        conn = self.dialect.connect()
+        with self._all_lock:
+            self._all.append(conn)
         return conn
 
-    def _write(self) -> _Transaction:
-        return _Transaction(self._conn(), self._write_lock)
+    def _give(self, conn: Conn) -> None:
+        if self.dialect.per_thread:
+            return
+        broken = conn.raw.closed or conn.raw.broken or conn.raw.info.transaction_status != 0  # 0: IDLE
+        with self._all_lock:
+            if not broken and len(self._idle) < _MAX_IDLE:
+                self._idle.append(conn)
+                return
+            if conn in self._all:
+                self._all.remove(conn)
+        conn.close()
+
+    def _conn(self) -> _Reader:
+        """For reads: each statement runs on a free connection and returns its rows, all fetched."""
+        return self._reader
+
+    def _write(self) -> Transaction:
+        return Transaction(self._take(), self._write_lock, self._give)
 
     def journal_mode(self) -> str:
-        return self._conn().execute("PRAGMA journal_mode").fetchone()[0]
+        """SQLite's journal mode (``wal``); ``postgresql`` for PostgreSQL."""
+        if isinstance(self.dialect, SqliteDialect):
+            return self._conn().execute("PRAGMA journal_mode").fetchone()[0]
+        return self.dialect.name
+
+    def schema_version(self) -> int:
+        return int(self._conn().execute("SELECT MAX(version) FROM schema_migrations").fetchone()[0] or 0)
 
     def close(self) -> None:
         with self._all_lock:
             for conn in self._all:
-                try:
-                    conn.close()
-                except sqlite3.Error:
-                    pass
+                conn.close()
             self._all.clear()
+            self._idle.clear()
         self._local = threading.local()
 
     # -- devices, status, telemetry --
     def record_status(self, device: str, status: Status, received: float,
-                      conn: sqlite3.Connection | None = None) -> None:
+                      conn: Conn | None = None) -> None:
         sql = ("INSERT INTO devices(device, online, agent, offline_reason, model_name, model_version, model_sha256,"
                " slot, first_seen, last_seen, status_at, tags, profile, latency_budget_ms)"
                " VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-               " ON CONFLICT(device) DO UPDATE SET online=excluded.online, agent=COALESCE(excluded.agent, agent),"
+               " ON CONFLICT(device) DO UPDATE SET online=excluded.online,"
+               " agent=COALESCE(excluded.agent, devices.agent),"
                " offline_reason=excluded.offline_reason, status_at=excluded.status_at,"
-               " last_seen=MAX(COALESCE(last_seen, 0), excluded.last_seen),"
-               " model_name=CASE WHEN excluded.online THEN excluded.model_name ELSE model_name END,"
-               " model_version=CASE WHEN excluded.online THEN excluded.model_version ELSE model_version END,"
-               " model_sha256=CASE WHEN excluded.online THEN excluded.model_sha256 ELSE model_sha256 END,"
-               " slot=CASE WHEN excluded.online THEN excluded.slot ELSE slot END,"
-               " tags=CASE WHEN excluded.online THEN excluded.tags ELSE tags END,"
-               " profile=CASE WHEN excluded.online THEN excluded.profile ELSE profile END,"
-               " latency_budget_ms=CASE WHEN excluded.online THEN excluded.latency_budget_ms"
-               " ELSE latency_budget_ms END")
+               " last_seen=GREATEST(COALESCE(devices.last_seen, 0), excluded.last_seen),"
+               " model_name=CASE WHEN excluded.online=1 THEN excluded.model_name ELSE devices.model_name END,"
+               " model_version=CASE WHEN excluded.online=1 THEN excluded.model_version"
+               " ELSE devices.model_version END,"
+               " model_sha256=CASE WHEN excluded.online=1 THEN excluded.model_sha256"
+               " ELSE devices.model_sha256 END,"
+               " slot=CASE WHEN excluded.online=1 THEN excluded.slot ELSE devices.slot END,"
+               " tags=CASE WHEN excluded.online=1 THEN excluded.tags ELSE devices.tags END,"
+               " profile=CASE WHEN excluded.online=1 THEN excluded.profile ELSE devices.profile END,"
+               " latency_budget_ms=CASE WHEN excluded.online=1 THEN excluded.latency_budget_ms"
+               " ELSE devices.latency_budget_ms END")
         args = (device, int(status.online), status.agent, None if status.online else status.reason,
                 status.model.name if status.model else None, status.model.version if status.model else None,
                 status.model.sha256 if status.model else None, status.model.slot if status.model else None,
@@ -281,9 +372,9 @@ class FleetDB:
             with self._write() as c:
                 c.execute(sql, args)
 
-    def record_telemetry(self, records: list[TelemetryRecord], conn: sqlite3.Connection | None = None) -> None:
+    def record_telemetry(self, records: list[TelemetryRecord], conn: Conn | None = None) -> None:
         """Insert a batch (one transaction when called alone) and keep each device's latest."""
-        def run(c: sqlite3.Connection) -> None:
+        def run(c: Conn) -> None:
             c.executemany("INSERT INTO telemetry(device, received, seq, ts, payload) VALUES(?,?,?,?,?)",
                           [(r.device, r.received, r.telemetry.seq, r.telemetry.ts, r.raw) for r in records])
             latest: dict[str, TelemetryRecord] = {}
@@ -293,7 +384,7 @@ class FleetDB:
                           " VALUES(?,?,?,?,?)"
                           " ON CONFLICT(device) DO UPDATE SET telemetry=excluded.telemetry,"
                           " telemetry_at=excluded.telemetry_at,"
-                          " last_seen=MAX(COALESCE(last_seen, 0), excluded.last_seen)",
+                          " last_seen=GREATEST(COALESCE(devices.last_seen, 0), excluded.last_seen)",
                           [(d, r.received, r.received, r.raw, r.received) for d, r in latest.items()])
         if conn is not None:
             run(conn)
@@ -301,7 +392,7 @@ class FleetDB:
             with self._write() as c:
                 run(c)
 
-    def batch(self) -> _Transaction:
+    def batch(self) -> Transaction:
         """One write transaction for several record_* calls (pass ``conn=`` the yielded connection)."""
         return self._write()
 
@@ -331,11 +422,12 @@ class FleetDB:
             })
         return out
 
-    def telemetry_rows(self, device: str, since: float, limit: int) -> list[sqlite3.Row]:
+    def telemetry_rows(self, device: str, since: float, limit: int) -> list[Row]:
         """The device's telemetry received at or after ``since``: the newest ``limit`` rows, oldest first."""
         return self._conn().execute(
             "SELECT received, seq, ts, payload FROM (SELECT id, received, seq, ts, payload FROM telemetry"
-            " WHERE device=? AND received >= ? ORDER BY received DESC, id DESC LIMIT ?) ORDER BY received, id",
+            " WHERE device=? AND received >= ? ORDER BY received DESC, id DESC LIMIT ?) AS newest"
+            " ORDER BY received, id",
             (device, since, limit)).fetchall()
 
     def telemetry_count(self, device: str | None = None) -> int:
@@ -350,9 +442,9 @@ class FleetDB:
     # -- artifacts, deployments, jobs --
     def add_artifact(self, art: StoredArtifact) -> None:
         with self._write() as c:
-            c.execute("INSERT OR IGNORE INTO artifacts(id, name, version, model_sha256, size, signed, created)"
-                      " VALUES(?,?,?,?,?,?,?)", (art.id, art.name, art.version, art.model_sha256, art.size,
-                                                int(art.signed), art.created))
+            c.execute("INSERT INTO artifacts(id, name, version, model_sha256, size, signed, created)"
+                      " VALUES(?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+                      (art.id, art.name, art.version, art.model_sha256, art.size, int(art.signed), art.created))
 
     def artifact(self, artifact_id: str) -> StoredArtifact | None:
         r = self._conn().execute("SELECT * FROM artifacts WHERE id=?", (artifact_id,)).fetchone()
@@ -371,7 +463,7 @@ class FleetDB:
         with self._write() as c:
             return self._insert_deployment(c, artifact, {d: None for d in devices}, expires_at, block_size, now)
 
-    def _insert_deployment(self, c: sqlite3.Connection, artifact: StoredArtifact, targets: dict[str, str | None],
+    def _insert_deployment(self, c: Conn, artifact: StoredArtifact, targets: dict[str, str | None],
                            expires_at: float, block_size: int, now: float, *, kind: str = INSTALL,
                            rollout: str | None = None) -> tuple[str, list[JobRow], list[str]]:
         """Inside a write transaction: the deployment row and one job per device of ``targets``
@@ -437,12 +529,12 @@ class FleetDB:
             "SELECT state, received, reason, ts FROM job_events WHERE job=? ORDER BY id", (job_id,))]
 
     def record_progress(self, job_id: str, device: str, progress: Progress, now: float,
-                        conn: sqlite3.Connection | None = None) -> str | None:
+                        conn: Conn | None = None) -> str | None:
         """Apply a device's report to its job; returns the job's new state, or None when ignored.
 
         A finished job stays finished (a late report of a superseded job changes nothing), except that
         a device's own final word beats ``expired``: the device knows whether it runs the model."""
-        def run(c: sqlite3.Connection) -> str | None:
+        def run(c: Conn) -> str | None:
             row = c.execute("SELECT device, state, received, reason FROM jobs WHERE id=?", (job_id,)).fetchone()
             if row is None or row["device"] != device:
                 return None
@@ -461,9 +553,9 @@ class FleetDB:
         with self._write() as c:
             return run(c)
 
-    def mark_sent(self, job_id: str, now: float, conn: sqlite3.Connection | None = None) -> bool:
+    def mark_sent(self, job_id: str, now: float, conn: Conn | None = None) -> bool:
         """pending -> sent (only from pending: the device's own reports may already have moved it on)."""
-        def run(c: sqlite3.Connection) -> bool:
+        def run(c: Conn) -> bool:
             row = c.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
             if row is None or row["state"] != PENDING:
                 return False
@@ -474,11 +566,11 @@ class FleetDB:
         with self._write() as c:
             return run(c)
 
-    def add_served(self, counts: dict[str, tuple[int, int]], conn: sqlite3.Connection | None = None) -> None:
+    def add_served(self, counts: dict[str, tuple[int, int]], conn: Conn | None = None) -> None:
         """Add blocks and bytes served per job."""
         rows = [(blocks, nbytes, job) for job, (blocks, nbytes) in counts.items()]
 
-        def run(c: sqlite3.Connection) -> None:
+        def run(c: Conn) -> None:
             c.executemany("UPDATE jobs SET blocks_served = blocks_served + ?, bytes_served = bytes_served + ?"
                           " WHERE id=?", rows)
         if conn is not None:
@@ -616,12 +708,12 @@ class FleetDB:
         return dep_id, jobs, superseded
 
     def note_previous(self, job_id: str, model: tuple[str, int, str] | None,
-                      conn: sqlite3.Connection | None = None) -> None:
+                      conn: Conn | None = None) -> None:
         """The model (name, version, sha256; None: no model) a staged install's device ran when the job went
         out: what a revert goes back to."""
         args = (model[0] if model else None, model[1] if model else None, model[2] if model else None, job_id)
 
-        def run(c: sqlite3.Connection) -> None:
+        def run(c: Conn) -> None:
             c.execute("UPDATE rollout_devices SET prev_known=1, prev_name=?, prev_version=?, prev_sha256=?"
                       " WHERE job=?", args)
         if conn is not None:
@@ -630,7 +722,7 @@ class FleetDB:
             with self._write() as c:
                 run(c)
 
-    def telemetry_since(self, rollout_id: str, after_id: int, limit: int = 20000) -> list[sqlite3.Row]:
+    def telemetry_since(self, rollout_id: str, after_id: int, limit: int = 20000) -> list[Row]:
         """Telemetry rows of a rollout's devices with an id above ``after_id`` (oldest first)."""
         return self._conn().execute(
             "SELECT t.id, t.device, t.received, t.payload FROM telemetry t JOIN rollout_devices r"
@@ -638,7 +730,7 @@ class FleetDB:
             (rollout_id, after_id, limit)).fetchall()
 
     def telemetry_window(self, device: str, start: float, end: float = math.inf,
-                         max_id: int | None = None) -> list[sqlite3.Row]:
+                         max_id: int | None = None) -> list[Row]:
         """A device's telemetry received in [start, end) (with an id up to ``max_id``), oldest first."""
         return self._conn().execute(
             "SELECT id, received, payload FROM telemetry WHERE device=? AND received >= ? AND received < ?"
@@ -654,11 +746,11 @@ class FleetDB:
         return int(r[0] or 0)
 
     @staticmethod
-    def _set_state(c: sqlite3.Connection, job_id: str, state: str, received: int | None, reason: str | None,
+    def _set_state(c: Conn, job_id: str, state: str, received: int | None, reason: str | None,
                    now: float, *, sent: bool = False) -> None:
         c.execute("UPDATE jobs SET state=?, received=COALESCE(?, received), reason=?, updated=?,"
                   " sent_at=CASE WHEN ? THEN ? ELSE sent_at END WHERE id=?",
-                  (state, received, reason, now, int(sent), now, job_id))
+                  (state, received, reason, now, sent, now, job_id))
         c.execute("INSERT INTO job_events(job, state, received, reason, ts) VALUES(?,?,?,?,?)",
                   (job_id, state, received, reason, now))
 
@@ -666,30 +758,8 @@ class FleetDB:
 _JOB_COLUMNS = "j.*, d.block_size, d.rollout AS rollout"
 
 
-def _job_row(r: sqlite3.Row) -> JobRow:
+def _job_row(r: Row) -> JobRow:
     return JobRow(r["id"], r["deployment"], r["device"], r["artifact"], r["state"], r["received"], r["total"],
                   r["reason"], r["blocks_served"], r["bytes_served"], r["created"], r["updated"], r["sent_at"],
                   r["expires_at"], r["block_size"], r["kind"], r["target_sha256"],
                   r["kind"] == INSTALL and r["rollout"] is not None)
-
-
-class _Transaction:
-    """``with db._write() as conn``: BEGIN IMMEDIATE under the process's write lock; COMMIT or ROLLBACK."""
-
-    def __init__(self, conn: sqlite3.Connection, lock: threading.Lock) -> None:
-        self.conn, self.lock = conn, lock
-
-    def __enter__(self) -> sqlite3.Connection:
-        self.lock.acquire()
-        try:
-            self.conn.execute("BEGIN IMMEDIATE")
-        except BaseException:
-            self.lock.release()
-            raise
-        return self.conn
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        try:
-            self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
-        finally:
-            self.lock.release()
