@@ -62,11 +62,13 @@ def register(subparsers: Any) -> None:
                          description="Run N simulated devices that speak the real protocol: each starts serving "
                                      "a built-in version-1 model (sim-model), publishes status and telemetry, "
                                      "takes OTA jobs, reverts and confirms through the agent's own update code. "
-                                     "Runs until interrupted (or --duration); reconnects with backoff.")
+                                     "Runs until interrupted (or --duration); reconnects with backoff. With "
+                                     "several --broker, device i starts on broker i mod B and fails over to "
+                                     "the next.")
     add_broker_args(sim)
     sim.add_argument("--devices", type=int, required=True, metavar="N", help="how many devices")
-    sim.add_argument("--processes", type=int, default=1, metavar="K",
-                     help="spread the devices over K processes (default 1; a few hundred devices per process)")
+    sim.add_argument("--processes", default="auto", metavar="K",
+                     help="spread the devices over K processes (default auto: one per 800 devices, rounded up)")
     sim.add_argument("--id-prefix", default="sim-", metavar="P",
                      help="device ids are P00000, P00001, ... (default sim-); another prefix for another run")
     sim.add_argument("--tags", nargs="+", default=[], metavar="T", help="tags every device reports (site:x hw:y)")

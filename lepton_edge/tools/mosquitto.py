@@ -142,7 +142,8 @@ class Broker:
         self.proc: subprocess.Popen | None = None
         lines = ["per_listener_settings false", f"allow_anonymous {'false' if users else 'true'}",
                  f"log_dest file {self.log_path}", "log_type error", "log_type warning", "log_type notice",
-                 "log_type information", "connection_messages true", "log_timestamp true"]
+                 "log_type information", "connection_messages true", "log_timestamp true",
+                 "max_connections -1"]  # no limit but the process's open files (raised to the hard limit)
         if os.geteuid() == 0:
             lines.append("user root")  # stay root, or the dropped user cannot read files in pytest's 0700 dirs
         if users:
@@ -181,7 +182,8 @@ class Broker:
     # -- process --
     def start(self, timeout: float = 10.0) -> Broker:
         self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     preexec_fn=_open_files_to_hard_limit)
         deadline = time.monotonic() + timeout
         ports = [p for p in (self.port, self.tls_port) if p]
         while time.monotonic() < deadline:
@@ -223,6 +225,17 @@ class Broker:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _open_files_to_hard_limit() -> None:
+    """In the broker's process before exec: one socket per client, so as many open files as allowed."""
+    import resource
+
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError):
+        pass
 
 
 def _auth(user: str | None, password: str | None) -> str:

@@ -39,7 +39,6 @@ from lepton_edge.mqtt import (
     BrokerConfig,
     DeviceTopics,
     ModelInfo,
-    MqttClient,
     NetworkLoop,
     OtaCommand,
     OtaJob,
@@ -52,6 +51,7 @@ from lepton_edge.mqtt import (
     Will,
     offline_will_payload,
 )
+from lepton_edge.tools.devsim.acks import AckCountingClient
 from lepton_edge.tools.devsim.eventlog import EventLog
 from lepton_edge.tools.devsim.slots import FACTORY_MODEL, SlotModel, Slots
 from lepton_edge.tools.devsim.workload import Workload
@@ -113,9 +113,9 @@ class SimDevice:
         self._tick: TimerHandle | None = None
         self._started = time.monotonic()
         self._rng = random.Random(device_id)
-        self.client = MqttClient(broker, device_id,
-                                 will=Will(self.topics.status, offline_will_payload(), qos=1, retain=True),
-                                 session=options.session, loop=loop, on_connect=self._on_connect)
+        self.client = AckCountingClient(broker, device_id, counted_topic=self.topics.telemetry,
+                                        will=Will(self.topics.status, offline_will_payload(), qos=1, retain=True),
+                                        session=options.session, loop=loop, on_connect=self._on_connect)
         ota = OtaOptions(window=options.window, block_size=options.block_size,
                          request_timeout_s=options.request_timeout_s, progress_interval_s=options.progress_interval_s,
                          block_delay_s=options.block_delay_s)
@@ -155,6 +155,18 @@ class SimDevice:
     @property
     def state(self) -> str | None:
         return self.progress_log[-1].state if self.progress_log else None
+
+    @property
+    def telemetry_acked(self) -> int:
+        """Telemetry messages the broker acknowledged (PUBACK at QoS 1)."""
+        return self.client.acked
+
+    def stop_telemetry(self) -> None:
+        """No more telemetry (the fleet lets what is in flight be acknowledged before disconnecting)."""
+        def cancel() -> None:
+            if self._telemetry_timer is not None:
+                self._telemetry_timer.cancel()
+        self.client.loop.call_soon(cancel)
 
     @property
     def requests_sent(self) -> int:

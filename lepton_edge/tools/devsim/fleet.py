@@ -68,6 +68,18 @@ def plan_fleet(devices: int, processes: int, *, fail_rate: float = 0.0, slow_rat
 Tags = Sequence[str] | Callable[[int], Sequence[str]]
 
 
+def spread(broker: BrokerConfig | Sequence[BrokerConfig], i: int) -> BrokerConfig:
+    """Device ``i``'s broker: a list of brokers rotated to start at broker ``i mod B`` (the client fails over
+    to the next ones in turn), or ``broker[i mod B]`` of a sequence of configs."""
+    if isinstance(broker, BrokerConfig):
+        rotated: Callable[[int], BrokerConfig] | None = getattr(broker, "rotated", None)
+        several = bool(getattr(broker, "more", None))  # a BrokerConfig that lists several brokers
+        return rotated(i) if rotated is not None and several else broker
+    if not broker:
+        raise BadInput("no broker to connect to")
+    return broker[i % len(broker)]
+
+
 class SimFleet:
     """``count`` devices numbered ``start .. start + count - 1`` on one network loop.
 
@@ -76,9 +88,13 @@ class SimFleet:
     of their inferences fail after one. ``tags`` are every device's, or a function of the device
     number. ``telemetry_interval_s`` overrides the options'. ``log_dir``: the devices' JSONL event log
     (:mod:`~lepton_edge.tools.devsim.eventlog`), one file named ``log_name`` (default ``<prefix><start>``).
+    With several brokers (a :class:`BrokerConfig` list, or a sequence of configs) device ``i`` starts on
+    broker ``i mod B`` (:func:`spread`: round-robin by device number, so a fleet split over processes is
+    spread the same way).
     """
 
-    def __init__(self, broker: BrokerConfig, count: int, *, prefix: str = "sim-", start: int = 0,
+    def __init__(self, broker: BrokerConfig | Sequence[BrokerConfig], count: int, *, prefix: str = "sim-",
+                 start: int = 0,
                  options: SimOptions = FLEET_OPTIONS, fail: Collection[int] = (), slow: Collection[int] = (),
                  slow_factor: float = 3.0, erroring: Collection[int] = (), error_fraction: float = 0.2,
                  tags: Tags = (), telemetry_interval_s: float | None = None, log_dir: Path | None = None,
@@ -94,7 +110,8 @@ class SimFleet:
                            slow_factor=slow_factor if i in slow else options.slow_factor,
                            error_fraction=error_fraction if i in erroring else options.error_fraction,
                            tags=tuple(tags(i) if callable(tags) else tags) or options.tags)
-            self.devices.append(SimDevice(device_id(prefix, i, digits), broker, opts, self.loop, log=self.log))
+            self.devices.append(SimDevice(device_id(prefix, i, digits), spread(broker, i), opts, self.loop,
+                                          log=self.log))
         self.by_id = {d.id: d for d in self.devices}
 
     @property
@@ -118,8 +135,14 @@ class SimFleet:
                     d.send_telemetry()
         self.loop.call_soon(go)
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Every device says offline and disconnects (several at a time), then the loop stops."""
+    def stop(self, timeout: float = 5.0, drain_s: float = 5.0) -> None:
+        """Telemetry stops and what is in flight gets up to ``drain_s`` to be acknowledged; then every device
+        says offline and disconnects (several at a time), and the loop stops."""
+        for d in self.devices:
+            d.stop_telemetry()
+        deadline = time.monotonic() + drain_s
+        while time.monotonic() < deadline and self._unacked() > 0:
+            time.sleep(0.05)
         with ThreadPoolExecutor(max_workers=16) as pool:
             list(pool.map(lambda d: d.stop(timeout), self.devices))
         self.loop.stop()
@@ -139,8 +162,18 @@ class SimFleet:
         return {"devices": len(self.devices), "connected": sum(d.client.connected for d in self.devices),
                 "models": dict(models), "ota": dict(states), **self.summary()}
 
+    def _unacked(self) -> int:
+        """QoS 1 messages still awaiting their PUBACK on connected devices (an offline one would wait forever)."""
+        total = 0
+        for d in self.devices:
+            if d.client.connected:
+                s = d.client.stats()
+                total += int(s["inflight"]) + int(s["queued"])
+        return total
+
     def summary(self) -> dict[str, Any]:
         stats = [d.client.stats() for d in self.devices]
         return {"devices": len(self.devices), "telemetry_sent": sum(d.telemetry_sent for d in self.devices),
+                "telemetry_acked": sum(d.telemetry_acked for d in self.devices),
                 "dropped": sum(int(s["dropped"]) for s in stats), "connects": sum(int(s["connects"]) for s in stats),
                 "outstanding": sum(int(s["inflight"]) + int(s["queued"]) for s in stats)}

@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
@@ -33,16 +34,32 @@ from lepton_edge.console import render_table
 from lepton_edge.errors import BadInput, CheckFailed
 from lepton_edge.mqtt import MAX_TAGS, BrokerConfig, check_name, valid_tag
 from lepton_edge.tools.devsim.fleet import FLEET_OPTIONS, FleetPlan, SimFleet, device_id, plan_fleet
+from lepton_edge.tools.devsim.limits import SPARE_FDS, raise_open_files, sockets_allowed
 
 MAX_DEVICES, MAX_PROCESSES = 1_000_000, 256
+DEVICES_PER_PROCESS = 800  # --processes auto: what one network-loop thread serves with room for reconnect storms
 STOP_TIMEOUT_S = 60.0
 Snapshot = dict[str, Any]
+Brokers = BrokerConfig | Sequence[BrokerConfig]
+
+
+def auto_processes(devices: int) -> int:
+    """``--processes auto``: one process per :data:`DEVICES_PER_PROCESS` devices, rounded up."""
+    return max(1, -(-devices // DEVICES_PER_PROCESS))
 
 
 def check_args(args: argparse.Namespace) -> None:
-    """Every flag's range, as a one-line BadInput."""
+    """Every flag's range, as a one-line BadInput; resolves ``--processes auto`` to a number."""
     if not 1 <= args.devices <= MAX_DEVICES:
         raise BadInput(f"--devices must be 1 to {MAX_DEVICES}")
+    if isinstance(args.processes, str):
+        if args.processes == "auto":
+            args.processes = min(auto_processes(args.devices), MAX_PROCESSES)
+        else:
+            try:
+                args.processes = int(args.processes)
+            except ValueError:
+                raise BadInput(f"--processes {args.processes!r}: a number or auto") from None
     if not 1 <= args.processes <= min(MAX_PROCESSES, args.devices):
         raise BadInput(f"--processes must be 1 to {min(MAX_PROCESSES, args.devices)} (at most one per device)")
     for flag in ("fail_rate", "slow_rate"):
@@ -65,10 +82,26 @@ def check_args(args: argparse.Namespace) -> None:
                        else f"--tags: at most {MAX_TAGS} tags")
 
 
+def check_open_files(plan: FleetPlan) -> None:
+    """Raise this process's open-file limit (children inherit it) so the largest share fits, or say why not."""
+    most = max(share.count for share in plan.shares)
+    raise_open_files(most + SPARE_FDS)
+    if most > sockets_allowed():
+        raise BadInput(f"{most} devices in one process need {most + SPARE_FDS} open files but the limit is "
+                       f"{sockets_allowed() + SPARE_FDS} (ulimit -n): use more --processes")
+
+
+def broker_urls(args: argparse.Namespace) -> list[str]:
+    """Every ``--broker`` URL (the shared broker options keep the list in ``args.brokers``)."""
+    return list(getattr(args, "brokers", None) or [args.broker])
+
+
 def child_argv(args: argparse.Namespace, shard: int) -> list[str]:
     """The command line of the child that runs ``shard``: the parent's flags, one process's worth."""
-    argv = [sys.executable, "-m", "lepton_edge", "fleet", "simulate", "--broker", args.broker,
-            "--mqtt-version", args.mqtt_version, "--fleet", args.fleet, "--devices", str(args.devices),
+    argv = [sys.executable, "-m", "lepton_edge", "fleet", "simulate"]
+    for url in broker_urls(args):
+        argv += ["--broker", url]
+    argv += ["--mqtt-version", args.mqtt_version, "--fleet", args.fleet, "--devices", str(args.devices),
             "--processes", str(args.processes), "--id-prefix", args.id_prefix, "--fail-rate", repr(args.fail_rate),
             "--slow-rate", repr(args.slow_rate), "--slow-factor", repr(args.slow_factor), "--seed", str(args.seed),
             "--telemetry-interval", repr(args.telemetry_interval), "--shard", str(shard)]
@@ -94,7 +127,7 @@ def load_keys(paths: list[str]) -> tuple[Any, ...]:
     return tuple(keys)
 
 
-def build_fleet(args: argparse.Namespace, broker: BrokerConfig, plan: FleetPlan, shard: int,
+def build_fleet(args: argparse.Namespace, broker: Brokers, plan: FleetPlan, shard: int,
                 keys: tuple[Any, ...]) -> SimFleet:
     share = plan.shares[shard]
     options = replace(FLEET_OPTIONS, fleet=args.fleet, trusted_keys=keys, require_signature=bool(keys),
@@ -114,7 +147,7 @@ def _stop_on_signals(stop: threading.Event) -> None:
         signal.signal(sig, lambda *_: stop.set())
 
 
-def run_shard(args: argparse.Namespace, broker: BrokerConfig, plan: FleetPlan, keys: tuple[Any, ...]) -> int:
+def run_shard(args: argparse.Namespace, broker: Brokers, plan: FleetPlan, keys: tuple[Any, ...]) -> int:
     """A child: run one share, a JSON snapshot a second on stdout, until a signal or the parent is gone."""
     _quiet_logs()
     stop = threading.Event()
@@ -188,7 +221,7 @@ class Children:
 class Local:
     """One process: the devices run here."""
 
-    def __init__(self, args: argparse.Namespace, broker: BrokerConfig, plan: FleetPlan,
+    def __init__(self, args: argparse.Namespace, broker: Brokers, plan: FleetPlan,
                  keys: tuple[Any, ...]) -> None:
         self.fleet = build_fleet(args, broker, plan, 0, keys)
         self.fleet.start()
@@ -209,11 +242,12 @@ def merge(snaps: list[Snapshot | None], devices: int) -> Snapshot:
     """The whole fleet's counts from the processes' snapshots (a process not heard from yet counts as nothing)."""
     models: Counter[str] = Counter()
     ota: Counter[str] = Counter()
-    total = {"devices": devices, "connected": 0, "telemetry_sent": 0, "connects": 0, "dropped": 0}
+    total = {"devices": devices, "connected": 0, "telemetry_sent": 0, "telemetry_acked": 0, "connects": 0,
+             "dropped": 0}
     for s in snaps:
         if s is None:
             continue
-        for key in ("connected", "telemetry_sent", "connects", "dropped"):
+        for key in ("connected", "telemetry_sent", "telemetry_acked", "connects", "dropped"):
             total[key] += int(s.get(key, 0))
         models.update(s.get("models", {}))
         ota.update(s.get("ota", {}))
@@ -238,13 +272,14 @@ def _ids(prefix: str, indices: tuple[int, ...]) -> list[str]:
     return [device_id(prefix, i) for i in indices]
 
 
-def simulate(args: argparse.Namespace, broker: BrokerConfig, out: IO[str] = sys.stdout,
+def simulate(args: argparse.Namespace, broker: Brokers, out: IO[str] = sys.stdout,
              err: IO[str] = sys.stderr) -> int:
     """The parent: plan, start the devices (here or in children), report, stop cleanly."""
     check_args(args)
     plan = plan_fleet(args.devices, args.processes, fail_rate=args.fail_rate, slow_rate=args.slow_rate,
                       seed=args.seed)
     keys = load_keys(args.trusted_key)
+    check_open_files(plan)
     if args.shard is not None:
         if not 0 <= args.shard < args.processes:
             raise BadInput(f"--shard must be 0 to {args.processes - 1}")
@@ -252,16 +287,19 @@ def simulate(args: argparse.Namespace, broker: BrokerConfig, out: IO[str] = sys.
     if not args.trusted_key:
         print("fleet simulate: no --trusted-key given: the simulated devices check no signatures", file=err, flush=True)
     _quiet_logs()
+    brokers = [broker] if isinstance(broker, BrokerConfig) else list(broker)  # display only
     failing, slow = _ids(args.id_prefix, plan.fail), _ids(args.id_prefix, plan.slow)
     first, last = device_id(args.id_prefix, 0), device_id(args.id_prefix, args.devices - 1)
     if args.json:
         _say(out, {"event": "start", "devices": args.devices, "processes": args.processes, "fleet": args.fleet,
-                   "broker": broker.display_url, "first": first, "last": last, "seed": args.seed,
+                   "broker": brokers[0].display_url, "brokers": [b.display_url for b in brokers],
+                   "first": first, "last": last, "seed": args.seed,
                    "failing": failing, "slow": slow, "slow_factor": args.slow_factor,
                    "checks_signatures": bool(args.trusted_key), "log_dir": args.log_dir})
     else:
+        where = ", ".join(b.display_url for b in brokers)
         print(f"fleet simulate: {args.devices} devices {first} .. {last} in {args.processes} process(es), fleet "
-              f"{args.fleet} on {broker.display_url}; {_listed(failing)} fail their updates, {_listed(slow)} run "
+              f"{args.fleet} on {where}; {_listed(failing)} fail their updates, {_listed(slow)} run "
               f"{args.slow_factor:g}x slower after one (seed {args.seed})", file=out, flush=True)
     stop = threading.Event()
     _stop_on_signals(stop)
@@ -304,12 +342,16 @@ def _report(args: argparse.Namespace, finals: list[Snapshot | None], elapsed: fl
         _say(out, {"event": "summary", "elapsed_s": round(elapsed, 1), **merged, "failing": failing, "slow": slow,
                    "processes": [s for s in finals if s is not None]})
         return
-    rows = [[k, s.get("devices", "?") if s else "?", s.get("connected", "?") if s else "?",
-             s.get("telemetry_sent", "?") if s else "?", s.get("connects", "?") if s else "?",
-             s.get("dropped", "?") if s else "?"] for k, s in enumerate(finals)]
+    keys = ("devices", "connected", "telemetry_sent", "telemetry_acked", "connects", "dropped")
+    rows = [[k, *(s.get(key, "?") if s else "?" for key in keys)] for k, s in enumerate(finals)]
+    if len(rows) > 1:
+        rows.append(["all", *(merged[key] for key in keys)])
     print(f"\nsimulated {args.devices} devices for {elapsed:.0f} s", file=out)
-    print(render_table(["process", "devices", "connected at stop", "telemetry sent", "connects", "dropped"], rows,
-                       align="rrrrrr"), file=out)
+    print(render_table(["process", "devices", "connected at stop", "telemetry sent", "acknowledged", "connects",
+                        "dropped"], rows, align="rrrrrrr"), file=out)
+    unacked = merged["telemetry_sent"] - merged["telemetry_acked"]
+    print(f"telemetry at QoS 1: {merged['telemetry_sent']} sent, {merged['telemetry_acked']} acknowledged by the "
+          f"broker, {unacked} not acknowledged", file=out)
     print("serving: " + (", ".join(f"{n} {name}" for name, n in merged["models"].items()) or "-"), file=out)
     print("updates (each device's last): " + (", ".join(f"{n} {s}" for s, n in merged["ota"].items()) or "none"),
           file=out, flush=True)
