@@ -68,13 +68,14 @@ def upload_body(artifact_dir: Path) -> dict[str, Any]:
 
 
 class Fleet:
-    """A controller with its HTTP API in this process, for one device (``DEVICE``) in ``FLEET``."""
+    """A controller with its HTTP API in this process, for one device (``DEVICE``) in ``FLEET``.
+    ``db``: what ``fleet serve --db`` takes (default: fleet.db in the store)."""
 
-    def __init__(self, tmp: Path, broker) -> None:
+    def __init__(self, tmp: Path, broker, db: str | None = None) -> None:
         self.tmp, self.broker = tmp, broker
         session = SessionOptions(clean_start=False, session_expiry_s=600, max_inflight=200, min_backoff_s=0.1,
                                  max_backoff_s=1.0)
-        self.controller = Controller(parse_broker_url(broker.url()), tmp / "ctl", None,
+        self.controller = Controller(parse_broker_url(broker.url()), tmp / "ctl", db,
                                      ControllerOptions(fleet=FLEET, session=session, housekeeping_s=0.1))
         self.controller.start()
         assert self.controller.wait_connected(5)

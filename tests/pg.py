@@ -25,6 +25,7 @@ import pytest
 PG_BIN = Path(os.environ.get("LEPTON_PG_BIN", "/usr/lib/postgresql/15/bin"))
 INSTALL = "apt-get install -y postgresql (Debian 12: PostgreSQL 15)"
 PG_USER = "lepton-pg"
+PASSWORD = "lepton-test"  # the superuser's; loopback TCP asks for it (scram-sha-256), as a real server would
 
 
 def _free_port() -> int:
@@ -59,16 +60,20 @@ class PostgresServer:
 
     def __init__(self, bin_dir: Path) -> None:
         self.bin = bin_dir
+        self.password = PASSWORD
         self.root = Path(tempfile.mkdtemp(prefix="lepton-pg-"))  # not under pytest's 0700 root-only tmp
         self.data = self.root / "data"
         self.port = _free_port()
         self._names = itertools.count()
+        pwfile = self.root / "password"
+        pwfile.write_text(PASSWORD + "\n")
         if os.geteuid() == 0:
             _as_server_user(["true"])  # makes the user when missing
             user = pwd.getpwnam(PG_USER)
-            os.chown(self.root, user.pw_uid, user.pw_gid)
-        self._run(["initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
-                   "--no-instructions", "--no-sync"])
+            for path in (self.root, pwfile):
+                os.chown(path, user.pw_uid, user.pw_gid)
+        self._run(["initdb", "-D", str(self.data), "-U", "postgres", "--auth-local=trust",
+                   "--auth-host=scram-sha-256", f"--pwfile={pwfile}", "-E", "UTF8", "--no-instructions", "--no-sync"])
         opts = (f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} -c fsync=off"
                 " -c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
         self._run(["pg_ctl", "-D", str(self.data), "-l", str(self.root / "server.log"), "-o", opts,
@@ -82,8 +87,9 @@ class PostgresServer:
             raise RuntimeError(f"{' '.join(cmd)} failed: {done.stderr.strip() or done.stdout.strip()}"
                                + (f"\n{log.read_text()[-2000:]}" if log.exists() else ""))
 
-    def url(self, database: str = "postgres") -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+    def url(self, database: str = "postgres", password: str | None = PASSWORD) -> str:
+        auth = "postgres" if password is None else f"postgres:{password}"
+        return f"postgresql://{auth}@127.0.0.1:{self.port}/{database}"
 
     def create_database(self) -> str:
         import psycopg
@@ -117,5 +123,5 @@ def pg_server() -> Iterator[PostgresServer]:
 
 @pytest.fixture
 def pg_url(pg_server: PostgresServer) -> str:
-    """``postgresql://postgres@127.0.0.1:<port>/<fresh database>`` (trust authentication, no password)."""
+    """``postgresql://postgres:<PASSWORD>@127.0.0.1:<port>/<fresh database>``."""
     return pg_server.create_database()

@@ -23,11 +23,14 @@ def register(subparsers: Any) -> None:
 
     serve = sub.add_parser("serve", help="run the controller (OTA block server, telemetry ingest, HTTP API)",
                            description="Keep artifacts, send OTA jobs and serve their blocks, record devices, "
-                                       "telemetry and job progress in SQLite, and offer the HTTP API. Runs until "
-                                       "interrupted; reconnects to the broker with backoff.")
+                                       "telemetry and job progress in SQLite or PostgreSQL, and offer the HTTP "
+                                       "API. Runs until interrupted; reconnects to the broker with backoff.")
     add_broker_args(serve)
     serve.add_argument("--store", required=True, metavar="DIR", help="where artifacts (and by default the db) live")
-    serve.add_argument("--db", metavar="FILE", help="SQLite database (default DIR/fleet.db)")
+    serve.add_argument("--db", metavar="FILE|URL",
+                       help="the fleet's database: a SQLite file or sqlite:///path (default DIR/fleet.db), or "
+                            "postgresql://user[:password]@host[:port]/database (password also from PGPASSWORD; "
+                            "docs/STORE.md)")
     serve.add_argument("--http", default="127.0.0.1:8788", metavar="HOST:PORT",
                        help="HTTP API address (default 127.0.0.1:8788; port 0 picks one; a non-loopback "
                             "address requires a bearer token)")
@@ -98,6 +101,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from lepton_edge.fleet.controller import Controller, ControllerOptions
     from lepton_edge.fleet.http_api import HttpApi, parse_http_listen, resolve_token
     from lepton_edge.fleet.rollout import MAX_EXPIRES_S
+    from lepton_edge.fleet.sql import open_dialect
 
     broker = broker_from_args(args)
     listen = parse_http_listen(args.http)
@@ -111,6 +115,8 @@ def run_serve(args: argparse.Namespace) -> int:
     if store.exists() and not store.is_dir():
         raise BadInput(f"--store {store}: not a directory")
     keys = tuple(load_public_key(k) for k in args.trusted_key)
+    if args.db is not None:
+        open_dialect(args.db)  # a URL of an unknown scheme is refused before anything starts
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s fleet: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("lepton_edge.mqtt.client").setLevel(logging.WARNING)
@@ -127,7 +133,8 @@ def run_serve(args: argparse.Namespace) -> int:
     api.start()
     note = "" if token is None else (f", bearer token from {args.token_file}" if args.token_file
                                      else f", bearer token in {store / 'api.token'}")
-    print(f"fleet controller: {api.url} (fleet {args.fleet}, broker {broker.display_url}, store {store}{note})",
+    print(f"fleet controller: {api.url} (fleet {args.fleet}, broker {broker.display_url}, store {store},"
+          f" db {controller.db.dialect.describe()}{note})",
           flush=True)
     log = logging.getLogger("lepton_edge.fleet")
     last_error = None

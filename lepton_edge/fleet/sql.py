@@ -145,6 +145,9 @@ class PostgresDialect(Dialect):
                            " (or psycopg[binary])") from None
         self._psycopg = psycopg
         self.url = url
+        parts = urlsplit(url)
+        if not _port_ok(parts) and parts.netloc.rpartition("@")[2].count(":") == 1:
+            raise BadInput(f"{self.describe()}: not a usable PostgreSQL URL (bad port)")
         self.errors = (psycopg.Error,)
 
     def connect(self) -> Conn:

@@ -202,7 +202,7 @@ class _Result:
     def __init__(self, rows: list[Row], rowcount: int) -> None:
         self.rows, self.rowcount = rows, rowcount
 
-    def fetchone(self) -> Row | None:
+    def fetchone(self) -> Any:  # Row | None, as sqlite3 gives it
         return self.rows[0] if self.rows else None
 
     def fetchall(self) -> list[Row]:
