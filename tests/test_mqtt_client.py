@@ -13,7 +13,8 @@ import time
 import pytest
 
 from conftest import REPO
-from lepton_edge.mqtt import DeviceTopics, MqttClient, SessionOptions, Status, parse_broker_url
+from lepton_edge.errors import BadInput
+from lepton_edge.mqtt import DeviceTopics, MqttClient, SessionOptions, Status, Will, parse_broker_url
 from mosquitto import Broker, make_ca
 
 
@@ -191,3 +192,99 @@ def test_a_client_that_never_connects_stops_quickly_and_says_why():
     c.stop()
     assert time.monotonic() - started < 2
     assert not c.loop.running
+
+
+# --- lists of brokers ------------------------------------------------------------------------------
+
+
+def test_a_broker_list_parses_shares_its_settings_and_rotates():
+    cfg = parse_broker_url(["mqtt://a:1883", "mqtt://u:secret@b", "mqtt://[::1]:1999"], protocol="3.1.1")
+    assert [(a.host, a.port, a.username) for a in cfg.addresses] == [("a", 1883, None), ("b", 1883, "u"),
+                                                                     ("::1", 1999, None)]
+    assert cfg.display_url == "mqtt://a:1883,mqtt://u@b:1883,mqtt://[::1]:1999"
+    assert "secret" not in repr(cfg) and "secret" not in cfg.display_url
+    assert cfg.at(1).password == "secret" and cfg.at(1).protocol == "3.1.1" and not cfg.at(1).more
+    assert [a.host for a in cfg.rotated(2).addresses] == ["::1", "a", "b"]
+    assert parse_broker_url(["mqtt://a"]) == parse_broker_url("mqtt://a")  # one URL: what it always was
+    for bad, message in ((["mqtt://a", "mqtts://b"], "not a mix"), (["mqtt://a", "mqtt://a:1883"], "listed twice"),
+                         ([], "no broker"), (["mqtt://a", "http://b"], "expected mqtt://")):
+        with pytest.raises(BadInput, match=message):
+            parse_broker_url(bad)
+
+
+def test_broker_args_take_one_or_several_brokers():
+    import argparse
+
+    from lepton_edge.commands.mqtt_args import add_broker_args, broker_from_args
+
+    parser = argparse.ArgumentParser()
+    add_broker_args(parser)
+    one = parser.parse_args(["--broker", "mqtt://a:1"])
+    assert one.broker == "mqtt://a:1" and broker_from_args(one).display_url == "mqtt://a:1"
+    two = parser.parse_args(["--broker", "mqtt://a:1", "--broker", "mqtt://b:2", "--mqtt-version", "3.1.1"])
+    cfg = broker_from_args(two)
+    assert two.broker == "mqtt://a:1" and two.brokers == ["mqtt://a:1", "mqtt://b:2"]
+    assert cfg.display_url == "mqtt://a:1,mqtt://b:2" and cfg.protocol == "3.1.1"
+
+
+def test_a_list_skips_a_dead_broker_then_fails_over_keeping_subscriptions_and_the_will(tmp_path, started):
+    """The first broker of the list is down: the client connects to the second. That one dies: the client
+    goes on to the third with its subscriptions restored and its Last Will set there."""
+    fast = SessionOptions(min_backoff_s=0.05, max_backoff_s=0.2)
+    with Broker(tmp_path / "b") as b, Broker(tmp_path / "c") as c:
+        cfg = parse_broker_url(["mqtt://127.0.0.1:1", b.url(), c.url()])  # nothing listens on port 1
+        got: list[bytes] = []
+        will = Will("wills/dev", b"gone", qos=1, retain=True)
+        client = started(MqttClient(cfg, "dev", will=will, session=fast))
+        assert client.broker.port == b.port
+        client.subscribe("cmd/#", lambda topic, payload: got.append(payload))
+        b.kill()
+        assert wait_for(lambda: client.connected and client.broker.port == c.port, 10), client.last_error
+        watcher = started(MqttClient(parse_broker_url(c.url()), "watcher"))
+        wills: list[bytes] = []
+        watcher.subscribe("wills/#", lambda topic, payload: wills.append(payload))
+        assert wait_for(lambda: client.stats()["connects"] == 2)
+        time.sleep(0.3)  # the restored SUBSCRIBE is on its way
+        watcher.publish("cmd/x", b"hello", qos=1)
+        assert wait_for(lambda: got == [b"hello"]), got
+        client.loop.call_soon(lambda: client._paho.socket().close())  # a dead link, not a clean goodbye
+        assert wait_for(lambda: b"gone" in wills, 10)
+
+
+def test_connack_timeout_moves_on_from_a_broker_that_never_answers(tmp_path, started):
+    """A listener that takes the TCP connection but never answers CONNECT (a NATS node whose JetStream lost
+    quorum does that): after connack_timeout_s the client tries the next broker."""
+    import socket as _socket
+
+    mute = _socket.socket()
+    mute.bind(("127.0.0.1", 0))
+    mute.listen(4)
+    try:
+        with Broker(tmp_path) as b:
+            cfg = parse_broker_url([f"mqtt://127.0.0.1:{mute.getsockname()[1]}", b.url()])
+            client = started(MqttClient(cfg, "patient", session=SessionOptions(
+                min_backoff_s=0.05, max_backoff_s=0.2, connack_timeout_s=0.5)))
+            assert client.broker.port == b.port
+    finally:
+        mute.close()
+
+
+def test_agent_config_takes_a_broker_list_and_the_old_single_broker(tmp_path):
+    from lepton_edge.agent.config import load_config
+
+    def config(mqtt: str):
+        path = tmp_path / "agent.toml"
+        path.write_text('[device]\nid = "d1"\nfleet = "f"\nprofile = "raspberry-pi-4"\n[store]\ndir = "s"\n'
+                        f'[security]\nrequire_signature = false\n[mqtt]\n{mqtt}\n')
+        return load_config(path)
+
+    old = config('broker = "mqtt://a:1883"').mqtt
+    assert old.broker == "mqtt://a:1883" and old.brokers == ("mqtt://a:1883",)
+    new = config('brokers = ["mqtt://a:1883", "mqtt://b:1884"]\nprotocol = "3.1.1"').mqtt
+    assert new.broker == "mqtt://a:1883" and new.brokers == ("mqtt://a:1883", "mqtt://b:1884")
+    assert parse_broker_url(new.brokers, protocol=new.protocol).display_url == "mqtt://a:1883,mqtt://b:1884"
+    for bad, message in (('broker = "mqtt://a"\nbrokers = ["mqtt://b"]', "both broker and brokers"),
+                         ("brokers = []", "non-empty array"), ('brokers = ["mqtt://a", "http://b"]', "must be URLs"),
+                         ('brokers = ["mqtt://a", "mqtts://b"]', "not a mix")):
+        with pytest.raises(BadInput, match=message):
+            config(bad)

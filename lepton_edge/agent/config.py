@@ -13,7 +13,8 @@ Keys (``examples/agent.toml`` shows them all)::
                 max_body_bytes = 16777216, max_connections = 64, idle_timeout_s = 30
     [health]    latency_budget_ms = 1000, runs = 5
     [security]  require_signature = true, trusted_keys = ["signing.pub" | base64 raw key, ...]
-    [mqtt]      broker = "mqtt[s]://[user:pass@]host[:port]", ca, cert, key, client_id, keepalive = 60,
+    [mqtt]      broker = "mqtt[s]://[user:pass@]host[:port]" | brokers = ["mqtt://a:1883", "mqtt://b:1883"]
+                (a list to fail over between, in that order), ca, cert, key, client_id, keepalive = 60,
                 protocol = "5" | "3.1.1", telemetry_interval_s = 10, ota_block_size, ota_max_bytes_per_s
                 (optional; validated and kept for the OTA and telemetry client, unused by the agent itself)
 
@@ -105,7 +106,7 @@ class SecurityConfig:
 
 @dataclass(frozen=True)
 class MqttConfig:
-    broker: str
+    broker: str                   # the first broker (``broker =``, or the first of ``brokers =``)
     ca: Path | None = None
     cert: Path | None = None
     key: Path | None = None
@@ -115,6 +116,11 @@ class MqttConfig:
     telemetry_interval_s: float = 10.0
     ota_block_size: int | None = None  # None: the controller's hint
     ota_max_bytes_per_s: float = 0.0  # pace downloads on a shared link (0: no limit)
+    brokers: tuple[str, ...] = ()  # every broker, in failover order (``broker`` alone when empty)
+
+    def __post_init__(self) -> None:
+        if not self.brokers:
+            object.__setattr__(self, "brokers", (self.broker,))
 
 
 @dataclass(frozen=True)
@@ -136,7 +142,7 @@ _SECTIONS: dict[str, tuple[str, ...]] = {
     "api": ("listen", "max_body_bytes", "max_connections", "idle_timeout_s"),
     "health": ("latency_budget_ms", "runs"),
     "security": ("require_signature", "trusted_keys"),
-    "mqtt": ("broker", "ca", "cert", "key", "client_id", "keepalive", "protocol", "telemetry_interval_s",
+    "mqtt": ("broker", "brokers", "ca", "cert", "key", "client_id", "keepalive", "protocol", "telemetry_interval_s",
              "ota_block_size", "ota_max_bytes_per_s"),
 }
 _REQUIRED_SECTIONS = ("device", "store")
@@ -270,20 +276,41 @@ def _trusted_keys(r: _Reader) -> tuple[tuple[Ed25519PublicKey, ...], tuple[str, 
     return tuple(keys), tuple(sources)
 
 
+def _broker_urls(r: _Reader) -> tuple[str, ...]:
+    """``broker = "url"`` or ``brokers = ["url", ...]`` (one of them), each a valid URL, one scheme."""
+    if "broker" in r.table and "brokers" in r.table:
+        raise BadInput(f"{r.path}: [mqtt] has both broker and brokers; keep one (brokers = [...] for a list)")
+    if "brokers" in r.table:
+        key, raw = "brokers", r.table["brokers"]
+        if not isinstance(raw, list) or not raw or not all(isinstance(u, str) and u.strip() for u in raw):
+            raise r.bad("brokers", 'a non-empty array of URLs, e.g. ["mqtt://a:1883", "mqtt://b:1883"]')
+        urls = tuple(raw)
+    else:
+        key, urls = "broker", (r.text("broker", required=True),)
+    for broker in urls:
+        url = urlsplit(broker)
+        if url.scheme not in ("mqtt", "mqtts") or not url.hostname:
+            what = "a URL" if key == "broker" else "URLs"
+            raise BadInput(f"{r.path}: [mqtt] {key} must be {what} mqtt://[user:pass@]host[:port] or mqtts://..., "
+                           f"got {broker!r}")
+        try:
+            url.port  # noqa: B018 - raises on a malformed port
+        except ValueError:
+            raise BadInput(f"{r.path}: [mqtt] {key}: {broker!r} needs a port from 1 to 65535") from None
+    if len({urlsplit(u).scheme for u in urls}) > 1:
+        raise BadInput(f"{r.path}: [mqtt] brokers are all mqtt:// or all mqtts://, not a mix")
+    if len(set(urls)) < len(urls):
+        raise BadInput(f"{r.path}: [mqtt] brokers lists a URL twice")
+    return urls
+
+
 def _mqtt(r: _Reader) -> MqttConfig:
-    broker = r.text("broker", required=True)
-    url = urlsplit(broker)
-    if url.scheme not in ("mqtt", "mqtts") or not url.hostname:
-        raise r.bad("broker", "a URL mqtt://[user:pass@]host[:port] or mqtts://...")
-    try:
-        url.port  # noqa: B018 - raises on a malformed port
-    except ValueError:
-        raise r.bad("broker", "a URL with a port from 1 to 65535") from None
+    brokers = _broker_urls(r)
     protocol = r.text("protocol", "5")
     if protocol not in ("5", "3.1.1"):
         raise r.bad("protocol", '"5" or "3.1.1"')
     block = r.integer("ota_block_size", 0, 0, 1 << 20)  # 0: the controller's hint
-    return MqttConfig(broker=broker, ca=r.file("ca"), cert=r.file("cert"), key=r.file("key"),
+    return MqttConfig(broker=brokers[0], brokers=brokers, ca=r.file("ca"), cert=r.file("cert"), key=r.file("key"),
                       client_id=r.text("client_id"), keepalive=r.integer("keepalive", 60, 5, 3600),
                       protocol=protocol, telemetry_interval_s=r.number("telemetry_interval_s", 10.0, 0.1, 86400.0),
                       ota_block_size=block or None,

@@ -8,6 +8,12 @@ every connect, and runs message handlers. Other threads hand work over through a
 :meth:`MqttClient.publish`, :meth:`MqttClient.subscribe` and :meth:`MqttClient.stop` are safe from
 anywhere. Handlers run on the loop thread and must be quick (pass heavy work to another thread).
 
+Given a list of brokers (:class:`BrokerConfig` ``more``) a client connects to the first that answers
+and, when it loses the broker or cannot reach it, moves to the next one round robin: within a round
+every attempt waits ``min_backoff_s``, and the wait doubles after each round that found no broker. It
+stays on a broker that works (no going back to the first). The session settings (client id, clean
+start, Last Will, subscriptions, QoS 1 messages not yet acknowledged) go with it to the next broker.
+
 One loop can own many clients (the device simulator runs hundreds in one thread); by default each
 client makes and owns its own loop. The TCP connect and TLS handshake of a (re)connection block
 the loop for at most ``SessionOptions.connect_timeout_s``.
@@ -44,15 +50,11 @@ def make_paho_client(config: BrokerConfig, client_id: str, *, will: Will | None 
     drives it). MQTT 5 by default, 3.1.1 by ``config.protocol``; callbacks use API version 2."""
     import paho.mqtt.client as paho
     from paho.mqtt.enums import CallbackAPIVersion
-    from paho.mqtt.packettypes import PacketTypes
-    from paho.mqtt.properties import Properties
 
     v5 = config.protocol == "5"
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                          protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
                          clean_session=None if v5 else session.clean_start)
-    if config.username is not None:
-        client.username_pw_set(config.username, config.password)
     if config.tls:
         client.tls_set_context(tls_context(config))
     if will is not None:
@@ -61,16 +63,24 @@ def make_paho_client(config: BrokerConfig, client_id: str, *, will: Will | None 
     client.max_inflight_messages_set(session.max_inflight)
     client.max_queued_messages_set(session.max_queued)
     client.connect_timeout = session.connect_timeout_s
-    properties = None
-    if v5:
+    point_paho_client(client, config.at(0), session)
+    return client
+
+
+def point_paho_client(client: Any, broker: BrokerConfig, session: SessionOptions) -> None:
+    """Aim a disconnected paho client at ``broker`` (one broker of a list): host, port, credentials."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    client.username_pw_set(broker.username, broker.password)
+    if broker.protocol == "5":
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         if session.session_expiry_s:
             properties.SessionExpiryInterval = session.session_expiry_s
-        client.connect_async(config.host, config.port, config.keepalive, clean_start=session.clean_start,
+        client.connect_async(broker.host, broker.port, broker.keepalive, clean_start=session.clean_start,
                              properties=properties)
     else:
-        client.connect_async(config.host, config.port, config.keepalive)
-    return client
+        client.connect_async(broker.host, broker.port, broker.keepalive)
 
 
 class TimerHandle:
@@ -244,8 +254,10 @@ class NetworkLoop:
 
 
 class MqttClient:
-    """A connection that keeps itself up: backoff with jitter, subscriptions restored, Last Will.
+    """A connection that keeps itself up: backoff with jitter, failover over a list of brokers,
+    subscriptions restored, Last Will.
 
+    ``config`` is the whole list; :attr:`broker` is the broker in use (or being tried).
     ``on_connect()`` and ``on_disconnect(reason)`` run on the loop thread after each change.
     """
 
@@ -274,7 +286,10 @@ class MqttClient:
         self._closed = threading.Event()
         self._closing = False
         self._retry: TimerHandle | None = None
-        self._backoff: float | None = None
+        self._connack: TimerHandle | None = None
+        self._index = 0       # the broker in use (or being tried) in config's list
+        self._attempts = 0    # failed attempts since the last successful connect
+        self._last_connected: int | None = None
         self._refused = False
         self._rng = random.Random()
         self._outstanding: set[int] = set()
@@ -290,6 +305,11 @@ class MqttClient:
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    @property
+    def broker(self) -> BrokerConfig:
+        """The broker in use, or the one being tried (one entry of :attr:`config`)."""
+        return self.config.at(self._index)
 
     @property
     def loop(self) -> NetworkLoop:
@@ -354,24 +374,51 @@ class MqttClient:
         try:
             self._paho.reconnect()
         except (OSError, ValueError) as exc:  # refused, unreachable, TLS failure, timeout
-            self.last_error = f"cannot connect to {self.config.display_url}: {_describe(exc)}"
+            self.last_error = f"cannot connect to {self.broker.display_url}: {_describe(exc)}"
             self._schedule_reconnect()
+            return
+        self._connack = self._loop.call_later(self.session.connack_timeout_s, self._connack_expired)
+
+    def _connack_expired(self) -> None:
+        """A broker that took the TCP connection but never answered CONNECT (e.g. a NATS node whose
+        JetStream lost its quorum): give up on it, try the next."""
+        self._connack = None
+        sock = self._paho.socket()
+        if self._closing or self._connected.is_set() or sock is None:
+            return
+        self.last_error = (f"broker {self.broker.display_url} did not answer CONNECT within "
+                           f"{self.session.connack_timeout_s:g} s")
+        self._paho._sock_close()  # paho has no public "abandon this attempt"; closing calls _on_socket_close
+        self._schedule_reconnect()
 
     def _schedule_reconnect(self) -> None:
+        if self._connack is not None:
+            self._connack.cancel()
+            self._connack = None
         if self._closing or self._retry is not None:
             return
-        s = self.session
-        self._backoff = s.min_backoff_s if self._backoff is None else min(self._backoff * 2, s.max_backoff_s)
-        self._retry = self._loop.call_later(self._backoff * self._rng.uniform(0.8, 1.2), self._connect_now)
+        s, count = self.session, len(self.config.addresses)
+        delay = min(s.min_backoff_s * 2 ** (self._attempts // count), s.max_backoff_s)
+        self._attempts += 1
+        if count > 1:  # the next broker of the list; the paho client is disconnected here
+            self._index = (self._index + 1) % count
+            point_paho_client(self._paho, self.broker, s)
+        self._retry = self._loop.call_later(delay * self._rng.uniform(0.8, 1.2), self._connect_now)
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         if reason.is_failure:
             self._refused = True
-            self.last_error = f"broker {self.config.display_url} refused the connection: {reason}"
+            self.last_error = f"broker {self.broker.display_url} refused the connection: {reason}"
             return  # the broker closes the socket: _on_disconnect schedules the retry
+        if self._connack is not None:
+            self._connack.cancel()
+            self._connack = None
         self.connects += 1
-        self._backoff = None
+        self._attempts = 0
         self.last_error = None
+        if len(self.config.addresses) > 1 and self._last_connected != self._index:
+            log.info("%s: connected to %s", self.client_id, self.broker.display_url)
+        self._last_connected = self._index
         self._connected.set()
         if self._subs:
             filters = list(self._subs)
@@ -387,11 +434,11 @@ class MqttClient:
             self._detach()
             return
         if was_connected:
-            self.last_error = f"connection to {self.config.display_url} lost: {reason}"
+            self.last_error = f"connection to {self.broker.display_url} lost: {reason}"
             if self._user_disconnect:
                 self._user_disconnect(str(reason))
         elif not self._refused:  # e.g. a TLS 1.3 server that wanted a client certificate
-            self.last_error = f"broker {self.config.display_url} closed the connection before accepting it ({reason})"
+            self.last_error = f"broker {self.broker.display_url} closed the connection before accepting it ({reason})"
         self._schedule_reconnect()
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
