@@ -74,7 +74,7 @@ class PostgresServer:
                 os.chown(path, user.pw_uid, user.pw_gid)
         self._run(["initdb", "-D", str(self.data), "-U", "postgres", "--auth-local=trust",
                    "--auth-host=scram-sha-256", f"--pwfile={pwfile}", "-E", "UTF8", "--no-instructions", "--no-sync"])
-        opts = (f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} -c fsync=off"
+        self._opts = opts = (f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} -c fsync=off"
                 " -c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
         self._run(["pg_ctl", "-D", str(self.data), "-l", str(self.root / "server.log"), "-o", opts,
                    "-w", "-t", "30", "start"])
@@ -86,6 +86,13 @@ class PostgresServer:
             log = self.root / "server.log"
             raise RuntimeError(f"{' '.join(cmd)} failed: {done.stderr.strip() or done.stdout.strip()}"
                                + (f"\n{log.read_text()[-2000:]}" if log.exists() else ""))
+
+    def restart(self) -> None:
+        """Stop (fast: every connection is dropped; committed data is kept even with synchronous_commit
+        off, unlike an immediate stop) and start again on the same port and data."""
+        self._run(["pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop"])
+        self._run(["pg_ctl", "-D", str(self.data), "-l", str(self.root / "server.log"), "-o", self._opts,
+                   "-w", "-t", "30", "start"])
 
     def url(self, database: str = "postgres", password: str | None = PASSWORD) -> str:
         auth = "postgres" if password is None else f"postgres:{password}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as paho
@@ -20,8 +21,8 @@ from fleet_helpers import FLEET, Fleet, make_artifact
 from lepton_edge.errors import BadInput
 from lepton_edge.fleet.controller import Controller, ControllerOptions
 from lepton_edge.fleet.rollout import RolloutParams, canary_size, rollout_order
-from lepton_edge.fleet.store import MIGRATIONS, FleetDB
-from lepton_edge.mqtt import DeviceTopics, ModelInfo, SessionOptions, Status, parse_broker_url
+from lepton_edge.fleet.store import MIGRATIONS, FleetDB, TelemetryRecord
+from lepton_edge.mqtt import DeviceTopics, ModelInfo, SessionOptions, Status, Telemetry, parse_broker_url
 from lepton_edge.tools.devsim import FACTORY_SHA256, SimFleet, device_id, plan_fleet
 
 pytest_plugins = ["pg"]
@@ -94,6 +95,26 @@ def test_processes_opening_at_once_migrate_once(pg_url):
                                   " WHERE table_name = 'telemetry'").fetchall())
     # SQLite's REAL and INTEGER are 8 bytes: PostgreSQL's columns must be too
     assert types["received"] == "double precision" and types["seq"] == "bigint" and types["id"] == "bigint"
+
+
+def test_a_restarted_server_costs_no_write(pg_server, pg_url):
+    """Every pooled connection breaks when PostgreSQL restarts; the next read and write use new ones."""
+    db = FleetDB(pg_url)
+    try:
+        with ThreadPoolExecutor(3) as pool:  # three connections in the pool
+            list(pool.map(lambda _: db.telemetry_count(), range(6)))
+        db.record_telemetry([TelemetryRecord("d", 1.0, Telemetry(0, 1.0), "{}")])
+        pg_server.restart()
+        db.record_telemetry([TelemetryRecord("d", 2.0, Telemetry(1, 2.0), "{}")])   # a write first
+        with ThreadPoolExecutor(3) as pool:
+            list(pool.map(lambda _: db.telemetry_count(), range(6)))
+        pg_server.restart()
+        assert db.telemetry_count() == 2                                               # a read first
+        with db.batch() as conn:
+            db.record_telemetry([TelemetryRecord("d", 3.0, Telemetry(2, 3.0), "{}")], conn=conn)
+        assert db.telemetry_count("d") == 3
+    finally:
+        db.close()
 
 
 @pytest.fixture

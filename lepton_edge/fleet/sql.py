@@ -245,6 +245,10 @@ class Conn:
             raise
         self.raw.execute(f"RELEASE SAVEPOINT {name}")
 
+    def broken(self) -> bool:
+        """The connection is closed or lost (PostgreSQL; a SQLite connection never is)."""
+        return bool(getattr(self.raw, "closed", False) or getattr(self.raw, "broken", False))
+
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.raw.close()
@@ -254,13 +258,20 @@ class Transaction:
     """``with db.batch() as conn``: a write transaction under the process's write lock; COMMIT or ROLLBACK.
     The connection goes back to its pool (PostgreSQL) afterwards."""
 
-    def __init__(self, conn: Conn, lock: threading.Lock, done: Any = None) -> None:
-        self.conn, self.lock, self.done = conn, lock, done
+    def __init__(self, conn: Conn, lock: threading.Lock, done: Any = None, reopen: Any = None) -> None:
+        self.conn, self.lock, self.done, self.reopen = conn, lock, done, reopen
 
     def __enter__(self) -> Conn:
         self.lock.acquire()
         try:
-            self.conn.raw.execute(self.conn.dialect.begin)
+            try:
+                self.conn.raw.execute(self.conn.dialect.begin)
+            except self.conn.dialect.errors:
+                if self.reopen is None or not self.conn.broken():
+                    raise
+                self.done(self.conn)  # a pooled connection the server dropped (a restart): one more try
+                self.conn = self.reopen()
+                self.conn.raw.execute(self.conn.dialect.begin)
         except BaseException:
             self.lock.release()
             if self.done is not None:

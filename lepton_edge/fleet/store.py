@@ -219,12 +219,18 @@ class _Reader:
         self.db = db
 
     def execute(self, sql: str, args: Sequence[Any] = ()) -> _Result:
-        conn = self.db._take()
-        try:
-            cur = conn.execute(sql, args)
-            return _Result(cur.fetchall() if cur.description else [], cur.rowcount)
-        finally:
-            self.db._give(conn)
+        for attempt in (1, 2):
+            conn = self.db._take() if attempt == 1 else self.db._fresh()
+            try:
+                cur = conn.execute(sql, args)
+                return _Result(cur.fetchall() if cur.description else [], cur.rowcount)
+            except self.db.dialect.errors:
+                if attempt == 2 or not conn.broken():
+                    raise
+                # a pooled connection the server dropped (a restart): once more on a new one
+            finally:
+                self.db._give(conn)
+        raise AssertionError("unreachable")
 
 
 @dataclass(frozen=True)
@@ -308,7 +314,7 @@ class FleetDB:
     def _give(self, conn: Conn) -> None:
         if self.dialect.per_thread:
             return
-        broken = conn.raw.closed or conn.raw.broken or conn.raw.info.transaction_status != 0  # 0: IDLE
+        broken = conn.broken() or conn.raw.info.transaction_status != 0  # 0: IDLE
         with self._all_lock:
             if not broken and len(self._idle) < _MAX_IDLE:
                 self._idle.append(conn)
@@ -317,12 +323,27 @@ class FleetDB:
                 self._all.remove(conn)
         conn.close()
 
+    def _fresh(self) -> Conn:
+        """A new connection, after closing the idle ones: one broken connection means the server went
+        away (a restart), and the others it had are broken too."""
+        with self._all_lock:
+            stale, self._idle = self._idle, []
+            for conn in stale:
+                self._all.remove(conn)
+        for conn in stale:
+            conn.close()
+        conn = self.dialect.connect()
+        with self._all_lock:
+            self._all.append(conn)
+        return conn
+
     def _conn(self) -> _Reader:
         """For reads: each statement runs on a free connection and returns its rows, all fetched."""
         return self._reader
 
     def _write(self) -> Transaction:
-        return Transaction(self._take(), self._write_lock, self._give)
+        return Transaction(self._take(), self._write_lock, self._give,
+                           None if self.dialect.per_thread else self._fresh)
 
     def journal_mode(self) -> str:
         """SQLite's journal mode (``wal``); ``postgresql`` for PostgreSQL."""
