@@ -80,6 +80,15 @@ def spread(broker: BrokerConfig | Sequence[BrokerConfig], i: int) -> BrokerConfi
     return broker[i % len(broker)]
 
 
+def each_broker(broker: BrokerConfig | Sequence[BrokerConfig]) -> list[BrokerConfig]:
+    """The brokers one by one (a list-of-brokers config split into one config per broker)."""
+    if not isinstance(broker, BrokerConfig):
+        return list(broker)
+    at: Callable[[int], BrokerConfig] | None = getattr(broker, "at", None)
+    count = 1 + len(getattr(broker, "more", None) or ())
+    return [at(i) for i in range(count)] if at is not None and count > 1 else [broker]
+
+
 class SimFleet:
     """``count`` devices numbered ``start .. start + count - 1`` on one network loop.
 

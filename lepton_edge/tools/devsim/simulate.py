@@ -33,7 +33,14 @@ from typing import IO, Any
 from lepton_edge.console import render_table
 from lepton_edge.errors import BadInput, CheckFailed
 from lepton_edge.mqtt import MAX_TAGS, BrokerConfig, check_name, valid_tag
-from lepton_edge.tools.devsim.fleet import FLEET_OPTIONS, FleetPlan, SimFleet, device_id, plan_fleet
+from lepton_edge.tools.devsim.fleet import (
+    FLEET_OPTIONS,
+    FleetPlan,
+    SimFleet,
+    device_id,
+    each_broker,
+    plan_fleet,
+)
 from lepton_edge.tools.devsim.limits import SPARE_FDS, raise_open_files, sockets_allowed
 
 MAX_DEVICES, MAX_PROCESSES = 1_000_000, 256
@@ -287,7 +294,7 @@ def simulate(args: argparse.Namespace, broker: Brokers, out: IO[str] = sys.stdou
     if not args.trusted_key:
         print("fleet simulate: no --trusted-key given: the simulated devices check no signatures", file=err, flush=True)
     _quiet_logs()
-    brokers = [broker] if isinstance(broker, BrokerConfig) else list(broker)  # display only
+    brokers = each_broker(broker)  # for display
     failing, slow = _ids(args.id_prefix, plan.fail), _ids(args.id_prefix, plan.slow)
     first, last = device_id(args.id_prefix, 0), device_id(args.id_prefix, args.devices - 1)
     if args.json:
