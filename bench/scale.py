@@ -223,6 +223,7 @@ def bench_one(tmp: Path, devices: int, window: float, interval: float, log: IO[s
             sim = None
             stored, distinct = controller.settle()
             result.update(sent=int(summary["telemetry_sent"]), acked=int(summary["telemetry_acked"]),
+                          connects=int(summary["connects"]), processes=len(summary["processes"]),
                           stored=stored, duplicates=stored - distinct, lost=int(summary["telemetry_sent"]) - distinct)
             return result
         finally:
@@ -280,7 +281,8 @@ def main() -> int:
           "controller CPU: fleet serve's user+system time in the window, % of one core")
     for r in results:
         extra = f"; rollout ends {r['rollout']['ends']}" if r["rollout"] else ""
-        print(f"  {r['devices']:,} devices: connected in {r['connect_s']} s; telemetry sent {r['sent']:,}, "
+        print(f"  {r['devices']:,} devices in {r['processes']} simulator processes: connected in {r['connect_s']} s "
+              f"({r['connects']:,} connects); telemetry sent {r['sent']:,}, "
               f"acknowledged by the broker {r['acked']:,}, rows {r['stored']:,} ({r['duplicates']} duplicates)"
               f"{extra}")
     return 0

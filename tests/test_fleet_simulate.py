@@ -432,3 +432,30 @@ def test_too_few_open_files_for_a_process_share_is_a_one_line_error():
                           timeout=60, preexec_fn=low_limit)
     line = assert_one_line_error(proc, 2)
     assert "open files" in line and "--processes" in line
+
+
+def test_devices_on_a_broker_that_dies_fail_over_to_the_next(tmp_path, broker, fleet, simulator):
+    """Two brokers, device i starting on broker i mod 2; broker B is killed: its devices go on through
+    broker A (the next in their list), where the controller sees them online and their telemetry again."""
+    from lepton_edge.tools.mosquitto import Broker
+
+    devices = sorted(ids("fo-", 10))
+    even, odd = devices[0::2], devices[1::2]
+    with Broker(tmp_path / "b") as other:
+        sim = simulator(broker, "--broker", other.url(), "--fleet", FLEET, "--devices", 10, "--processes", 2,
+                        "--id-prefix", "fo-", "--telemetry-interval", 0.2)
+        assert sim.wait_progress(lambda e: e["connected"] == 10)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not all(fleet.controller.is_online(d) for d in even):
+            time.sleep(0.05)
+        assert all(fleet.controller.is_online(d) for d in even)
+        assert not any(fleet.controller.db.telemetry_count(d) for d in odd)  # they are on broker B
+        other.kill()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not all(fleet.controller.db.telemetry_count(d) >= 3 for d in odd):
+        time.sleep(0.1)
+    assert all(fleet.controller.is_online(d) for d in devices)
+    assert all(fleet.controller.db.telemetry_count(d) >= 3 for d in odd)
+    code, lines, err = sim.stop()
+    assert code == 0, err
+    assert lines[-1]["connects"] == 10 + len(odd)  # broker B's devices connected twice, the others once

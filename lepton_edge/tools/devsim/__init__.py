@@ -10,8 +10,9 @@
 * :mod:`.simulate`: ``lepton-edge fleet simulate``, a fleet over several processes;
 * ``python -m lepton_edge.tools.devsim``: the benchmarks' driver (``--control``).
 
-Hundreds of devices share one :class:`~lepton_edge.mqtt.NetworkLoop` thread; for thousands use
-several processes (``fleet simulate --processes K``).
+Hundreds of devices share one :class:`~lepton_edge.mqtt.NetworkLoop` thread; ``fleet simulate`` spreads
+thousands over processes (``--processes auto``: one per 800 devices) and raises each process's open-file
+limit (:mod:`.limits`); :mod:`.acks` counts the telemetry the broker acknowledged.
 """
 
 from lepton_edge.tools.devsim.device import SimDevice, SimOptions
