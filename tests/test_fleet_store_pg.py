@@ -6,6 +6,10 @@ rollout that aborts in its canary and reverts, and poison records that cost only
 
 from __future__ import annotations
 
+import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -16,8 +20,8 @@ import psycopg
 import pytest
 
 import test_fleet_ingest as ingest
-from conftest import assert_one_line_error, run_cli
-from fleet_helpers import FLEET, Fleet, make_artifact
+from conftest import REPO, assert_one_line_error, run_cli
+from fleet_helpers import FLEET, Fleet, api, make_artifact
 from lepton_edge.errors import BadInput
 from lepton_edge.fleet.controller import Controller, ControllerOptions
 from lepton_edge.fleet.rollout import RolloutParams, canary_size, rollout_order
@@ -56,6 +60,30 @@ def test_serve_refuses_a_database_it_cannot_use_in_one_line(tmp_path, pg_server)
         line = assert_one_line_error(proc, 2)
         assert expected in line, line
         assert password not in line and "not-the-password" not in line  # the URL is shown without it
+
+
+def test_serve_runs_on_postgresql_and_shows_the_url_without_its_password(tmp_path, broker, pg_url):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lepton_edge", "fleet", "serve", "--broker", broker.url(), "--store",
+         str(tmp_path / "store"), "--db", pg_url, "--http", "127.0.0.1:0"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        m = re.search(r"(http://127\.0\.0\.1:\d+)", line)
+        assert m, (line, proc.stderr.read() if proc.poll() is not None else "")
+        parts = urlsplit(pg_url)
+        assert f"db postgresql://postgres@127.0.0.1:{parts.port}{parts.path}" in line
+        assert parts.password not in line
+        status, health = api(m.group(1), "GET", "/v1/health")
+        assert status == 200 and health["ok"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+    assert proc.returncode == 0
+    with psycopg.connect(pg_url) as conn:  # the controller made its tables there, not in a fleet.db
+        assert conn.execute("SELECT COUNT(*) FROM schema_migrations").fetchone()[0] == len(MIGRATIONS)
+    assert not (tmp_path / "store" / "fleet.db").exists()
 
 
 def test_the_password_comes_from_the_url_or_pgpassword(pg_url, monkeypatch):
