@@ -22,7 +22,17 @@ from pathlib import Path
 
 import pytest
 
-PG_BIN = Path(os.environ.get("LEPTON_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+def _pg_bin() -> Path:
+    """LEPTON_PG_BIN, else Debian's newest /usr/lib/postgresql/<major>/bin (15 on Debian 12)."""
+    if os.environ.get("LEPTON_PG_BIN"):
+        return Path(os.environ["LEPTON_PG_BIN"])
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parent.parent.name)
+                   if p.parent.parent.name.isdigit() else 0)
+    return found[-1].parent if found else Path("/usr/lib/postgresql/15/bin")
+
+
+PG_BIN = _pg_bin()
 INSTALL = "apt-get install -y postgresql (Debian 12: PostgreSQL 15)"
 PG_USER = "lepton-pg"
 PASSWORD = "lepton-test"  # the superuser's; loopback TCP asks for it (scram-sha-256), as a real server would
