@@ -296,7 +296,8 @@ class MqttClient:
         self._handover = 0
         self._count_lock = threading.Lock()
         self.last_error: str | None = None
-        self.refused_subscriptions: list[str] = []
+        self.refused_subscriptions: list[str] = []  # filters the broker refused last time (retried)
+        self._sub_retries: dict[str, int] = {}
         self.connects = 0
         self.published = 0
         self.dropped = 0
@@ -455,7 +456,10 @@ class MqttClient:
     def _filter_levels(self, topic_filter: str) -> list[str]:
         levels = self._split_filters.get(topic_filter)
         if levels is None:
-            levels = self._split_filters[topic_filter] = topic_filter.split("/")
+            levels = topic_filter.split("/")
+            if levels[0] == "$share" and len(levels) > 2:  # $share/<group>/<filter>: messages come on <filter>
+                levels = levels[2:]
+            self._split_filters[topic_filter] = levels
         return levels
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
@@ -465,10 +469,25 @@ class MqttClient:
     def _on_subscribe(self, client: Any, userdata: Any, mid: int, reasons: Any, properties: Any) -> None:
         filters = self._sub_mids.pop(mid, [])
         for topic_filter, code in zip(filters, reasons, strict=False):
-            if code.is_failure:
+            if not code.is_failure:
+                self._sub_retries.pop(topic_filter, None)
+                if topic_filter in self.refused_subscriptions:
+                    self.refused_subscriptions.remove(topic_filter)
+                continue
+            if topic_filter not in self.refused_subscriptions:
                 self.refused_subscriptions.append(topic_filter)
-                self.last_error = f"broker refused the subscription to {topic_filter}: {code}"
-                log.warning("%s: %s", self.client_id, self.last_error)
+            self.last_error = f"broker refused the subscription to {topic_filter}: {code}"
+            log.warning("%s: %s", self.client_id, self.last_error)
+            # Retried with backoff: a refusal may pass (a NATS node refuses while JetStream elects leaders).
+            tries = self._sub_retries.get(topic_filter, 0)
+            self._sub_retries[topic_filter] = tries + 1
+            delay = min(max(1.0, self.session.min_backoff_s) * 2 ** tries, max(1.0, self.session.max_backoff_s))
+            self._loop.call_later(delay * self._rng.uniform(0.8, 1.2), self._resubscribe, topic_filter)
+
+    def _resubscribe(self, topic_filter: str) -> None:
+        if topic_filter in self._subs and self._connected.is_set() and not self._closing:
+            _result, mid = self._paho.subscribe(topic_filter, self._subs[topic_filter][0])
+            self._sub_mids[mid] = [topic_filter]
 
     def _on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
         try:  # small packets (PUBACKs, block requests) must not wait for Nagle and delayed ACKs

@@ -1,0 +1,201 @@
+"""A private NATS cluster with MQTT: N ``nats-server`` nodes on free loopback ports, for tests and trials.
+
+Host-side: a real fleet runs its own cluster (docs/BROKERS.md has the production configuration).
+
+    with NatsCluster(tmp_path) as cluster:       # three nodes, JetStream, an MQTT listener each
+        cluster.urls()                           # ["mqtt://127.0.0.1:P1", "mqtt://127.0.0.1:P2", ...]
+        cluster.nodes[0].kill()                  # SIGKILL one node; .start() brings it back
+
+Each node has its own ``server_name``, JetStream store directory, client, cluster-route, monitoring
+and MQTT ports; the routes list the other nodes. JetStream keeps the MQTT sessions, retained messages
+and QoS 1 state, replicated on every node (``stream_replicas``: left to itself, NATS picks the
+replica count from the peers it knows when the first MQTT client connects, and a stream on two
+replicas stops when one of them dies). ``max_payload`` is raised to 2 MiB: NATS's default of
+1 MB is smaller than an OTA block of 1 MiB plus its header. NATS speaks MQTT 3.1.1 only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+from lepton_edge.errors import LeptonError
+from lepton_edge.tools.mosquitto import _accepts, free_port
+
+NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
+INSTALL = "apt-get install -y nats-server (or make setup)"
+MAX_PAYLOAD = 2 * 1024 * 1024
+
+
+class NatsMissing(LeptonError):
+    """nats-server is not installed (exit 1)."""
+
+    exit_code = 1
+
+
+def require_nats() -> str:
+    if not os.access(NATS_SERVER, os.X_OK):
+        raise NatsMissing(f"nats-server is not installed ({INSTALL})")
+    return NATS_SERVER
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` different free loopback ports (held open together while picked, so none repeats)."""
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+class NatsNode:
+    """One ``nats-server`` process of a cluster, with its ports and its own store directory."""
+
+    def __init__(self, directory: Path, name: str, cluster_name: str, ports: tuple[int, int, int, int]) -> None:
+        self.name, self.cluster_name = name, cluster_name
+        self.dir = directory / name
+        self.dir.mkdir(parents=True)
+        self.client_port, self.route_port, self.http_port, self.mqtt_port = ports
+        self.log_path = self.dir / "nats.log"
+        self.conf = self.dir / "nats.conf"
+        self.proc: subprocess.Popen | None = None
+
+    def url(self, user: str | None = None, password: str | None = None) -> str:
+        auth = "" if user is None else f"{user}:{password}@" if password is not None else f"{user}@"
+        return f"mqtt://{auth}127.0.0.1:{self.mqtt_port}"
+
+    def write_config(self, peers: list[NatsNode], extra: str = "", max_payload: int | None = MAX_PAYLOAD) -> None:
+        """``max_payload=None`` keeps NATS's default (1 MB); a single node has no cluster block."""
+        routes = ", ".join(f'"nats://127.0.0.1:{p.route_port}"' for p in peers if p is not self)
+        cluster = f"""cluster {{{{
+  name: {self.cluster_name}
+  listen: 127.0.0.1:{self.route_port}
+  routes: [{routes}]
+}}}}""".replace("{{", "{").replace("}}", "}") if len(peers) > 1 else ""
+        payload = f"max_payload: {max_payload}" if max_payload else ""
+        self.conf.write_text(f"""server_name: {self.name}
+listen: 127.0.0.1:{self.client_port}
+http: 127.0.0.1:{self.http_port}
+{payload}
+jetstream {{
+  store_dir: "{self.dir / 'jetstream'}"
+  max_memory_store: 64MB
+  max_file_store: 1GB
+}}
+{cluster}
+mqtt {{
+  listen: 127.0.0.1:{self.mqtt_port}
+  stream_replicas: {len(peers)}
+}}
+{extra}
+""")
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([NATS_SERVER, "-c", str(self.conf), "-l", str(self.log_path)],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def check_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+            raise RuntimeError(f"nats-server {self.name} exited with {self.proc.returncode}: {err}{self.log()[-2000:]}")
+
+    def healthy(self) -> bool:
+        """JetStream is up on this node (its MQTT listener can keep sessions) and MQTT accepts."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/healthz", timeout=0.5) as resp:
+                ok = json.loads(resp.read() or b"{}").get("status") == "ok"
+        except (OSError, ValueError):
+            return False
+        return ok and _accepts(self.mqtt_port)
+
+    def kill(self) -> None:
+        """SIGKILL: no goodbye to clients or routes, as when a machine dies."""
+        if self.running:
+            assert self.proc is not None
+            self.proc.kill()
+            self.proc.wait(5)
+        self._close_pipes()
+
+    def stop(self) -> None:
+        if self.running:
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._close_pipes()
+
+    def _close_pipes(self) -> None:
+        if self.proc is not None and self.proc.stderr:
+            self.proc.stderr.close()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class NatsCluster:
+    """``size`` NATS nodes routed to each other on loopback, each with JetStream and MQTT; a context manager."""
+
+    def __init__(self, directory: Path, size: int = 3, *, name: str = "lepton", extra: str = "",
+                 max_payload: int | None = MAX_PAYLOAD) -> None:
+        require_nats()
+        self.dir = Path(directory) / f"nats-{free_port()}"
+        ports = free_ports(4 * size)
+        self.nodes = [NatsNode(self.dir, f"n{i + 1}", name, (ports[4 * i], ports[4 * i + 1], ports[4 * i + 2],
+                                                               ports[4 * i + 3])) for i in range(size)]
+        for node in self.nodes:
+            node.write_config(self.nodes, extra, max_payload)
+
+    def urls(self) -> list[str]:
+        """Every node's MQTT URL, node 1 first."""
+        return [n.url() for n in self.nodes]
+
+    def start(self, timeout: float = 30.0) -> NatsCluster:
+        for node in self.nodes:
+            if not node.running:
+                node.start()
+        self.wait_healthy(timeout)
+        return self
+
+    def wait_healthy(self, timeout: float = 30.0, nodes: list[NatsNode] | None = None) -> None:
+        """Until every running node (or ``nodes``) reports JetStream healthy and its MQTT port accepts."""
+        deadline = time.monotonic() + timeout
+        waiting = [n for n in (nodes or self.nodes) if n.running]
+        while waiting:
+            for node in waiting:
+                node.check_alive()
+            waiting = [n for n in waiting if not n.healthy()]
+            if waiting and time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"NATS nodes {[n.name for n in waiting]} not healthy within {timeout} s: "
+                                   + waiting[0].log()[-2000:])
+            if waiting:
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self) -> NatsCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
