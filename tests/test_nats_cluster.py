@@ -106,6 +106,24 @@ def test_a_kept_session_follows_the_client_to_another_node(shared_nats, client):
     assert wait_for(lambda: ("orders/1", b"while away") in got), got
 
 
+def test_a_clean_session_connect_on_any_node_ends_the_kept_session(shared_nats, client):
+    """MQTT 3.1.1 has no session expiry: a kept session lives in JetStream until the client id connects with
+    clean_session=True (on any node), which ends it; messages sent after that are not kept for it."""
+    n1, n2, n3 = shared_nats.urls()
+    kept = replace(FAST, clean_start=False)
+    first = client(n1, "forgetful", session=kept)
+    subscribed(first, "notes/#")
+    first.stop()
+    client(n2, "forgetful").stop()  # FAST: clean_session=True
+    client(n3, "noter").publish("notes/1", b"lost", qos=1)
+    time.sleep(0.3)
+    again = client(n1, "forgetful", session=kept, connect=False)
+    got = collect(again, "notes/#")  # as in the test above, where the kept message does arrive
+    assert again.wait_connected(15), again.last_error
+    time.sleep(1.5)
+    assert got == []
+
+
 def test_a_1mib_ota_block_passes_because_max_payload_is_raised(shared_nats, client):
     n1, _, n3 = shared_nats.urls()
     got = subscribed(client(n1, "block-sub"), "ota/blocks")
