@@ -7,6 +7,7 @@ import http.client
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,23 @@ def api(url: str, method: str, path: str, body: Any = None, token: str | None = 
         return resp.status, json.loads(raw) if raw else None
     finally:
         conn.close()
+
+
+def wait_for(what: Callable[[], Any], timeout: float, message: Any) -> Any:
+    """Poll ``what`` until it returns something true (returned); else fail with ``message`` (or its call)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = what()
+        if got:
+            return got
+        time.sleep(0.05)
+    raise AssertionError(message() if callable(message) else message)
+
+
+def upload_dir(controller: Controller, directory: Path) -> str:
+    """Upload an unsigned artifact directory straight to an in-process controller; its id."""
+    return controller.upload_artifact((directory / "manifest.json").read_bytes(), None,
+                                      (directory / "model.tflite").read_bytes())["artifact"]
 
 
 def upload_body(artifact_dir: Path) -> dict[str, Any]:

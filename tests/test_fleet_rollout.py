@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from fleet_helpers import make_artifact
+from fleet_helpers import make_artifact, upload_dir, wait_for
 from lepton_edge.errors import BadInput
 from lepton_edge.fleet.controller import Controller, ControllerOptions, NotFound
 from lepton_edge.fleet.rollout import (
@@ -197,19 +197,8 @@ def start_controller(store: Path, broker) -> Controller:
     return c
 
 
-def upload(c: Controller, directory: Path) -> str:
-    return c.upload_artifact((directory / "manifest.json").read_bytes(), None,
-                             (directory / "model.tflite").read_bytes())["artifact"]
 
 
-def wait_for(what, timeout: float, message: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = what()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise AssertionError(message)
 
 
 def wait_rollout(c: Controller, rollout_id: str, states: set[str], timeout: float = 30) -> dict:
@@ -221,7 +210,7 @@ def wait_rollout(c: Controller, rollout_id: str, states: set[str], timeout: floa
 def env(tmp_path, broker):
     """A controller, a v2 artifact uploaded, and a way to start simulated fleets (stopped at the end)."""
     c = start_controller(tmp_path / "store", broker)
-    art = upload(c, make_artifact(tmp_path / "v2", version=2, size=20_000, seed=2))
+    art = upload_dir(c, make_artifact(tmp_path / "v2", version=2, size=20_000, seed=2))
     fleets: list[SimFleet] = []
 
     def sim(count: int, **kw) -> SimFleet:
@@ -354,7 +343,7 @@ def test_an_abort_reverts_devices_in_the_middle_of_their_download(env, tmp_path)
     fast = env.sim(1, fail={0})                                        # fails at once
     slow = env.sim(3, start=1, options=replace(FLEET_OPTIONS, block_delay_s=0.3, request_timeout_s=1.0),
                    telemetry_interval_s=0.5)
-    big = upload(env.c, make_artifact(tmp_path / "big", version=3, size=300_000, seed=5))
+    big = upload_dir(env.c, make_artifact(tmp_path / "big", version=3, size=300_000, seed=5))
     params = RolloutParams(canary=4, soak_s=60, max_failures_pct=20, min_done=1)
     r = env.c.create_rollout(big, fast.ids + slow.ids, params)
     done = wait_rollout(env.c, r["rollout"], {"aborted"})

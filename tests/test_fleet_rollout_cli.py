@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import REPO, assert_one_line_error, run_cli
-from fleet_helpers import api, make_artifact
+from fleet_helpers import api, make_artifact, wait_for
 from lepton_edge.fleet.controller import Controller, ControllerOptions
 from lepton_edge.fleet.http_api import HttpApi, HttpListen
 from lepton_edge.fleet.rollout import rollout_order
@@ -28,14 +28,6 @@ FAST = SessionOptions(clean_start=False, session_expiry_s=600, max_inflight=200,
 NOWHERE = "http://127.0.0.1:9"  # bad input is refused before the controller is asked
 
 
-def wait_for(what, timeout: float, message):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = what()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise AssertionError(message() if callable(message) else message)
 
 
 @pytest.fixture

@@ -19,14 +19,13 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from conftest import REPO
-from fleet_helpers import api, make_artifact, upload_body
+from fleet_helpers import api, make_artifact, upload_body, upload_dir, wait_for
 from lepton_edge.fleet.controller import Controller, ControllerOptions
 from lepton_edge.fleet.rollout import RolloutParams, canary_size, rollout_order, wave_size
 from lepton_edge.mqtt import SessionOptions, parse_broker_url
@@ -39,14 +38,6 @@ SEED = 0
 BIG = RolloutParams(canary=10, soak_s=1.0, rate=600, growth=1.5, wave_interval_s=1.0, max_failures_pct=20)
 
 
-def wait_for(what, timeout: float, message):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = what()
-        if got:
-            return got
-        time.sleep(0.1)
-    raise AssertionError(message() if callable(message) else message)
 
 
 def waves(params: RolloutParams, order: list[str]) -> list[list[str]]:
@@ -79,9 +70,6 @@ def in_process(tmp: Path, broker) -> Controller:
     return c
 
 
-def upload(c: Controller, directory: Path) -> str:
-    return c.upload_artifact((directory / "manifest.json").read_bytes(), None,
-                             (directory / "model.tflite").read_bytes())["artifact"]
 
 
 def start_fleet(broker, n: int, c: Controller | None, **kw) -> SimFleet:
@@ -102,7 +90,7 @@ def wait_end(c: Controller, rollout_id: str, timeout: float = 60) -> dict:
 @pytest.fixture
 def big(tmp_path, broker):
     c = in_process(tmp_path, broker)
-    art = upload(c, make_artifact(tmp_path / "v2", version=2, size=20_000, seed=2))
+    art = upload_dir(c, make_artifact(tmp_path / "v2", version=2, size=20_000, seed=2))
     fleets: list[SimFleet] = []
     yield c, art, fleets
     for f in fleets:

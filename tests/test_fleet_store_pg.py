@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
@@ -21,7 +20,7 @@ import pytest
 
 import test_fleet_ingest as ingest
 from conftest import REPO, assert_one_line_error, run_cli
-from fleet_helpers import FLEET, Fleet, api, make_artifact
+from fleet_helpers import FLEET, Fleet, api, make_artifact, wait_for
 from lepton_edge.errors import BadInput
 from lepton_edge.fleet.controller import Controller, ControllerOptions
 from lepton_edge.fleet.rollout import RolloutParams, canary_size, rollout_order
@@ -35,14 +34,6 @@ FAST = SessionOptions(clean_start=False, session_expiry_s=600, max_inflight=200,
                       max_backoff_s=1.0)
 
 
-def wait_for(what, timeout: float, message):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = what()
-        if got:
-            return got
-        time.sleep(0.1)
-    raise AssertionError(message() if callable(message) else message)
 
 
 def test_serve_refuses_a_database_it_cannot_use_in_one_line(tmp_path, pg_server):
