@@ -37,9 +37,8 @@ from typing import IO, Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from lepton_edge.artifact import write_artifact_files  # noqa: E402
 from lepton_edge.console import print_json, render_table  # noqa: E402
-from lepton_edge.fsio import atomic_directory  # noqa: E402
+from lepton_edge.tools.devsim.artifact import sim_artifact  # noqa: E402
 from lepton_edge.tools.devsim.limits import raise_open_files  # noqa: E402
 from lepton_edge.tools.mosquitto import Broker  # noqa: E402
 
@@ -164,21 +163,6 @@ class Controller:
             self.proc.wait()
 
 
-def model_artifact(out: Path, size: int) -> Path:
-    """An unsigned artifact whose model is ``size`` bytes (simulated devices do not run it)."""
-    manifest = {"name": "sim-model", "version": 2, "created": "2026-01-01T00:00:00Z", "profile": "linux-sbc",
-                "runtime": "litert", "kernel_library": "xnnpack",
-                "inputs": [{"name": "x", "shape": [1, 4], "dtype": "int8", "scale": 0.1, "zero_point": 0}],
-                "outputs": [{"name": "y", "shape": [1, 2], "dtype": "int8", "scale": 0.1, "zero_point": 0}],
-                "layout": "NHWC", "arena": {"head_bytes": 0, "tail_bytes": 0, "lower_bound_bytes": 0,
-                                            "recommended_bytes": 0, "margin_bytes": 0, "total_bytes": 0,
-                                            "measured": {}},
-                "conversion": {}, "fidelity": None, "self_test": None}
-    with atomic_directory(out) as staging:
-        write_artifact_files(staging, os.urandom(size), manifest, None)
-    return out
-
-
 def rollout(controller: Controller, art: Path, devices: list[str], timeout: float) -> dict[str, Any]:
     """Deploy ``art`` to ``devices``; seconds until every job is over, and how the jobs ended."""
     uploaded = controller.api("POST", "/v1/artifacts", {
@@ -216,7 +200,7 @@ def bench_one(tmp: Path, devices: int, window: float, interval: float, log: IO[s
                 "ingest_per_s": round((rows1 - rows0) / (t1 - t0), 1),
                 "controller_cpu_percent": round(100 * (cpu1 - cpu0) / (t1 - t0), 1), "rollout": None}
             if devices >= ROLLOUT_DEVICES:
-                art = model_artifact(tmp / "model-1mb", MODEL_BYTES)
+                art = sim_artifact(tmp / "model-1mb", version=2, size=MODEL_BYTES)
                 ids = [f"{prefix}{i:05d}" for i in range(ROLLOUT_DEVICES)]
                 result["rollout"] = rollout(controller, art, ids, timeout=600)
             summary = sim.stop()

@@ -5,17 +5,16 @@ from __future__ import annotations
 import base64
 import http.client
 import json
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lepton_edge.artifact import generate_keypair, load_private_key, load_public_key, write_artifact_files
+from lepton_edge.artifact import generate_keypair, load_private_key, load_public_key
 from lepton_edge.fleet.controller import Controller, ControllerOptions
 from lepton_edge.fleet.http_api import HttpApi, HttpListen
-from lepton_edge.fsio import atomic_directory
 from lepton_edge.mqtt import SessionOptions, parse_broker_url
+from lepton_edge.tools.devsim.artifact import sim_artifact
 
 FLEET, DEVICE = "test-fleet", "test-device"
 
@@ -26,21 +25,8 @@ def keypair(directory: Path) -> tuple[Any, Any, Path]:
     return load_private_key(priv), load_public_key(pub), pub
 
 
-def make_artifact(out: Path, *, version: int = 1, size: int = 100_000, private_key=None, name: str = "sim-model",
-                  seed: int | None = None) -> Path:
-    """An artifact directory whose model is ``size`` random bytes (devices in these tests do not run it)."""
-    model = os.urandom(size) if seed is None else bytes((i * 131 + seed) % 251 for i in range(size))
-    manifest = {"name": name, "version": version, "created": "2026-01-01T00:00:00Z", "profile": "linux-sbc",
-                "runtime": "litert", "kernel_library": "xnnpack",
-                "inputs": [{"name": "x", "shape": [1, 4], "dtype": "int8", "scale": 0.1, "zero_point": 0}],
-                "outputs": [{"name": "y", "shape": [1, 2], "dtype": "int8", "scale": 0.1, "zero_point": 0}],
-                "layout": "NHWC", "arena": {"head_bytes": 0, "tail_bytes": 0, "lower_bound_bytes": 0,
-                                            "recommended_bytes": 0, "margin_bytes": 0, "total_bytes": 0,
-                                            "measured": {}},
-                "conversion": {}, "fidelity": None, "self_test": None}
-    with atomic_directory(out) as staging:
-        write_artifact_files(staging, model, manifest, private_key)
-    return out
+# An artifact directory whose model is random bytes (devices in these tests do not run it).
+make_artifact = sim_artifact
 
 
 def api(url: str, method: str, path: str, body: Any = None, token: str | None = None,
