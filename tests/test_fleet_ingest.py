@@ -62,3 +62,16 @@ def test_poison_records_cost_only_themselves(fleet, broker):
         else:
             assert devices[name]["online"] and devices[name]["model"]["version"] == 1
             assert ctl.db.telemetry_count(name) == 3
+
+
+def test_a_crowd_of_reconnects_is_one_log_line(caplog):
+    from lepton_edge.fleet.controller import PRESENCE_LINES, Controller
+
+    caplog.set_level("INFO", logger="lepton_edge.fleet")
+    Controller._log_presence([("a", True, None), ("b", False, "connection lost")], 1)
+    assert [r.getMessage() for r in caplog.records] == ["a is online", "b is offline (connection lost)"]
+    caplog.clear()
+    crowd = [(f"d{i}", i % 4 != 0, None) for i in range(PRESENCE_LINES + 80)]
+    Controller._log_presence(crowd, 75)
+    assert [r.getMessage() for r in caplog.records] == [
+        "75 device(s) came online and 25 went offline; 75 online now"]

@@ -81,6 +81,7 @@ from lepton_edge.mqtt import (
 log = logging.getLogger("lepton_edge.fleet")
 
 MAX_DEVICES_PER_DEPLOYMENT = 10000
+PRESENCE_LINES = 20  # more online/offline changes than this in one housekeeping round: one summary line
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,7 @@ class Controller:
         self._current: dict[str, str] = {}                  # device -> its unfinished job
         self._finished: collections.OrderedDict[str, int] = collections.OrderedDict()  # job -> block status
         self._online: dict[str, bool] = {}
+        self._presence: list[tuple[str, bool, str | None]] = []  # online/offline changes since the last log
         self._models: dict[str, ModelInfo | None] = {}     # device -> the model its last online status named
         self._served: dict[str, list[int]] = {}             # job -> [blocks, bytes] since the last flush
         self._fds: dict[str, int] = {}                      # artifact -> open model file (loop thread only)
@@ -364,10 +366,24 @@ class Controller:
             if status.online:
                 self._models[device] = status.model
             job = self._jobs.get(self._current.get(device, ""))
-        if was != status.online:
-            log.info("%s is %s", device, "online" if status.online else f"offline ({status.reason or 'clean'})")
+            if was != status.online:
+                self._presence.append((device, status.online, status.reason))
         if status.online and job is not None:
             self._send(job)
+
+    @staticmethod
+    def _log_presence(changes: list[tuple[str, bool, str | None]], online: int) -> None:
+        """A few devices coming or going: a line each. A crowd (a broker restart, a fleet starting):
+        one line, so that 10,000 reconnects do not bury the log (each still at debug level)."""
+        if not changes:
+            return
+        crowd = len(changes) > PRESENCE_LINES
+        for device, up, reason in changes:
+            (log.debug if crowd else log.info)("%s is %s", device, "online" if up else f"offline ({reason or 'clean'})")
+        if crowd:
+            came = sum(1 for _, up, _ in changes if up)
+            log.info("%d device(s) came online and %d went offline; %d online now", came, len(changes) - came,
+                     online)
 
     def _on_telemetry(self, device: str, parsed: tuple[Telemetry, str]) -> None:
         telemetry, text = parsed
@@ -577,6 +593,9 @@ class Controller:
     def _housekeeping(self) -> None:
         with self._lock:
             served, self._served = self._served, {}
+            presence, self._presence = self._presence, []
+            online = sum(self._online.values()) if presence else 0
+        self._log_presence(presence, online)
         if served:
             self.db.add_served({job: (b, n) for job, (b, n) in served.items()})
         expired = self.db.expire_jobs(time.time())
