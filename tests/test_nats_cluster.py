@@ -227,11 +227,15 @@ def test_clients_fail_over_and_a_deployment_finishes_when_the_controllers_node_i
         roamer = client(urls[k:] + urls[:k], "roamer")  # starts on the victim
         assert roamer.broker.port == victim.mqtt_port
         got = subscribed(roamer, "cmd/roamer")
+        # telemetry comes in from the devices on every node
+        assert wait_for(lambda: all(controller.db.telemetry_count(d) for d in fleet.ids), 15)
+        before = {d: controller.db.telemetry_count(d) for d in fleet.ids}
         victim.kill()
         assert wait_for(lambda: controller.deployment(dep)["done"], 60), controller.deployment(dep)
         states = {d["device"]: d["state"] for d in controller.deployment(dep)["devices"]}
         assert set(states.values()) == {"healthy"}, states
         assert all(d.model.version == 2 for d in fleet.devices)
+        assert wait_for(lambda: all(controller.db.telemetry_count(d) > n for d, n in before.items()), 30), before
         assert controller.mqtt.broker.port != victim.mqtt_port
         assert wait_for(lambda: roamer.connected, 30), roamer.last_error
         assert roamer.broker.port != victim.mqtt_port
