@@ -216,3 +216,21 @@ def test_status_is_retained_and_the_last_will_says_offline(fleet, broker, runnin
         assert offline and offline[0].reason == "connection lost"
     finally:
         watcher.stop()
+
+
+def test_an_agent_fails_over_to_the_next_broker_in_its_list(fleet, broker, tmp_path, signing, make_artifact):
+    with socket.socket() as s:  # a port where nothing listens
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    mqtt = f'\n[mqtt]\nbrokers = ["mqtt://127.0.0.1:{dead}", "{broker.url()}"]\nkeepalive = 10\n'
+    agent = Agent(load_config(write_config(tmp_path / "agent.toml", store=tmp_path / "store",
+                                           trusted_keys=[signing[1]], extra=mqtt)))
+    agent.start(model_path=make_artifact("kws", 1))
+    link = start_mqtt(agent, LinkOptions(telemetry_interval_s=0.2, session=FAST))
+    try:
+        assert link.client.wait_connected(10), link.client.last_error
+        assert link.client.broker.port == broker.port
+        fleet.wait_online()
+    finally:
+        link.stop()
+        agent.stop()

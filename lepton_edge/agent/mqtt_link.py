@@ -66,7 +66,7 @@ class MqttLink:
         self.agent, self.options = agent, options
         device = agent.config.device
         self.topics = DeviceTopics(device.fleet, device.id)
-        broker = parse_broker_url(cfg.broker, ca=cfg.ca, cert=cfg.cert, key=cfg.key, protocol=options.protocol,
+        broker = parse_broker_url(cfg.brokers, ca=cfg.ca, cert=cfg.cert, key=cfg.key, protocol=options.protocol,
                                   keepalive=cfg.keepalive)
         self.client = MqttClient(broker, cfg.client_id or device.id,
                                  will=Will(self.topics.status, offline_will_payload(), qos=1, retain=True),
@@ -109,7 +109,7 @@ class MqttLink:
                       latency_budget_ms=budget).to_bytes()
 
     def _on_connect(self) -> None:  # loop thread
-        log.info("MQTT: connected")
+        log.info("MQTT: connected to %s", self.client.broker.display_url)
         self.publish_status()
         self.ota.on_reconnect()
 

@@ -353,7 +353,7 @@ class Controller:
 
     # -- MQTT handlers (loop thread) --
     def _on_connect(self) -> None:
-        log.info("connected to %s", self.broker.display_url)
+        log.info("connected to %s", self.mqtt.broker.display_url)
 
     def _on_disconnect(self, reason: str) -> None:
         log.warning("lost the broker (%s); reconnecting", reason)
