@@ -233,3 +233,18 @@ def test_rollout_commands_give_up_on_an_unreachable_controller_in_bounded_time()
     line = assert_one_line_error(proc, 1)
     assert "cannot reach the controller" in line and "connection refused" in line
     assert time.monotonic() - started < 15
+
+
+def test_several_controllers_the_next_is_used_when_one_does_not_answer(env):
+    env.sim(3, prefix="multi-")
+    dead = f"http://127.0.0.1:{free_port()}"
+    proc = run_cli("deploy", env.art, "--controller", dead, "--controller", env.url, "--all", "--wait", "--json",
+                   timeout=90)
+    assert proc.returncode == 0, proc.stderr
+    assert {d["state"] for d in json.loads(proc.stdout)["devices"]} == {"healthy"}
+    listed = run_cli("rollout", "list", "--controller", dead, "--controller", env.url, "--json", timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    other = f"http://127.0.0.1:{free_port()}"
+    line = assert_one_line_error(run_cli("rollout", "list", "--controller", dead, "--controller", other,
+                                         "--connect-timeout", "1"), 1)
+    assert dead in line and other in line and "cannot reach the controller" in line

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lepton_edge.commands.controller_args import add_controller_arg, controller_urls
 from lepton_edge.commands.rollout import SHOW_DEVICES, render_rollout
 from lepton_edge.console import print_json, render_table
 
@@ -21,8 +22,7 @@ def register(subparsers: Any) -> None:
                                           "With --wait, follow until it is over or --timeout passes: exit 0 only "
                                           "when every selected device is healthy on the new model.")
     p.add_argument("outdir", metavar="OUTDIR", help="an artifact directory made by `lepton-edge convert`")
-    p.add_argument("--controller", default="http://127.0.0.1:8788", metavar="URL",
-                   help="the controller's HTTP API (default http://127.0.0.1:8788)")
+    add_controller_arg(p)
     sel = p.add_argument_group("which devices (at least one way)")
     sel.add_argument("--device", action="append", default=[], metavar="ID", help="a target device (repeatable)")
     sel.add_argument("--tag", action="append", default=[], metavar="TAG",
@@ -61,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
                                    wave_interval_s=args.wave_interval, max_failures=args.max_failures,
                                    min_done=args.min_done, max_error_rate=args.max_error_rate,
                                    max_p99_increase=args.max_p99_increase)
-    req = DeployRequest(Path(args.outdir), Targets(tuple(args.device), tuple(args.tag), args.all), args.controller,
+    targets = Targets(tuple(args.device), tuple(args.tag), args.all)
+    req = DeployRequest(Path(args.outdir), targets, controller_urls(args),
                         read_token(args.token_file), args.wait, args.timeout, args.expires, args.connect_timeout,
                         flags)
     result = deploy(req, sys.stderr)

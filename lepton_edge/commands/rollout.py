@@ -11,6 +11,7 @@ import argparse
 import time
 from typing import Any
 
+from lepton_edge.commands.controller_args import add_controller_arg, controller_urls
 from lepton_edge.console import print_json, render_table
 
 ACTIONS = {"pause": "stop releasing waves (abort criteria are still checked)",
@@ -28,8 +29,7 @@ def register(subparsers: Any) -> None:
     sub = p.add_subparsers(dest="rollout_command", metavar="SUBCOMMAND")
     sub.required = True
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--controller", default="http://127.0.0.1:8788", metavar="URL",
-                        help="the controller's HTTP API (default http://127.0.0.1:8788)")
+    add_controller_arg(common)
     common.add_argument("--token-file", metavar="FILE", help="bearer token for the controller's API")
     common.add_argument("--connect-timeout", type=float, default=10.0, metavar="S",
                         help="keep trying to reach the controller this long (default 10)")
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         from lepton_edge.errors import BadInput
 
         raise BadInput("--connect-timeout must be positive")
-    client = ControllerClient(args.controller, read_token(args.token_file), connect_wait_s=args.connect_timeout)
+    client = ControllerClient(controller_urls(args), read_token(args.token_file), connect_wait_s=args.connect_timeout)
     try:
         if args.rollout_command == "list":
             rollouts = client.rollouts()

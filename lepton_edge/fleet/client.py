@@ -86,21 +86,38 @@ def read_token(path: str | Path | None) -> str | None:
     return token
 
 
-class ControllerClient:
-    """One keep-alive connection; connection failures are retried until ``connect_wait_s`` has passed."""
+def _parse_controller(url: str) -> tuple[str, str, int]:
+    """``http://HOST:PORT`` -> (url, host, port); BadInput naming the flag otherwise."""
+    parts = urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname:
+        raise BadInput(f"--controller {url}: expected http://HOST:PORT")
+    try:
+        port = parts.port or 80
+    except ValueError:
+        raise BadInput(f"--controller {url}: bad port") from None
+    return url.rstrip("/"), parts.hostname, port
 
-    def __init__(self, url: str, token: str | None = None, *, timeout_s: float = 30.0,
+
+class ControllerClient:
+    """One keep-alive connection. Given several controller URLs (replicas, a standby), a connection
+    failure moves to the next at once; a whole round without an answer waits a little; all of it until
+    ``connect_wait_s`` has passed. The URL that answered last stays in use."""
+
+    def __init__(self, url: str | Sequence[str], token: str | None = None, *, timeout_s: float = 30.0,
                  connect_wait_s: float = 10.0) -> None:
-        parts = urlsplit(url)
-        if parts.scheme != "http" or not parts.hostname:
-            raise BadInput(f"--controller {url}: expected http://HOST:PORT")
-        try:
-            self.port = parts.port or 80
-        except ValueError:
-            raise BadInput(f"--controller {url}: bad port") from None
-        self.url, self.host, self.token = url.rstrip("/"), parts.hostname, token
+        urls = [url] if isinstance(url, str) else list(dict.fromkeys(url))
+        if not urls:
+            raise BadInput("--controller: give at least one URL")
+        self._targets = [_parse_controller(u) for u in urls]
+        self._index = 0
+        self.token = token
         self.timeout_s, self.connect_wait_s = timeout_s, connect_wait_s
         self._conn: http.client.HTTPConnection | None = None
+
+    @property
+    def url(self) -> str:
+        """The controller in use (or being tried)."""
+        return self._targets[self._index][0]
 
     def close(self) -> None:
         if self._conn is not None:
@@ -115,10 +132,12 @@ class ControllerClient:
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         deadline = time.monotonic() + (self.connect_wait_s if wait_s is None else wait_s)
+        tried = 0
         while True:
             try:
                 if self._conn is None:
-                    self._conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
+                    _url, host, port = self._targets[self._index]
+                    self._conn = http.client.HTTPConnection(host, port, timeout=self.timeout_s)
                 self._conn.request(method, path, body=data, headers=headers)
                 resp = self._conn.getresponse()
                 raw = resp.read()
@@ -131,8 +150,13 @@ class ControllerClient:
                 if time.monotonic() >= deadline:
                     reason = "connection refused" if isinstance(exc, ConnectionRefusedError) else \
                         "timed out" if isinstance(exc, socket.timeout) else str(exc) or type(exc).__name__
-                    raise Unreachable(f"cannot reach the controller at {self.url}: {reason}") from None
-                time.sleep(0.2)
+                    where = self.url if len(self._targets) == 1 else \
+                        ", ".join(t[0] for t in self._targets) + f" (last tried {self.url})"
+                    raise Unreachable(f"cannot reach the controller at {where}: {reason}") from None
+                tried += 1
+                self._index = (self._index + 1) % len(self._targets)
+                if tried % len(self._targets) == 0:
+                    time.sleep(0.2)
         try:
             obj = json.loads(raw) if raw else None
         except json.JSONDecodeError:

@@ -100,7 +100,7 @@ class RolloutFlags:
 class DeployRequest:
     artifact_dir: Path
     targets: Targets
-    controller: str
+    controller: str | tuple[str, ...]   # several: replicas or a standby, tried in turn
     token: str | None = None
     wait: bool = False
     timeout_s: float = 300.0
