@@ -185,20 +185,18 @@ def test_error_rate_and_p99_increase():
 
 # --- the driver, in a real controller with simulated devices ---------------------------------------
 
+pytest_plugins = ["pg"]  # tests/pg.py: pg_url, a fresh PostgreSQL database
+
 FAST = SessionOptions(clean_start=False, session_expiry_s=600, max_inflight=200, min_backoff_s=0.1,
                       max_backoff_s=1.0)
 
 
-def start_controller(store: Path, broker) -> Controller:
-    c = Controller(parse_broker_url(broker.url()), store, None,
+def start_controller(store: Path, broker, db: str | None = None) -> Controller:
+    c = Controller(parse_broker_url(broker.url()), store, db,
                    ControllerOptions(session=FAST, housekeeping_s=0.1, rollout_tick_s=0.1))
     c.start()
     assert c.wait_connected(5), c.mqtt.last_error
     return c
-
-
-
-
 
 
 def wait_rollout(c: Controller, rollout_id: str, states: set[str], timeout: float = 30) -> dict:
@@ -206,10 +204,16 @@ def wait_rollout(c: Controller, rollout_id: str, states: set[str], timeout: floa
                     f"rollout not {states}: {json.dumps(c.rollout(rollout_id), indent=1)[:3000]}")
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_db(request) -> str | None:
+    """The controller's database: fleet.db in its store, or a fresh PostgreSQL database (tests/pg.py)."""
+    return None if request.param == "sqlite" else request.getfixturevalue("pg_url")
+
+
 @pytest.fixture
-def env(tmp_path, broker):
-    """A controller, a v2 artifact uploaded, and a way to start simulated fleets (stopped at the end)."""
-    c = start_controller(tmp_path / "store", broker)
+def env(tmp_path, broker, store_db):
+    """A controller (on each store), a v2 artifact uploaded, and a way to start simulated fleets."""
+    c = start_controller(tmp_path / "store", broker, store_db)
     art = upload_dir(c, make_artifact(tmp_path / "v2", version=2, size=20_000, seed=2))
     fleets: list[SimFleet] = []
 
@@ -221,10 +225,11 @@ def env(tmp_path, broker):
         assert f.wait_connected(10)
         wait_for(lambda: {d["device"] for d in c.devices()} >= set(f.ids), 10, "devices not recorded")
         return f
-    yield SimpleNamespace(c=c, art=art, sim=sim, tmp=tmp_path, broker=broker)
+    ns = SimpleNamespace(c=c, art=art, sim=sim, tmp=tmp_path, broker=broker, db=store_db)
+    yield ns
     for f in fleets:
         f.stop()
-    c.stop()
+    ns.c.stop()  # a test may have restarted the controller: stop the one running now
 
 
 def device_events(tmp: Path, event: str) -> list[dict]:
@@ -330,7 +335,7 @@ def test_a_restarted_controller_carries_on_without_a_second_job(env):
     rid = env.c.create_rollout(env.art, fleet.ids, params)["rollout"]
     wait_for(lambda: env.c.rollout(rid)["summary"]["released"] >= 3, 20, "no wave after the canary")
     env.c.stop()
-    env.c = start_controller(env.tmp / "store", env.broker)
+    env.c = start_controller(env.tmp / "store", env.broker, env.db)
     done = wait_rollout(env.c, rid, {"completed"})
     assert done["summary"]["confirmed"] == 6
     jobs = [e for e in device_events(env.tmp, "job") if not e["repeat"]]

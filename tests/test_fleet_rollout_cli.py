@@ -28,8 +28,6 @@ FAST = SessionOptions(clean_start=False, session_expiry_s=600, max_inflight=200,
 NOWHERE = "http://127.0.0.1:9"  # bad input is refused before the controller is asked
 
 
-
-
 @pytest.fixture
 def env(tmp_path, broker):
     """A controller with its HTTP API, a version-2 artifact on disk, and ``sim(count, **SimFleet options)``."""

@@ -38,8 +38,6 @@ SEED = 0
 BIG = RolloutParams(canary=10, soak_s=1.0, rate=600, growth=1.5, wave_interval_s=1.0, max_failures_pct=20)
 
 
-
-
 def waves(params: RolloutParams, order: list[str]) -> list[list[str]]:
     """The devices of each wave, as the policy releases them."""
     n, c = len(order), canary_size(params, len(order))
@@ -68,8 +66,6 @@ def in_process(tmp: Path, broker) -> Controller:
     c.start()
     assert c.wait_connected(5), c.mqtt.last_error
     return c
-
-
 
 
 def start_fleet(broker, n: int, c: Controller | None, **kw) -> SimFleet:

@@ -34,8 +34,6 @@ FAST = SessionOptions(clean_start=False, session_expiry_s=600, max_inflight=200,
                       max_backoff_s=1.0)
 
 
-
-
 def test_serve_refuses_a_database_it_cannot_use_in_one_line(tmp_path, pg_server):
     closed_port = pg_server.port + 1 if pg_server.port < 65535 else pg_server.port - 1
     password = pg_server.password

@@ -511,7 +511,7 @@ class Controller:
                 first = ()
             if first is None:
                 self._ingest.task_done()
-                self._housekeeping()
+                self._safely("housekeeping", self._housekeeping)
                 return
             items = [first] if first else []
             while len(items) < 5000:
@@ -534,10 +534,19 @@ class Controller:
             now = time.monotonic()
             if now >= next_housekeeping:
                 next_housekeeping = now + self.options.housekeeping_s
-                self._housekeeping()
+                self._safely("housekeeping", self._housekeeping)
             if now >= next_prune:
                 next_prune = now + 3600
-                self.db.prune_telemetry(time.time() - self.options.retention_s)
+                self._safely("pruning old telemetry",
+                             lambda: self.db.prune_telemetry(time.time() - self.options.retention_s))
+
+    @staticmethod
+    def _safely(what: str, step: Callable[[], object]) -> None:
+        """A housekeeping step that fails (the database restarting) is logged; ingest goes on."""
+        try:
+            step()
+        except Exception as exc:
+            log.error("%s failed (%s: %s); trying again on the next round", what, type(exc).__name__, exc)
 
     def _apply(self, items: list[tuple]) -> None:
         """Write a batch in one transaction. Each record runs under its own SAVEPOINT: one that cannot
