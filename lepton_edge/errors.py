@@ -18,6 +18,7 @@ The tree (where each class lives):
   | + DeviceUnavailable           gateway/session.py
   + ApiError                      (exit 2) an HTTP status and a reason: agent/api.py, fleet/http_api.py
   + MosquittoMissing              (exit 1) tools/mosquitto.py
+  + NatsMissing                   (exit 1) tools/nats.py
   + ToolMissing                   (exit 1) firmware_build/build.py
   + BuildFailed                   (exit 1) firmware_build/build.py
   + BoardFailed                   (exit 1) firmware_build/launch.py

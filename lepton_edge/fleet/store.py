@@ -212,7 +212,7 @@ class _Result:
         return iter(self.rows)
 
 
-class _Reader:
+class _StoreReader:
     """Reads outside a transaction: each statement on a connection of the database's (autocommit)."""
 
     def __init__(self, db: FleetDB) -> None:
@@ -278,7 +278,7 @@ class FleetDB:
         self._all: list[Conn] = []      # every connection made (closed by close())
         self._idle: list[Conn] = []     # PostgreSQL: connections free for the next reader or writer
         self._all_lock = threading.Lock()
-        self._reader = _Reader(self)
+        self._reader = _StoreReader(self)
         if isinstance(self.dialect, SqliteDialect):
             try:
                 conn = self._take()
@@ -337,7 +337,7 @@ class FleetDB:
             self._all.append(conn)
         return conn
 
-    def _conn(self) -> _Reader:
+    def _conn(self) -> _StoreReader:
         """For reads: each statement runs on a free connection and returns its rows, all fetched."""
         return self._reader
 
