@@ -92,6 +92,9 @@ def test_prune_half_the_weights_with_training(digits, plain, tmp_path):
     assert len(result.chosen.model_bytes) == pytest.approx(len(plain.chosen.model_bytes), rel=0.01)
     assert result.chosen.compressed_bytes < 0.85 * plain.chosen.compressed_bytes
     assert any("does not shrink" in n for n in result.notes)
+    # A low SQNR against the model before pruning is pruning's doing: the warning says so, not "check the data".
+    sqnr_warnings = [w for w in result.warnings if "SQNR" in w]
+    assert all("pruned" in w and "range and channel order" not in w for w in sqnr_warnings), sqnr_warnings
 
 
 def test_prune_half_the_channels_with_training(digits, plain, tmp_path):
@@ -115,3 +118,13 @@ def test_max_drop_refuses_and_names_the_layers(digits, tmp_path):
     assert "one shot (no --train)" in proc.stdout
     assert "layers that lose the most" in proc.stdout
     assert not out.exists()
+
+
+def test_the_low_sqnr_hint_blames_pruning_only_when_the_model_was_pruned():
+    from lepton_edge.convert.options import Settings
+    from lepton_edge.convert.pipeline import _low_sqnr_hint
+
+    assert "pruned" in _low_sqnr_hint(Settings("int8", prune=0.5))
+    assert "pruned" in _low_sqnr_hint(Settings("int8", prune_channels=0.25))
+    plain = _low_sqnr_hint(Settings("int8"))
+    assert "pruned" not in plain and "range and channel order" in plain

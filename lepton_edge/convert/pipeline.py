@@ -158,8 +158,7 @@ def _convert_loaded(opts: ConvertOptions, profile: Profile, source: SourceModel,
     if sqnr is not None and sqnr < POOR_SQNR_DB and chosen.settings.quantize != "none":
         result.warnings.append(
             f"WARNING: SQNR {sqnr:.1f} dB (below {POOR_SQNR_DB:g} dB): the converted model departs from the float "
-            + ("one" + cause if diagnoses else "one; check the calibration data's range and channel order "
-               "(--preprocess) and the layers listed below"))
+            + ("one" + cause if diagnoses else _low_sqnr_hint(chosen.settings)))
     drop = _drop(chosen.fidelity)
     if opts.max_drop is not None and drop is not None and drop > opts.max_drop:
         metric = ("accuracy" if chosen.fidelity and chosen.fidelity.accuracy_drop is not None
@@ -346,6 +345,15 @@ def _pruned(opts: ConvertOptions, settings: Settings, keras_model: Any, flavor: 
         for rep in reports:
             rep.fine_tuned_epochs = opts.epochs
     return model, [r.to_dict() for r in reports]
+
+
+def _low_sqnr_hint(settings: Any) -> str:
+    """What to look at when SQNR is low and the data look right: pruning changes the weights, so against
+    the float model before pruning a low SQNR is expected; otherwise the data or the layers."""
+    if settings.prune or settings.prune_channels:
+        return ("one; it was pruned, and the float reference is the model before pruning, so the SQNR includes "
+                "what pruning changed: judge it by the accuracy figures")
+    return "one; check the calibration data's range and channel order (--preprocess) and the layers listed below"
 
 
 def _drop(fid: Fidelity | None) -> float | None:
