@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+# Fixture modules that test files load with pytest_plugins and also import from: rewrite their asserts.
+pytest.register_assert_rewrite("pg_fixtures", "nats_cluster_fixtures")
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED = (REPO.parent / "shared").resolve()
 MLPERF = SHARED / "models" / "mlperf-tiny"

@@ -185,7 +185,7 @@ def test_error_rate_and_p99_increase():
 
 # --- the driver, in a real controller with simulated devices ---------------------------------------
 
-pytest_plugins = ["pg"]  # tests/pg.py: pg_url, a fresh PostgreSQL database
+pytest_plugins = ["pg_fixtures"]  # tests/pg_fixtures.py: pg_url, a fresh PostgreSQL database
 
 FAST = SessionOptions(clean_start=False, session_expiry_s=600, max_inflight=200, min_backoff_s=0.1,
                       max_backoff_s=1.0)
@@ -206,7 +206,7 @@ def wait_rollout(c: Controller, rollout_id: str, states: set[str], timeout: floa
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store_db(request) -> str | None:
-    """The controller's database: fleet.db in its store, or a fresh PostgreSQL database (tests/pg.py)."""
+    """The controller's database: fleet.db in its store, or a fresh PostgreSQL database (tests/pg_fixtures.py)."""
     return None if request.param == "sqlite" else request.getfixturevalue("pg_url")
 
 

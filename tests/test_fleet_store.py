@@ -1,5 +1,5 @@
 """The controller's store: artifacts by id on disk, fleet state in SQLite (WAL) or PostgreSQL (both run
-every test that is not about one engine; the PostgreSQL server is tests/pg.py's)."""
+every test that is not about one engine; the PostgreSQL server is tests/pg_fixtures.py's)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from lepton_edge.errors import BadInput
 from lepton_edge.fleet.store import ArtifactStore, FleetDB, TelemetryRecord
 from lepton_edge.mqtt import ModelInfo, Progress, Status, Telemetry
 
-pytest_plugins = ["pg"]
+pytest_plugins = ["pg_fixtures"]
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -14,9 +14,9 @@ from lepton_edge.mqtt import MqttClient, SessionOptions, Will, parse_broker_url
 from lepton_edge.tools.devsim import FLEET_OPTIONS, SimFleet
 from lepton_edge.tools.nats import NatsCluster
 from mosquitto import Broker
-from nats import require_nats
+from nats_cluster_fixtures import require_nats
 
-pytest_plugins = ["nats"]
+pytest_plugins = ["nats_cluster_fixtures"]
 
 FAST = SessionOptions(min_backoff_s=0.1, max_backoff_s=1.0, connack_timeout_s=3.0, max_queued=1000)
 OTA_BLOCK = 1024 * 1024  # the largest OTA block a device may ask for (ota_block_size <= 1 MiB)

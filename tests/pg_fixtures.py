@@ -1,7 +1,7 @@
 """A private PostgreSQL for the tests: one server per test session (initdb into a temporary directory,
 127.0.0.1 on a free port, fsync off), a fresh database per test (fixture ``pg_url``).
 
-Use it as a pytest plugin from a test file (``pytest_plugins = ["pg"]``) until tests/conftest.py
+Use it as a pytest plugin from a test file (``pytest_plugins = ["pg_fixtures"]``) until tests/conftest.py
 has the fixtures. PostgreSQL refuses to run as root: as root the server runs as the system user
 ``lepton-pg`` (made with useradd when missing). Without the binaries the tests skip, or fail with the
 install command when LEPTON_REQUIRE_SHARED=1.

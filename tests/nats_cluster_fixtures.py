@@ -1,8 +1,8 @@
 """A real NATS cluster with MQTT for tests (``lepton_edge.tools.nats``): skipped without nats-server, or a
 failure naming the install command when LEPTON_REQUIRE_SHARED=1 (CI).
 
-Use it from a test file with ``pytest_plugins = ["nats"]`` (fixtures ``nats_cluster``, a fresh three-node
-cluster per test, and ``shared_nats``, one per module for tests that do not kill nodes)."""
+Use it from a test file with ``pytest_plugins = ["nats_cluster_fixtures"]`` (fixtures ``nats_cluster``, a
+fresh three-node cluster per test, and ``shared_nats``, one per module for tests that do not kill nodes)."""
 
 from __future__ import annotations
 
