@@ -48,6 +48,7 @@ from lepton_edge.fleet.store import (
     NotFound,
     StoredArtifact,
     TelemetryRecord,
+    unique_targets,
 )
 from lepton_edge.mqtt import (
     BLOCK_BAD_RANGE,
@@ -80,7 +81,6 @@ from lepton_edge.mqtt import (
 
 log = logging.getLogger("lepton_edge.fleet")
 
-MAX_DEVICES_PER_DEPLOYMENT = 10000
 PRESENCE_LINES = 20  # more online/offline changes than this in one housekeeping round: one summary line
 
 
@@ -226,16 +226,8 @@ class Controller:
 
     def create_deployment(self, artifact_id: str, devices: Iterable[str], expires_s: float | None = None,
                           block_size: int | None = None) -> dict[str, Any]:
-        art = self.db.artifact(artifact_id) if isinstance(artifact_id, str) else None
-        if art is None:
-            raise NotFound(f"artifact {str(artifact_id)[:80]!r}: not uploaded")
-        targets = list(dict.fromkeys(devices))
-        if not targets:
-            raise BadInput("a deployment needs at least one device")
-        if len(targets) > MAX_DEVICES_PER_DEPLOYMENT:
-            raise BadInput(f"at most {MAX_DEVICES_PER_DEPLOYMENT} devices per deployment")
-        for device in targets:
-            check_name(device, "device id")
+        art = self.db.uploaded_artifact(artifact_id)
+        targets = unique_targets(devices, "deployment")
         expires_s = self.options.default_expires_s if expires_s is None else expires_s
         if not 1 <= expires_s <= MAX_EXPIRES_S:
             raise BadInput(f"expires_s must be 1 to {MAX_EXPIRES_S} seconds")

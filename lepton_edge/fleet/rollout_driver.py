@@ -56,8 +56,7 @@ from lepton_edge.fleet.rollout import (
     settled_at,
     summarize,
 )
-from lepton_edge.fleet.store import CONFIRM, PENDING, REVERT, FleetDB, JobRow, NotFound, StoredArtifact
-from lepton_edge.mqtt import check_name
+from lepton_edge.fleet.store import CONFIRM, PENDING, REVERT, FleetDB, JobRow, NotFound, StoredArtifact, unique_targets
 
 
 class _JobOptions(Protocol):
@@ -83,7 +82,6 @@ class RolloutHost(Protocol):
 
 log = logging.getLogger("lepton_edge.fleet.rollout")
 
-MAX_DEVICES_PER_ROLLOUT = 10000
 # Rollouts a selected device must not be in already: they may still send it a job or a command.
 BUSY_STATES = frozenset(CHECKED_STATES | {FINISHING, ABORTING})
 
@@ -210,17 +208,9 @@ class RolloutDriver:
 
     # -- the API (HTTP threads) --
     def create(self, artifact_id: str, devices: list[str], params: RolloutParams) -> dict[str, Any]:
-        art = self.db.artifact(artifact_id) if isinstance(artifact_id, str) else None
-        if art is None:
-            raise NotFound(f"artifact {str(artifact_id)[:80]!r}: not uploaded")
+        art = self.db.uploaded_artifact(artifact_id)
         params.check()
-        devices = list(dict.fromkeys(devices))
-        if not devices:
-            raise BadInput("a rollout needs at least one device")
-        if len(devices) > MAX_DEVICES_PER_ROLLOUT:
-            raise BadInput(f"at most {MAX_DEVICES_PER_ROLLOUT} devices per rollout")
-        for device in devices:
-            check_name(device, "device id")
+        devices = unique_targets(devices, "rollout")
         self.controller.check_artifact_files(art)
         with self._lock:
             busy = self.db.rollouts_of(devices, BUSY_STATES)

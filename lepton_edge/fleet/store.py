@@ -41,7 +41,7 @@ from lepton_edge.artifact import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE, sha2
 from lepton_edge.errors import BadInput
 from lepton_edge.fleet.sql import Conn, Row, SqliteDialect, Transaction, open_dialect
 from lepton_edge.fsio import atomic_directory
-from lepton_edge.mqtt import TERMINAL_OTA_STATES, Progress, Status, Telemetry
+from lepton_edge.mqtt import TERMINAL_OTA_STATES, Progress, Status, Telemetry, check_name
 
 # Controller-side job states around the device's own (lepton_edge.mqtt.OTA_STATES).
 PENDING, SENT, EXPIRED, SUPERSEDED = "pending", "sent", "expired", "superseded"
@@ -55,6 +55,22 @@ EXPIRABLE_STATES = ("pending", "sent", "accepted", "downloading")
 
 class NotFound(BadInput):
     """Asked for an artifact, deployment, job or rollout the controller does not have (HTTP 404)."""
+
+
+MAX_TARGETS = 10000  # devices in one deployment or rollout
+
+
+def unique_targets(devices: Iterable[str], what: str) -> list[str]:
+    """The devices a deployment or rollout names, each once, in order; BadInput for none, too many or a
+    bad id (``what``: "deployment" or "rollout")."""
+    targets = list(dict.fromkeys(devices))
+    if not targets:
+        raise BadInput(f"a {what} needs at least one device")
+    if len(targets) > MAX_TARGETS:
+        raise BadInput(f"at most {MAX_TARGETS} devices per {what}")
+    for device in targets:
+        check_name(device, "device id")
+    return targets
 
 
 @dataclass(frozen=True)
@@ -471,6 +487,13 @@ class FleetDB:
         r = self._conn().execute("SELECT * FROM artifacts WHERE id=?", (artifact_id,)).fetchone()
         return None if r is None else StoredArtifact(r["id"], r["name"], r["version"], r["model_sha256"], r["size"],
                                                      bool(r["signed"]), r["created"])
+
+    def uploaded_artifact(self, artifact_id: object) -> StoredArtifact:
+        """The artifact a deployment or rollout names; NotFound (HTTP 404) when it was never uploaded."""
+        art = self.artifact(artifact_id) if isinstance(artifact_id, str) else None
+        if art is None:
+            raise NotFound(f"artifact {str(artifact_id)[:80]!r}: not uploaded")
+        return art
 
     def artifacts(self) -> list[StoredArtifact]:
         return [StoredArtifact(r["id"], r["name"], r["version"], r["model_sha256"], r["size"], bool(r["signed"]),
