@@ -41,6 +41,7 @@ from lepton_edge.errors import ApiError, BadInput, LeptonError, Unavailable
 
 if TYPE_CHECKING:
     from lepton_edge.artifact import Artifact
+    from lepton_edge.preprocess import PreprocessSpec
     from lepton_edge.runtime.base import Runner
 
 log = logging.getLogger("lepton_edge.agent")
@@ -65,6 +66,8 @@ class ServedModelView(Protocol):
     def binary_headers(self) -> bytes: ...
     @property
     def artifact(self) -> Artifact: ...
+    @property
+    def preprocess(self) -> PreprocessSpec | None: ...
 
 
 class ApiApp(Protocol):
@@ -219,7 +222,7 @@ class ApiHandler(BaseHTTPRequestHandler):
         content_type = (self.headers.get("Content-Type") or "application/json").split(";", 1)[0].strip().lower()
         manifest = served.artifact.manifest
         if raw_input.is_raw(content_type, body, manifest):
-            arrays = raw_input.raw_to_inputs(manifest, runner.inputs, body, content_type,
+            arrays = raw_input.raw_to_inputs(served.preprocess, runner.inputs, body, content_type,
                                              f"model '{served.name}' v{served.version}")
             outputs, latency_ms = app.infer(served, arrays)
             if raw_input.wants_binary(self.headers.get("Accept")):

@@ -59,10 +59,10 @@ def manifest_spec(manifest: Mapping[str, Any], source: str) -> PreprocessSpec | 
         raise ApiError(422, str(exc)) from None
 
 
-def raw_to_inputs(manifest: Mapping[str, Any], inputs: Sequence[TensorSpec], body: bytes, content_type: str,
+def raw_to_inputs(spec: PreprocessSpec | None, inputs: Sequence[TensorSpec], body: bytes, content_type: str,
                   source: str) -> list[np.ndarray[Any, Any]]:
-    """A raw body -> the model's input tensor(s), through the manifest's spec and the input's quantization."""
-    spec = manifest_spec(manifest, source)
+    """A raw body -> the model's input tensor(s), through the manifest's spec (:func:`manifest_spec`, parsed
+    once per served model) and the input's quantization."""
     what = "a JSON list of unscaled values" if content_type in JSON_TYPES else f"a {content_type} body"
     if spec is None:  # an image or a WAV: a JSON list without a spec does not come here (is_raw)
         raise ApiError(415, f"{what} needs a preprocessing spec, and {source} has none in its manifest: send "

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
+from lepton_edge.agent.raw_input import manifest_spec
 from lepton_edge.artifact import Artifact
+from lepton_edge.preprocess import PreprocessSpec
 from lepton_edge.profiles import Profile
 from lepton_edge.runtime.base import Runner
 from lepton_edge.runtime.factory import open_artifact_runner
@@ -29,6 +32,11 @@ class ServedModel:
     @property
     def sha256(self) -> str:
         return self.artifact.sha256
+
+    @functools.cached_property
+    def preprocess(self) -> PreprocessSpec | None:
+        """The manifest's preprocessing spec, parsed once: raw inputs use it on every request."""
+        return manifest_spec(self.artifact.manifest, f"model '{self.name}' v{self.version}")
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "sha256": self.sha256, "slot": self.slot,
