@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -28,14 +29,29 @@ MLPERF_FLOAT = {
 }
 
 
+def skip_or_fail(message: str) -> NoReturn:
+    """Something a test needs is missing (../shared, a server, a tool): skip, or fail in CI, where
+    LEPTON_REQUIRE_SHARED=1 says everything must run."""
+    if os.environ.get("LEPTON_REQUIRE_SHARED") == "1":
+        pytest.fail(message + " (LEPTON_REQUIRE_SHARED=1)")
+    pytest.skip(message)
+
+
 def require_shared(path: Path) -> Path:
     """Return ``path`` inside ../shared, or skip the test (fail when LEPTON_REQUIRE_SHARED=1)."""
     if path.exists():
         return path
-    message = f"{path} is missing: the MLPerf Tiny models and data live in ../shared beside the repo"
-    if os.environ.get("LEPTON_REQUIRE_SHARED") == "1":
-        pytest.fail(message + " (LEPTON_REQUIRE_SHARED=1)")
-    pytest.skip(message)
+    skip_or_fail(f"{path} is missing: the MLPerf Tiny models and data live in ../shared beside the repo")
+
+
+def require_tflm_tree() -> Path:
+    """The TFLite Micro source tree (laid out already), or skip (fail when LEPTON_REQUIRE_SHARED=1)."""
+    from lepton_edge.firmware_build import build as fwbuild
+
+    try:
+        return fwbuild.tflm_tree(lay_out=False)
+    except fwbuild.ToolMissing as exc:
+        skip_or_fail(str(exc))
 
 
 def pytest_collection_modifyitems(config, items):

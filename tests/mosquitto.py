@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
+from conftest import skip_or_fail
 from lepton_edge.tools import mosquitto as _m
 from lepton_edge.tools.mosquitto import Broker, TlsFiles, free_port, make_ca  # noqa: F401 - re-exported
 
@@ -14,9 +13,7 @@ def require_mosquitto() -> str:
     try:
         return _m.require_mosquitto()
     except _m.MosquittoMissing as exc:
-        if os.environ.get("LEPTON_REQUIRE_SHARED") == "1":
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
+        skip_or_fail(str(exc))
 
 
 @pytest.fixture

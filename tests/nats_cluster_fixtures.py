@@ -6,10 +6,9 @@ fresh three-node cluster per test, and ``shared_nats``, one per module for tests
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
+from conftest import skip_or_fail
 from lepton_edge.tools import nats as _n
 from lepton_edge.tools.nats import NatsCluster, NatsNode  # noqa: F401 - re-exported
 
@@ -18,9 +17,7 @@ def require_nats() -> str:
     try:
         return _n.require_nats()
     except _n.NatsMissing as exc:
-        if os.environ.get("LEPTON_REQUIRE_SHARED") == "1":
-            pytest.fail(f"{exc} (LEPTON_REQUIRE_SHARED=1)")
-        pytest.skip(str(exc))
+        skip_or_fail(str(exc))
 
 
 @pytest.fixture

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import skip_or_fail
+
 
 def _pg_bin() -> Path:
     """LEPTON_PG_BIN, else Debian's newest /usr/lib/postgresql/<major>/bin (15 on Debian 12)."""
@@ -48,10 +50,7 @@ def require_postgres() -> Path:
     """The directory of initdb/pg_ctl/postgres, or skip (fail when LEPTON_REQUIRE_SHARED=1)."""
     if all((PG_BIN / tool).exists() for tool in ("initdb", "pg_ctl", "postgres")):
         return PG_BIN
-    message = f"PostgreSQL server binaries are missing in {PG_BIN}: {INSTALL}"
-    if os.environ.get("LEPTON_REQUIRE_SHARED") == "1":
-        pytest.fail(message + " (LEPTON_REQUIRE_SHARED=1)")
-    pytest.skip(message)
+    skip_or_fail(f"PostgreSQL server binaries are missing in {PG_BIN}: {INSTALL}")
 
 
 def _as_server_user(cmd: list[str]) -> list[str]:

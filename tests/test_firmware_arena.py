@@ -10,13 +10,12 @@ Without the builds these skip (they fail with LEPTON_REQUIRE_SHARED=1).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 
-from conftest import MLPERF_INT8, assert_one_line_error, require_shared, run_cli
+from conftest import MLPERF_INT8, assert_one_line_error, require_shared, run_cli, skip_or_fail
 
 M4_LABEL = "cortex-m4 (qemu mps2-an386), cmsis-nn"
 HOST_LABEL = "host x86-64 tflite-micro"
@@ -33,9 +32,7 @@ def _require_build(board: str):
         if fw is not None:
             return fw
         why = f"no cached {board} firmware build (make test builds it; or lepton-edge firmware build --board {board})"
-    if os.environ.get("LEPTON_REQUIRE_SHARED") == "1":
-        pytest.fail(why)
-    pytest.skip(why)
+    skip_or_fail(why)
 
 
 def _plan(model: Path, *args: str, env: dict | None = None) -> dict:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, assert_one_line_error, run_cli
+from conftest import REPO, assert_one_line_error, require_tflm_tree, run_cli, skip_or_fail
 from lepton_edge.firmware_build import build as fwbuild
 from lepton_edge.firmware_build.boards import BOARDS, board_for_profile, get_board
 from lepton_edge.profiles import load_profile
@@ -44,9 +44,7 @@ def cached_or_skip(board: str) -> fwbuild.FirmwareBuild:
     if why is None and not fwbuild.tflm_tree_available():
         why = f"no TFLite Micro tree ($LEPTON_TFLM_DIR unset, {fwbuild.THIRD_PARTY} missing)"
     if why is not None:
-        if os.environ.get("LEPTON_REQUIRE_SHARED") == "1":
-            pytest.fail(f"{board}: {why} (LEPTON_REQUIRE_SHARED=1)")
-        pytest.skip(f"{board}: {why}")
+        skip_or_fail(f"{board}: {why}")
     fw = fwbuild.cached_build(board)
     if fw is None:
         pytest.fail(f"no cached {board} firmware build for the current sources: `make firmware` builds it "
@@ -61,12 +59,7 @@ def bridge_copy(tmp_path) -> tuple[Path, Path]:
     """A copy of firmware_bridge/{firmware,c} and the TFLM tree (read only: the key never compiles)."""
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
-    try:
-        tree = fwbuild.tflm_tree(lay_out=False)
-    except fwbuild.ToolMissing as exc:
-        if os.environ.get("LEPTON_REQUIRE_SHARED") == "1":
-            pytest.fail(f"{exc} (LEPTON_REQUIRE_SHARED=1)")
-        pytest.skip(str(exc))
+    tree = require_tflm_tree()
     bridge = tmp_path / "firmware_bridge"
     shutil.copytree(BRIDGE / "firmware", bridge / "firmware", ignore=shutil.ignore_patterns("build"))
     shutil.copytree(BRIDGE / "c", bridge / "c")

@@ -24,7 +24,6 @@ Without a TFLite Micro tree these skip (they fail with LEPTON_REQUIRE_SHARED=1).
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from dataclasses import replace
@@ -34,7 +33,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lepton_edge.firmware_build import build as fwbuild
+from conftest import require_tflm_tree
 from lepton_edge.preprocess import quantize
 from lepton_edge.preprocess.audio import wav_to_input
 from lepton_edge.preprocess.image import pixels_to_input, resize, scale_pixels, to_grayscale
@@ -53,12 +52,7 @@ def driver(tmp_path_factory) -> Path:
     """core/preprocess/test_preprocess.cc with the front end and TFLM's float RFFT, built once."""
     if shutil.which("g++") is None:
         pytest.skip("no system C++ compiler (g++)")
-    try:
-        tree = fwbuild.tflm_tree(lay_out=False)
-    except fwbuild.ToolMissing as exc:
-        if os.environ.get("LEPTON_REQUIRE_SHARED") == "1":
-            pytest.fail(f"{exc} (LEPTON_REQUIRE_SHARED=1)")
-        pytest.skip(str(exc))
+    tree = require_tflm_tree()
     kissfft = tree / "tensorflow" / "lite" / "micro" / "tools" / "make" / "downloads" / "kissfft"
     signal = tree / "signal" / "src"
     sources = [*(PREPROCESS / f for f in ("test_preprocess.cc", "audio.cc", "scale.cc", "image.cc")),
