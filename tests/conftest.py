@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import pty
+import select
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import NoReturn
 
@@ -79,6 +82,35 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None,
         full_env.update(env)
     return subprocess.run([sys.executable, "-m", "lepton_edge", *map(str, args)], cwd=cwd or REPO, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def run_on_a_terminal(*args: str, timeout: float = 90) -> tuple[int, str, str]:
+    """The CLI with stderr on a pseudo-terminal: (exit code, stdout, what the terminal showed)."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "lepton_edge", *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=slave, text=True, env={k: v for k, v in os.environ.items() if k != "LEPTON_DEBUG"})
+    os.close(slave)
+    seen = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 1)
+            if not ready:
+                if proc.poll() is not None:
+                    break
+                continue
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(master)
+        out = proc.stdout.read()
+        proc.stdout.close()
+    return proc.wait(10), out, seen.decode(errors="replace")
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, code: int = 2) -> str:

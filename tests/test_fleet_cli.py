@@ -5,9 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import pty
 import re
-import select
 import signal
 import socket
 import stat
@@ -18,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, assert_one_line_error, run_cli
+from conftest import REPO, assert_one_line_error, run_cli, run_on_a_terminal
 from fleet_helpers import api, keypair, make_artifact, upload_body
 from lepton_edge.mqtt import SessionOptions, parse_broker_url
 from lepton_edge.tools.devsim import SimDevice, SimOptions
@@ -155,30 +153,9 @@ def test_deploy_draws_a_progress_bar_per_device_on_a_terminal(serve, devices, tm
     devices("tty-1"), devices("tty-2")
     wait_online(serve.url, "tty-1", "tty-2")
     art = make_artifact(tmp_path / "art", size=300_000)
-    master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "lepton_edge", "deploy", str(art), "--controller", serve.url,
-                             "--device", "tty-1", "--device", "tty-2", "--wait", "--timeout", "20"],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=slave, text=True)
-    os.close(slave)
-    seen = b""
-    try:
-        while True:
-            ready, _, _ = select.select([master], [], [], 20)
-            if not ready:
-                break
-            try:
-                chunk = os.read(master, 4096)
-            except OSError:
-                break
-            if not chunk:
-                break
-            seen += chunk
-    finally:
-        os.close(master)
-        out = proc.stdout.read()
-        proc.stdout.close()
-    assert proc.wait(10) == 0, seen
-    text = seen.decode(errors="replace")
+    code, out, text = run_on_a_terminal("deploy", str(art), "--controller", serve.url, "--device", "tty-1",
+                                        "--device", "tty-2", "--wait", "--timeout", "20", timeout=60)
+    assert code == 0, text
     assert "tty-1 [" in text and "tty-2 [" in text and "100.0% healthy" in text
     assert "\x1b[2F" in text  # redrawn in place, two lines up
     assert "healthy" in out

@@ -4,17 +4,13 @@ the CLI in a subprocess against a real controller (with its HTTP API) and simula
 from __future__ import annotations
 
 import json
-import os
-import pty
-import select
 import subprocess
-import sys
 import time
 from types import SimpleNamespace
 
 import pytest
 
-from conftest import REPO, assert_one_line_error, run_cli
+from conftest import assert_one_line_error, run_cli, run_on_a_terminal
 from fleet_helpers import api, make_artifact, wait_for
 from lepton_edge.fleet.controller import Controller, ControllerOptions
 from lepton_edge.fleet.http_api import HttpApi, HttpListen
@@ -156,35 +152,6 @@ def test_rollout_list_show_pause_resume_cancel_round_trip(env):
                         ({"devices": "rt-00000"}, "'devices' must be a list")):
         status, answer = api(env.url, "POST", "/v1/rollouts", {"artifact": made["artifact"], **body})
         assert status == 400 and words in answer["error"], answer
-
-
-def run_on_a_terminal(*args: str, timeout: float = 90) -> tuple[int, str, str]:
-    """The CLI with stderr on a pseudo-terminal: (exit code, stdout, what the terminal showed)."""
-    master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "lepton_edge", *args], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=slave, text=True, env={k: v for k, v in os.environ.items() if k != "LEPTON_DEBUG"})
-    os.close(slave)
-    seen = b""
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], 1)
-            if not ready:
-                if proc.poll() is not None:
-                    break
-                continue
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            seen += chunk
-    finally:
-        os.close(master)
-        out = proc.stdout.read()
-        proc.stdout.close()
-    return proc.wait(10), out, seen.decode(errors="replace")
 
 
 def test_deploy_wait_follows_a_rollout_to_completed_exit_0_or_aborted_exit_1(env):
