@@ -285,6 +285,8 @@ class MqttClient:
         self._connected = threading.Event()
         self._closed = threading.Event()
         self._closing = False
+        self._final_mids: set[int] = set()  # the QoS 1 messages of stop(final=...) awaiting PUBACK
+        self._disconnect_sent = False
         self._retry: TimerHandle | None = None
         self._connack: TimerHandle | None = None
         self._index = 0       # the broker in use (or being tried) in config's list
@@ -352,9 +354,9 @@ class MqttClient:
             self._closing = True
             self._closed.set()
         elif self._loop.in_loop():
-            self._close(final)
+            self._close(final, timeout / 2)
         else:
-            self._loop.call_soon(self._close, final)
+            self._loop.call_soon(self._close, final, timeout / 2)
             if not self._closed.wait(timeout):
                 self._loop.call_soon(self._force_close)
                 self._closed.wait(1.0)
@@ -465,6 +467,10 @@ class MqttClient:
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
         self._received += 1
         self._outstanding.discard(mid)
+        if mid in self._final_mids:
+            self._final_mids.discard(mid)
+            if not self._final_mids:
+                self._disconnect()
 
     def _on_subscribe(self, client: Any, userdata: Any, mid: int, reasons: Any, properties: Any) -> None:
         filters = self._sub_mids.pop(mid, [])
@@ -560,17 +566,36 @@ class MqttClient:
         if qos > 0:
             self._outstanding.add(info.mid)
 
-    def _close(self, final: tuple[tuple[str, bytes, int, bool], ...]) -> None:
+    def _close(self, final: tuple[tuple[str, bytes, int, bool], ...], ack_wait_s: float) -> None:
+        """Publish ``final``, wait (at most ``ack_wait_s``) for their PUBACKs, then DISCONNECT.
+
+        Sending DISCONNECT right behind a QoS 1 PUBLISH races the broker's PUBACK: Mosquitto 2.0 (before
+        2.0.22, eclipse-mosquitto/mosquitto#3253) fails writing the PUBACK to the closed socket, counts
+        the client as lost and publishes its Last Will, so a clean "shutdown" ends as "connection lost".
+        """
         self._closing = True
         if self._retry is not None:
             self._retry.cancel()
             self._retry = None
-        if self._connected.is_set():
-            for topic, payload, qos, retain in final:
-                self._paho.publish(topic, payload, qos=qos, retain=retain)
-            self._paho.disconnect()  # queued behind the final messages; _on_disconnect detaches
-        else:
+        if not self._connected.is_set():
             self._force_close()
+            return
+        for topic, payload, qos, retain in final:
+            info = self._paho.publish(topic, payload, qos=qos, retain=retain)
+            if qos > 0:
+                self._final_mids.add(info.mid)
+        if self._final_mids:
+            self._loop.call_later(ack_wait_s, self._disconnect)
+        else:
+            self._disconnect()
+
+    def _disconnect(self) -> None:
+        """DISCONNECT once (after the final PUBACKs, or when waiting for them ran out); _on_disconnect detaches."""
+        if self._disconnect_sent:
+            return
+        self._disconnect_sent = True
+        self._final_mids.clear()
+        self._paho.disconnect()
 
     def _force_close(self) -> None:
         sock = self._paho.socket()
