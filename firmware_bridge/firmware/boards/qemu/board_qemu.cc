@@ -4,7 +4,11 @@
 //     -kernel firmware.elf
 //   ... arg=firmware,arg=--probe,arg=MODEL.tflite[,arg=--arena-capacity,arg=N]: one JSON line, exit.
 // UART: CMSDK APB UART0 (polled; QEMU holds input back until the guest reads, nothing is lost).
-// Clock: SysTick on the 25 MHz system clock, a millisecond counter in its interrupt.
+// Clock: micros() reads the host's monotonic clock through semihosting (SYS_ELAPSED, nanoseconds).
+// SysTick's counter is no good for it under TCG: QEMU updates the emulated timer from its main loop,
+// so a busy host can leave the counter and the millisecond interrupt unchanged across a whole short
+// invoke, which then measured 0 us. SysTick still ticks every millisecond to bound idle()'s WFI, and
+// is micros()' fallback when the host has no SYS_ELAPSED.
 // Storage: STATEFILE on the host through semihosting, mirrored in PSRAM (the read view), written
 // through on every write and erase, so a reset (SYSRESETREQ: QEMU reloads the ELF) or a new QEMU
 // keeps the slots.
@@ -51,6 +55,7 @@ volatile uint32_t& scb_aircr = *reinterpret_cast<volatile uint32_t*>(0xE000ED0C)
 constexpr uint32_t kTicksPerMs = kSysClockHz / 1000;
 
 volatile uint32_t g_ms = 0;
+uint32_t g_ticks_per_us = 0;  // of SYS_ELAPSED; 0: not available, use SysTick
 
 // Storage: [meta A | meta B | slot 0 | slot 1], pages of 4 KiB.
 constexpr uint32_t kPageBytes = 4096;
@@ -146,6 +151,11 @@ void init() {
   syst_rvr = kTicksPerMs - 1;
   syst_cvr = 0;
   syst_csr = 0x7;      // processor clock, interrupt, enable
+  const int32_t freq = sh::tick_freq();
+  uint64_t probe = 0;
+  if (freq >= 1000000 && freq % 1000000 == 0 && sh::elapsed(&probe)) {
+    g_ticks_per_us = static_cast<uint32_t>(freq) / 1000000u;
+  }
   nvic_iser0 = 1u << 0;  // UART0 RX (IRQ 0)
   asm volatile("cpsie i" ::: "memory");
   // Storage was opened by main (it knows the path); nothing more here.
@@ -166,6 +176,10 @@ void uart_write(const uint8_t* data, size_t len) {
 }
 
 uint32_t micros() {
+  uint64_t host_ticks = 0;
+  if (g_ticks_per_us != 0 && sh::elapsed(&host_ticks)) {
+    return static_cast<uint32_t>(host_ticks / g_ticks_per_us);  // wraps every 71 minutes, like SysTick's
+  }
   uint32_t ms, ticks;
   do {
     ms = g_ms;

@@ -45,6 +45,15 @@ bool cmdline(char* out, uint32_t cap) {
   return true;
 }
 
+bool elapsed(uint64_t* ticks) {
+  uint32_t block[2] = {0, 0};  // filled in: low word, high word
+  if (call(kElapsed, block) != 0) return false;
+  *ticks = (static_cast<uint64_t>(block[1]) << 32) | block[0];
+  return true;
+}
+
+int32_t tick_freq() { return call(kTickFreq, nullptr); }
+
 void exit(int code) {
   // SYS_EXIT_EXTENDED carries the exit status on AArch32 too (QEMU exits with it).
   constexpr uint32_t kApplicationExit = 0x20026;  // ADP_Stopped_ApplicationExit

@@ -18,6 +18,8 @@ enum Op : uint32_t {
   kGetCmdline = 0x15,
   kExit = 0x18,
   kExitExtended = 0x20,
+  kElapsed = 0x30,
+  kTickFreq = 0x31,
 };
 
 // SYS_OPEN modes (ISO C fopen modes by index).
@@ -41,6 +43,10 @@ int32_t length(int32_t handle);  // -1 on error
 void write0(const char* text);   // to QEMU's semihosting console (its stderr / stdout)
 // The command line QEMU was given with -semihosting-config ...,arg=a,arg=b: "a b".
 bool cmdline(char* out, uint32_t cap);
+// The host's clock since QEMU started, in ticks of tick_freq() per second (QEMU: nanoseconds of
+// its monotonic clock). False when the host does not implement SYS_ELAPSED.
+bool elapsed(uint64_t* ticks);
+int32_t tick_freq();  // -1 when unknown
 [[noreturn]] void exit(int code);
 
 }  // namespace lepton::semihost
