@@ -30,8 +30,10 @@ from lepton_edge.mqtt.messages import (
                                      BLOCK_STATUS_TEXT,
                                      BLOCK_UNAVAILABLE,
                                      BLOCK_UNKNOWN_JOB,
+                                     BOOT_ID_HEX,
                                      CONFIRM,
                                      DEFAULT_BLOCK_SIZE,
+                                     MAX_ACKED_SEQS,
                                      MAX_BLOCK_SIZE,
                                      MAX_TAGS,
                                      OTA_COMMANDS,
@@ -50,8 +52,10 @@ from lepton_edge.mqtt.messages import (
                                      Progress,
                                      Status,
                                      Telemetry,
+                                     TelemetryAck,
                                      decode_json,
                                      encode_json,
+                                     new_boot_id,
                                      new_job_id,
                                      offline_will_payload,
                                      parse_ota_message,
@@ -67,6 +71,7 @@ from lepton_edge.mqtt.topics import (
                                      OTA_PROGRESS,
                                      STATUS,
                                      TELEMETRY,
+                                     TELEMETRY_ACK,
                                      TOPIC_ROOT,
                                      DeviceTopics,
                                      TopicParts,
@@ -78,14 +83,15 @@ from lepton_edge.mqtt.topics import (
 
 __all__ = [  # noqa: RUF022 - grouped by module, as the imports above
     # topics
-    "DEFAULT_FLEET", "KINDS", "OTA_DATA", "OTA_GET", "OTA_JOB", "OTA_PROGRESS", "STATUS", "TELEMETRY", "TOPIC_ROOT",
+    "DEFAULT_FLEET", "KINDS", "OTA_DATA", "OTA_GET", "OTA_JOB", "OTA_PROGRESS", "STATUS", "TELEMETRY", "TELEMETRY_ACK",
+    "TOPIC_ROOT",
     "DeviceTopics", "TopicParts", "check_name", "fleet_filter", "parse_topic", "topic_matches",
     # messages
     "BLOCK_BAD_RANGE", "BLOCK_EXPIRED", "BLOCK_HEADER", "BLOCK_OK", "BLOCK_STATUS_TEXT", "BLOCK_UNAVAILABLE",
-    "BLOCK_UNKNOWN_JOB", "CONFIRM", "DEFAULT_BLOCK_SIZE", "MAX_BLOCK_SIZE", "MAX_TAGS", "OTA_COMMANDS", "OTA_STATES",
+    "BLOCK_UNKNOWN_JOB", "BOOT_ID_HEX", "CONFIRM", "DEFAULT_BLOCK_SIZE", "MAX_ACKED_SEQS", "MAX_BLOCK_SIZE", "MAX_TAGS", "OTA_COMMANDS", "OTA_STATES",
     "PAYLOAD_SCHEMA", "REVERT", "TELEMETRY_FIELDS", "TERMINAL_OTA_STATES", "Block", "BlockRequest", "ModelInfo",
-    "OtaCommand", "OtaJob", "OtaState", "PayloadError", "Progress", "Status", "Telemetry", "decode_json",
-    "encode_json", "new_job_id", "offline_will_payload", "parse_ota_message", "valid_tag",
+    "OtaCommand", "OtaJob", "OtaState", "PayloadError", "Progress", "Status", "Telemetry", "TelemetryAck",
+    "decode_json", "encode_json", "new_boot_id", "new_job_id", "offline_will_payload", "parse_ota_message", "valid_tag",
     # broker
     "DEFAULT_PORT", "DEFAULT_TLS_PORT", "BrokerConfig", "SessionOptions", "Will", "parse_broker_url", "tls_context",
     # client and router

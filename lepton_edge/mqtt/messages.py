@@ -173,17 +173,21 @@ TELEMETRY_FIELDS = ("uptime_s", "model_name", "model_version", "inferences", "in
 
 @dataclass(frozen=True)
 class Telemetry:
-    """``telemetry``: ``seq`` counts up from 0 at each agent start (gaps show losses)."""
+    """``telemetry``: ``seq`` counts up from 0 at each agent start (gaps show losses); ``boot`` names that
+    start (random hex). A sender with a ``boot`` resends a record until a ``telemetry/ack`` names its seq,
+    and the controller writes each (device, boot, seq) once: resends and replicas cannot duplicate rows."""
 
     seq: int
     ts: float
     values: dict[str, Any] = field(default_factory=dict)
+    boot: str | None = None
 
     def to_bytes(self) -> bytes:
         unknown = set(self.values) - set(TELEMETRY_FIELDS)
         if unknown:
             raise ValueError(f"unknown telemetry fields {sorted(unknown)}")
-        return encode_json({"seq": self.seq, "ts": self.ts, **self.values})
+        boot = {} if self.boot is None else {"boot": self.boot}
+        return encode_json({"seq": self.seq, "ts": self.ts, **boot, **self.values})
 
     @classmethod
     def from_bytes(cls, payload: bytes) -> Telemetry:
@@ -196,7 +200,51 @@ class Telemetry:
                     values[key] = obj[key]
             elif (v := _number(obj, key)) is not None:
                 values[key] = v
-        return cls(_get(obj, "seq", int, what), float(_get(obj, "ts", (int, float), what)), values)
+        boot = _get(obj, "boot", str, what, optional=True)
+        if boot is not None:
+            _check_boot(boot, what)
+        seq = _get(obj, "seq", int, what)
+        if seq < 0:
+            raise PayloadError(f"{what}: seq must not be negative")
+        return cls(seq, float(_get(obj, "ts", (int, float), what)), values, boot)
+
+
+BOOT_ID_HEX = 16
+MAX_ACKED_SEQS = 1000  # seqs one telemetry/ack may name
+
+
+def new_boot_id() -> str:
+    """A random id for one agent start (telemetry's ``boot``)."""
+    return uuid.uuid4().hex[:BOOT_ID_HEX]
+
+
+def _check_boot(boot: str, what: str) -> None:
+    if not 1 <= len(boot) <= 32 or any(ch not in "0123456789abcdef" for ch in boot):
+        raise PayloadError(f"{what}: boot must be 1 to 32 lower-case hex digits")
+
+
+@dataclass(frozen=True)
+class TelemetryAck:
+    """``telemetry/ack`` (controller -> device, QoS 0): these records of this boot are committed to the
+    controller's database; the device stops resending them. A lost ack costs one resend, written once."""
+
+    boot: str
+    seqs: tuple[int, ...]
+
+    def to_bytes(self) -> bytes:
+        return encode_json({"boot": self.boot, "seqs": list(self.seqs)})
+
+    @classmethod
+    def from_bytes(cls, payload: bytes) -> TelemetryAck:
+        what = "telemetry ack"
+        obj = decode_json(payload, what)
+        boot = _get(obj, "boot", str, what)
+        _check_boot(boot, what)
+        seqs = _get(obj, "seqs", list, what)
+        if len(seqs) > MAX_ACKED_SEQS or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
+                                                 for n in seqs):
+            raise PayloadError(f"{what}: seqs must be at most {MAX_ACKED_SEQS} non-negative integers")
+        return cls(boot, tuple(seqs))
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
-"""Topic names: one prefix per device, ``lepton/v1/<fleet>/<device>/``, six kinds of message.
+"""Topic names: one prefix per device, ``lepton/v1/<fleet>/<device>/``, seven kinds of message.
 
     status        device -> all     JSON, retained; the Last Will sets it offline
-    telemetry     device -> ctrl    JSON, QoS 1
+    telemetry     device -> ctrl    JSON, QoS 1; resent until acknowledged when it carries a boot id
+    telemetry/ack ctrl -> device    JSON, QoS 0: the seqs committed to the database
     ota/job       ctrl -> device    JSON: the manifest's exact bytes (base64) and its signature
     ota/get       device -> ctrl    JSON: one block request {job, offset, length}; the device paces
     ota/data      ctrl -> device    binary: a 40-byte header then the bytes
@@ -22,9 +23,9 @@ DEFAULT_FLEET = "default"
 # Fleet names and device ids are topic levels: no '/', '+', '#', spaces (same rule as the agent's config).
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
-STATUS, TELEMETRY, OTA_JOB, OTA_GET, OTA_DATA, OTA_PROGRESS = (
-    "status", "telemetry", "ota/job", "ota/get", "ota/data", "ota/progress")
-KINDS = (STATUS, TELEMETRY, OTA_JOB, OTA_GET, OTA_DATA, OTA_PROGRESS)
+STATUS, TELEMETRY, TELEMETRY_ACK, OTA_JOB, OTA_GET, OTA_DATA, OTA_PROGRESS = (
+    "status", "telemetry", "telemetry/ack", "ota/job", "ota/get", "ota/data", "ota/progress")
+KINDS = (STATUS, TELEMETRY, TELEMETRY_ACK, OTA_JOB, OTA_GET, OTA_DATA, OTA_PROGRESS)
 
 
 def check_name(value: str, what: str = "device id") -> str:
@@ -35,7 +36,7 @@ def check_name(value: str, what: str = "device id") -> str:
 
 @dataclass(frozen=True)
 class DeviceTopics:
-    """The six topics of one device."""
+    """The seven topics of one device."""
 
     fleet: str
     device: str
@@ -55,6 +56,7 @@ class DeviceTopics:
 
     status = property(lambda self: self.topic(STATUS))
     telemetry = property(lambda self: self.topic(TELEMETRY))
+    telemetry_ack = property(lambda self: self.topic(TELEMETRY_ACK))
     ota_job = property(lambda self: self.topic(OTA_JOB))
     ota_get = property(lambda self: self.topic(OTA_GET))
     ota_data = property(lambda self: self.topic(OTA_DATA))
