@@ -15,7 +15,8 @@ Keys (``examples/agent.toml`` shows them all)::
     [security]  require_signature = true, trusted_keys = ["signing.pub" | base64 raw key, ...]
     [mqtt]      broker = "mqtt[s]://[user:pass@]host[:port]" | brokers = ["mqtt://a:1883", "mqtt://b:1883"]
                 (a list to fail over between, in that order), ca, cert, key, client_id, keepalive = 60,
-                protocol = "5" | "3.1.1", telemetry_interval_s = 10, ota_block_size, ota_max_bytes_per_s
+                protocol = "5" | "3.1.1", telemetry_interval_s = 10, telemetry_resend_s = 30,
+                telemetry_buffer = 360, ota_block_size, ota_max_bytes_per_s
                 (optional; validated and kept for the OTA and telemetry client, unused by the agent itself)
 
 Device-side: standard library (``tomli`` on Python 3.10) and the project's own modules.
@@ -114,6 +115,8 @@ class MqttConfig:
     keepalive: int = 60
     protocol: str = "5"  # MQTT 5, or "3.1.1" for older brokers
     telemetry_interval_s: float = 10.0
+    telemetry_resend_s: float = 30.0  # an unacknowledged record is sent again after this long
+    telemetry_buffer: int = 360       # unacknowledged records kept (the oldest dropped first)
     ota_block_size: int | None = None  # None: the controller's hint
     ota_max_bytes_per_s: float = 0.0  # pace downloads on a shared link (0: no limit)
     brokers: tuple[str, ...] = ()  # every broker, in failover order (``broker`` alone when empty)
@@ -143,7 +146,7 @@ _SECTIONS: dict[str, tuple[str, ...]] = {
     "health": ("latency_budget_ms", "runs"),
     "security": ("require_signature", "trusted_keys"),
     "mqtt": ("broker", "brokers", "ca", "cert", "key", "client_id", "keepalive", "protocol", "telemetry_interval_s",
-             "ota_block_size", "ota_max_bytes_per_s"),
+             "telemetry_resend_s", "telemetry_buffer", "ota_block_size", "ota_max_bytes_per_s"),
 }
 _REQUIRED_SECTIONS = ("device", "store")
 
@@ -313,6 +316,8 @@ def _mqtt(r: _Reader) -> MqttConfig:
     return MqttConfig(broker=brokers[0], brokers=brokers, ca=r.file("ca"), cert=r.file("cert"), key=r.file("key"),
                       client_id=r.text("client_id"), keepalive=r.integer("keepalive", 60, 5, 3600),
                       protocol=protocol, telemetry_interval_s=r.number("telemetry_interval_s", 10.0, 0.1, 86400.0),
+                      telemetry_resend_s=r.number("telemetry_resend_s", 30.0, 0.1, 86400.0),
+                      telemetry_buffer=r.integer("telemetry_buffer", 360, 1, 100_000),
                       ota_block_size=block or None,
                       ota_max_bytes_per_s=r.number("ota_max_bytes_per_s", 1.0, 0.0, 1e12)
                       if "ota_max_bytes_per_s" in r.table else 0.0)

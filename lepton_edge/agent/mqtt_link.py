@@ -7,7 +7,10 @@
 On every connect it publishes a retained ``status`` (online, the model's name, version, sha256 and
 slot, the device's ``[device] tags``, its profile's name and the served model's latency budget:
 the manifest's ``self_test.latency_budget_ms``, else ``[health] latency_budget_ms``); its Last
-Will says offline. Telemetry goes out every ``telemetry_interval_s`` (default 10 s).
+Will says offline. Telemetry goes out every ``telemetry_interval_s`` (default 10 s) with this start's
+boot id, and is resent until the controller acknowledges it (:mod:`lepton_edge.agent.telemetry_buffer`:
+``telemetry_resend_s``, default 30 s, and after every reconnect, once an ack has been seen; at most
+``telemetry_buffer`` records kept, default 360).
 OTA jobs run in :class:`lepton_edge.agent.ota.OtaClient`. The client reconnects with backoff and
 restores its subscriptions (:mod:`lepton_edge.mqtt.client`).
 
@@ -22,12 +25,13 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lepton_edge.agent.health import latency_budget_ms
 from lepton_edge.agent.member import FleetMember
 from lepton_edge.agent.ota import OtaClient, model_info, route_ota
 from lepton_edge.agent.telemetry import TelemetrySampler
+from lepton_edge.agent.telemetry_buffer import DEFAULT_CAPACITY, DEFAULT_RESEND_S, TelemetrySender
 from lepton_edge.agent.update import OtaOptions
 from lepton_edge.mqtt import (
     DeviceTopics,
@@ -50,6 +54,8 @@ DEFAULT_TELEMETRY_INTERVAL_S = 10.0
 @dataclass(frozen=True)
 class LinkOptions:
     telemetry_interval_s: float = DEFAULT_TELEMETRY_INTERVAL_S
+    telemetry_resend_s: float = DEFAULT_RESEND_S
+    telemetry_buffer: int = DEFAULT_CAPACITY
     protocol: str = "5"
     ota: OtaOptions = OtaOptions()
     session: SessionOptions = SessionOptions(max_queued=1000, max_backoff_s=30.0)
@@ -75,7 +81,9 @@ class MqttLink:
         self.ota = OtaClient(agent, self.topics, self.client.publish, connected=lambda: self.client.connected,
                              model_changed=self.publish_status, options=options.ota)
         self.router = route_ota(self.client, self.topics, self.ota.on_job, self.ota.on_data, label="OTA")
-        self.sampler = TelemetrySampler(agent, self.client.stats)
+        self.telemetry = TelemetrySender(self.client, self.topics, capacity=options.telemetry_buffer,
+                                         resend_s=options.telemetry_resend_s)
+        self.sampler = TelemetrySampler(agent, self._stats)
         self._stop = threading.Event()
         self._telemetry = threading.Thread(target=self._telemetry_loop, name="telemetry", daemon=True)
 
@@ -90,6 +98,7 @@ class MqttLink:
         self._stop.set()
         if self._telemetry.is_alive():
             self._telemetry.join(5)
+        self.telemetry.stop()
         self.ota.stop()
         self.client.stop(final=((self.topics.status, self._status(False, "shutdown"), 1, True),))
 
@@ -112,19 +121,24 @@ class MqttLink:
         log.info("MQTT: connected to %s", self.client.broker.display_url)
         self.publish_status()
         self.ota.on_reconnect()
+        self.telemetry.on_reconnect()
+
+    def _stats(self) -> dict[str, Any]:
+        return {**self.client.stats(), "telemetry_dropped": self.telemetry.counts.dropped}
 
     def _telemetry_loop(self) -> None:
         interval = self.options.telemetry_interval_s
         while not self._stop.wait(interval):
             try:
-                self.client.publish(self.topics.telemetry, self.sampler.sample().to_bytes(), qos=1)
+                self.telemetry.send(self.sampler.sample())
             except Exception:  # telemetry must never take the agent down
                 log.exception("telemetry sample failed")
 
 
 def options_from_config(cfg: MqttConfig) -> LinkOptions:
     """LinkOptions from the ``[mqtt]`` section of the agent's configuration."""
-    return LinkOptions(telemetry_interval_s=cfg.telemetry_interval_s, protocol=cfg.protocol,
+    return LinkOptions(telemetry_interval_s=cfg.telemetry_interval_s, telemetry_resend_s=cfg.telemetry_resend_s,
+                       telemetry_buffer=cfg.telemetry_buffer, protocol=cfg.protocol,
                        ota=OtaOptions(block_size=cfg.ota_block_size, max_bytes_per_s=cfg.ota_max_bytes_per_s))
 
 

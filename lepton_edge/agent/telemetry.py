@@ -1,8 +1,10 @@
-"""What the agent reports on ``telemetry`` every N seconds (:class:`lepton_edge.mqtt.Telemetry`).
+"""What the agent reports on ``telemetry`` every N seconds (the values of a :class:`lepton_edge.mqtt.Telemetry`).
 
 Inference count and rate, latency p50, p99 and max over the agent's recent window, errors, arena bytes,
 resident memory, CPU share since the last sample, temperature where ``/sys/class/thermal`` has it,
-uptime, the model's name and version, and the MQTT client's in-flight, queued and dropped counts.
+uptime, the model's name and version, the MQTT client's in-flight, queued and dropped counts, and the
+records the telemetry buffer dropped unacknowledged (``telemetry_dropped``,
+:mod:`lepton_edge.agent.telemetry_buffer`, which also numbers, sends and resends the records).
 Nothing else: no paths, keys, URLs or credentials.
 
 Device-side code: standard library only (Linux ``/proc`` and ``/sys``; absent figures are left out).
@@ -15,8 +17,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-from lepton_edge.mqtt import Telemetry
 
 if TYPE_CHECKING:
     from lepton_edge.agent.member import FleetMember
@@ -49,17 +49,19 @@ def temperature_c(root: Path = THERMAL) -> float | None:
 
 
 class TelemetrySampler:
-    """Turns the agent's counters into one :class:`Telemetry` per call; rates are since the last call."""
+    """Turns the agent's counters into one record's values per call; rates are since the last call.
+
+    ``mqtt_stats()`` gives the client's ``inflight``, ``queued``, ``dropped`` and the buffer's
+    ``telemetry_dropped`` (any may be absent)."""
 
     def __init__(self, agent: FleetMember, mqtt_stats: Callable[[], dict[str, Any]]) -> None:
         self.agent = agent
         self.mqtt_stats = mqtt_stats
-        self.seq = 0
         self._last_wall = time.monotonic()
         self._last_cpu = _cpu_seconds()
         self._last_count: int | None = None  # a gateway's device may have counted before we started
 
-    def sample(self) -> Telemetry:
+    def sample(self) -> dict[str, Any]:
         agent, metrics = self.agent, self.agent.metrics
         now, cpu = time.monotonic(), _cpu_seconds()
         elapsed = max(1e-6, now - self._last_wall)
@@ -86,12 +88,11 @@ class TelemetrySampler:
             if value is not None:
                 values[name] = value
         stats = self.mqtt_stats()
-        for key in ("inflight", "queued", "dropped"):
+        for key, name in (("inflight", "mqtt_inflight"), ("queued", "mqtt_queued"), ("dropped", "mqtt_dropped"),
+                          ("telemetry_dropped", "telemetry_dropped")):
             if isinstance(stats.get(key), int):
-                values[f"mqtt_{key}"] = stats[key]
-        telemetry = Telemetry(self.seq, time.time(), values)
-        self.seq += 1
-        return telemetry
+                values[name] = stats[key]
+        return values
 
 
 def _cpu_seconds() -> float:

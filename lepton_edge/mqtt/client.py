@@ -295,6 +295,7 @@ class MqttClient:
         self._refused = False
         self._rng = random.Random()
         self._outstanding: set[int] = set()
+        self._ack_hooks: dict[int, Callable[[], None]] = {}  # mid -> publish(on_ack=...) awaiting its PUBACK
         self._handover = 0
         self._count_lock = threading.Lock()
         self.last_error: str | None = None
@@ -330,14 +331,18 @@ class MqttClient:
         """Remembered and restored on every reconnect; ``handler(topic, payload)`` runs on the loop thread."""
         self._loop.call_soon(self._do_subscribe, topic_filter, handler, qos)
 
-    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
-        """Queue a message. QoS 1 survives reconnects (kept in memory, up to ``max_queued``)."""
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
+                on_ack: Callable[[], None] | None = None) -> None:
+        """Queue a message. QoS 1 survives reconnects (kept in memory, up to ``max_queued``).
+
+        ``on_ack()`` runs on the loop thread when the broker acknowledges this message (PUBACK at QoS 1;
+        at QoS 0 once paho took it); never for a message dropped."""
         if self._loop.in_loop():
-            self._do_publish(topic, payload, qos, retain)
+            self._do_publish(topic, payload, qos, retain, on_ack)
             return
         with self._count_lock:
             self._handover += 1
-        self._loop.call_soon(self._handover_publish, topic, payload, qos, retain)
+        self._loop.call_soon(self._handover_publish, topic, payload, qos, retain, on_ack)
 
     def stats(self) -> dict[str, int | bool]:
         """Counts for telemetry: QoS 1 messages awaiting PUBACK (in flight), waiting behind them or in
@@ -467,6 +472,12 @@ class MqttClient:
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
         self._received += 1
         self._outstanding.discard(mid)
+        hook = self._ack_hooks.pop(mid, None)
+        if hook is not None:
+            try:
+                hook()
+            except Exception:  # the owner's bookkeeping must not take the connection down
+                log.exception("%s: acknowledgement hook failed", self.client_id)
         if mid in self._final_mids:
             self._final_mids.discard(mid)
             if not self._final_mids:
@@ -547,12 +558,14 @@ class MqttClient:
             _result, mid = self._paho.subscribe(topic_filter, qos)
             self._sub_mids[mid] = [topic_filter]
 
-    def _handover_publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+    def _handover_publish(self, topic: str, payload: bytes, qos: int, retain: bool,
+                          on_ack: Callable[[], None] | None) -> None:
         with self._count_lock:
             self._handover -= 1
-        self._do_publish(topic, payload, qos, retain)
+        self._do_publish(topic, payload, qos, retain, on_ack)
 
-    def _do_publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+    def _do_publish(self, topic: str, payload: bytes, qos: int, retain: bool,
+                    on_ack: Callable[[], None] | None = None) -> None:
         import paho.mqtt.client as paho
 
         if self._closing:
@@ -565,6 +578,10 @@ class MqttClient:
         self.published += 1
         if qos > 0:
             self._outstanding.add(info.mid)
+            if on_ack is not None:
+                self._ack_hooks[info.mid] = on_ack
+        elif on_ack is not None:
+            on_ack()
 
     def _close(self, final: tuple[tuple[str, bytes, int, bool], ...], ack_wait_s: float) -> None:
         """Publish ``final``, wait (at most ``ack_wait_s``) for their PUBACKs, then DISCONNECT.

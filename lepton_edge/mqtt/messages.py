@@ -167,6 +167,8 @@ def offline_will_payload() -> bytes:
 TELEMETRY_FIELDS = ("uptime_s", "model_name", "model_version", "inferences", "inferences_per_s", "errors",
                     "latency_p50_ms", "latency_p99_ms", "latency_max_ms", "arena_bytes", "rss_bytes",
                     "cpu_percent", "temperature_c", "mqtt_inflight", "mqtt_queued", "mqtt_dropped",
+                    # records the device's resend buffer dropped unacknowledged (full: oldest first)
+                    "telemetry_dropped",
                     # a serial gateway's device (STATS): its arena's high-water marks, its uptime, bad frames
                     "arena_head_bytes", "arena_tail_bytes", "device_uptime_s", "serial_bad_frames")
 

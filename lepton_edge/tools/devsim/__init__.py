@@ -12,7 +12,7 @@
 
 Hundreds of devices share one :class:`~lepton_edge.mqtt.NetworkLoop` thread; ``fleet simulate`` spreads
 thousands over processes (``--processes auto``: one per 800 devices) and raises each process's open-file
-limit (:mod:`.limits`); :mod:`.acks` counts the telemetry the broker acknowledged.
+limit (:mod:`.limits`).
 """
 
 from lepton_edge.tools.devsim.device import SimDevice, SimOptions

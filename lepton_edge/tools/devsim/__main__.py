@@ -1,8 +1,10 @@
 """``python -m lepton_edge.tools.devsim``: simulated devices in this process, for the benchmarks and tests.
 
 Devices ``<prefix><start + i>`` (four digits), no model at start (unless ``--factory-model``). With
-``--control`` it follows commands on stdin (``burst N``, ``summary``, ``stop``) and prints one JSON
-line per event on stdout. People use ``lepton-edge fleet simulate`` instead.
+``--control`` it follows commands on stdin (``burst N``, ``summary``, ``counts``: each device's,
+``stop``) and prints one JSON line per event on stdout; ``stopped`` has the summary and each device's
+counts (``devices``: id -> :meth:`~lepton_edge.tools.devsim.SimDevice.counts`).
+People use ``lepton-edge fleet simulate`` instead.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--start", type=int, default=0)
     ap.add_argument("--prefix", default="sim-")
     ap.add_argument("--telemetry-interval", type=float, default=0.0)
+    ap.add_argument("--telemetry-resend", type=float, default=30.0, help="resend unacknowledged telemetry after S")
+    ap.add_argument("--telemetry-buffer", type=int, default=360, help="unacknowledged records kept per device")
     ap.add_argument("--trusted-key", action="append", default=[])
     ap.add_argument("--state-dir")
     ap.add_argument("--window", type=int, default=4)
@@ -41,13 +45,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--control", action="store_true", help="read commands on stdin, report JSON lines")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="devsim: %(message)s")
+    if not 0 < args.telemetry_resend <= 86400 or not 1 <= args.telemetry_buffer <= 100_000:
+        print("devsim: error: --telemetry-resend must be 0 to 86400 s (not 0), --telemetry-buffer 1 to 100000",
+              file=sys.stderr)
+        return 2
     try:
         from lepton_edge.artifact import load_public_key
 
         broker = parse_broker_url(args.broker, ca=args.ca, cert=args.cert, key=args.key, protocol=args.mqtt_version)
         keys = tuple(load_public_key(k) for k in args.trusted_key)
         options = SimOptions(fleet=args.fleet, trusted_keys=keys, require_signature=bool(keys),
-                             telemetry_interval_s=args.telemetry_interval, window=args.window,
+                             telemetry_interval_s=args.telemetry_interval,
+                             telemetry_resend_s=args.telemetry_resend, telemetry_buffer=args.telemetry_buffer,
+                             window=args.window,
                              block_delay_s=args.block_delay, max_model_bytes=args.max_model_bytes,
                              factory_model=args.factory_model,
                              state_dir=Path(args.state_dir) if args.state_dir else None)
@@ -79,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
                     say("burst", n=int(cmd[1]))
                 elif cmd[0] == "summary":
                     say("summary", **fleet.summary())
+                elif cmd[0] == "counts":
+                    say("counts", devices=fleet.device_counts())
                 elif cmd[0] == "stop":
                     break
         else:
@@ -86,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         pass
     fleet.stop()
-    say("stopped", **fleet.summary())
+    say("stopped", **fleet.summary(), devices=fleet.device_counts())
     return 0
 
 

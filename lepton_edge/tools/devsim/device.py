@@ -4,8 +4,10 @@ A :class:`SimDevice` does what a board's agent does on the wire:
 
 * a retained ``status`` (online, the model it serves, its tags, profile and the model's latency
   budget) on every connect; its Last Will says offline;
-* ``telemetry`` every ``telemetry_interval_s`` with a ``seq`` that counts up (gaps are losses) and the
-  counters and latency of :mod:`~lepton_edge.tools.devsim.workload`;
+* ``telemetry`` every ``telemetry_interval_s`` with a ``seq`` that counts up (gaps are losses), a boot
+  id per device start, and the counters and latency of :mod:`~lepton_edge.tools.devsim.workload`;
+  resent until the controller acknowledges it, exactly as the agent does (the same
+  :class:`lepton_edge.agent.telemetry_buffer.TelemetrySender`);
 * OTA: the agent's own state machine and runner (:class:`lepton_edge.agent.ota.OtaRunner`), with the
   device as its :class:`~lepton_edge.agent.ota.UpdateTarget`: on ``ota/job`` it checks the manifest's
   signature against its trusted keys, refuses a version lower than its floor and a model over
@@ -29,16 +31,20 @@ from typing import Any
 
 from lepton_edge.agent.health import latency_budget_ms
 from lepton_edge.agent.ota import Checked, OtaRunner, route_ota
+from lepton_edge.agent.telemetry_buffer import DEFAULT_CAPACITY, DEFAULT_RESEND_S, TelemetrySender
 from lepton_edge.agent.update import OtaOptions
 from lepton_edge.artifact import verify_manifest, verify_model
 from lepton_edge.errors import BadInput, CheckFailed
 from lepton_edge.fsio import atomic_write_text
 from lepton_edge.mqtt import (
+    BLOCK_OK,
     DEFAULT_FLEET,
+    Block,
     BlockRequest,
     BrokerConfig,
     DeviceTopics,
     ModelInfo,
+    MqttClient,
     NetworkLoop,
     OtaCommand,
     OtaJob,
@@ -46,12 +52,10 @@ from lepton_edge.mqtt import (
     Progress,
     SessionOptions,
     Status,
-    Telemetry,
     TimerHandle,
     Will,
     offline_will_payload,
 )
-from lepton_edge.tools.devsim.acks import AckCountingClient
 from lepton_edge.tools.devsim.eventlog import EventLog
 from lepton_edge.tools.devsim.slots import FACTORY_MODEL, SlotModel, Slots
 from lepton_edge.tools.devsim.workload import Workload
@@ -68,6 +72,8 @@ class SimOptions:
     require_signature: bool = False
     max_model_bytes: int | None = None       # stands in for "fits the profile and runtime"
     telemetry_interval_s: float = 0.0        # 0: no periodic telemetry
+    telemetry_resend_s: float = DEFAULT_RESEND_S  # resend an unacknowledged record after this long
+    telemetry_buffer: int = DEFAULT_CAPACITY       # unacknowledged records kept (oldest dropped)
     window: int = 4                          # block requests in flight
     block_size: int | None = None            # None: the job's hint
     request_timeout_s: float = 5.0
@@ -100,8 +106,11 @@ class SimDevice:
         else:
             self.slots = Slots(FACTORY_MODEL if options.factory_model else None)
         self._load_state()
-        self.seq = 0
-        self.telemetry_sent = 0
+        self.telemetry_sent = 0                   # records made (distinct seqs of this start)
+        self.telemetry_acked = 0                  # of those, first publishes the broker acknowledged (PUBACK)
+        self.ota_blocks = 0                       # ota/data blocks received with data
+        self.ota_duplicate_blocks = 0             # of those, a (job, offset) it had received already
+        self._blocks_seen: dict[str, set[int]] = {}
         self.progress_log: list[Progress] = []
         self.workload = Workload(device_id, slow_factor=options.slow_factor, error_fraction=options.error_fraction)
         self._job: OtaJob | None = None           # the job being downloaded
@@ -113,16 +122,19 @@ class SimDevice:
         self._tick: TimerHandle | None = None
         self._started = time.monotonic()
         self._rng = random.Random(device_id)
-        self.client = AckCountingClient(broker, device_id, counted_topic=self.topics.telemetry,
-                                        will=Will(self.topics.status, offline_will_payload(), qos=1, retain=True),
-                                        session=options.session, loop=loop, on_connect=self._on_connect)
+        self.client = MqttClient(broker, device_id,
+                                 will=Will(self.topics.status, offline_will_payload(), qos=1, retain=True),
+                                 session=options.session, loop=loop, on_connect=self._on_connect)
+        self.telemetry = TelemetrySender(self.client, self.topics, capacity=options.telemetry_buffer,
+                                         resend_s=options.telemetry_resend_s, qos=options.qos,
+                                         on_broker_ack=self._count_puback)
         ota = OtaOptions(window=options.window, block_size=options.block_size,
                          request_timeout_s=options.request_timeout_s, progress_interval_s=options.progress_interval_s,
                          block_delay_s=options.block_delay_s)
         self.ota = OtaRunner(self, self.topics, self._publish, options=ota,
                              call_later=self.client.loop.call_later, on_progress=self._progress)
         self.router = route_ota(self.client, self.topics, self._on_ota_message,
-                                lambda _device, block: self.ota.on_data(block), label=device_id)
+                                self._on_block, label=device_id)
 
     # -- any thread --
     def start(self) -> None:
@@ -157,12 +169,23 @@ class SimDevice:
         return self.progress_log[-1].state if self.progress_log else None
 
     @property
-    def telemetry_acked(self) -> int:
-        """Telemetry messages the broker acknowledged (PUBACK at QoS 1)."""
-        return self.client.acked
+    def seq(self) -> int:
+        """The next record's seq."""
+        return self.telemetry.seq
+
+    def counts(self) -> dict[str, int]:
+        """What a fault test checks, under the names of ``fleet simulate``'s summary: records made, confirmed
+        by the controller's acks, unconfirmed (made - confirmed), resent, dropped from the full buffer
+        unconfirmed; first publishes the broker acknowledged; OTA blocks received, and duplicates."""
+        c = self.telemetry.counts
+        return {"telemetry_sent": self.telemetry_sent, "telemetry_acked": self.telemetry_acked,
+                "telemetry_confirmed": c.confirmed, "telemetry_unconfirmed": c.unconfirmed,
+                "telemetry_resent": c.resent, "telemetry_dropped": c.dropped,
+                "ota_blocks": self.ota_blocks, "ota_duplicate_blocks": self.ota_duplicate_blocks}
 
     def stop_telemetry(self) -> None:
-        """No more telemetry (the fleet lets what is in flight be acknowledged before disconnecting)."""
+        """No more new records (the fleet lets what is in flight be acknowledged before disconnecting);
+        unacknowledged ones are still resent until :meth:`stop`."""
         def cancel() -> None:
             if self._telemetry_timer is not None:
                 self._telemetry_timer.cancel()
@@ -184,10 +207,24 @@ class SimDevice:
         for t in (self._telemetry_timer, self._tick):
             if t is not None:
                 t.cancel()
+        self.telemetry.stop()
 
     def _on_connect(self) -> None:
         self._publish_status()
         self.ota.on_reconnect()
+        self.telemetry.on_reconnect()
+
+    def _count_puback(self) -> None:
+        self.telemetry_acked += 1
+
+    def _on_block(self, _device: str, block: Block) -> None:
+        if block.status == BLOCK_OK and block.data:
+            self.ota_blocks += 1
+            seen = self._blocks_seen.setdefault(block.job, set())
+            if block.offset in seen:
+                self.ota_duplicate_blocks += 1
+            seen.add(block.offset)
+        self.ota.on_data(block)
 
     def _status(self, online: bool, reason: str | None = None) -> bytes:
         current = self.slots.current
@@ -233,13 +270,12 @@ class SimDevice:
                                   "inferences": s.inferences, "inferences_per_s": s.rate_per_s, "errors": s.errors,
                                   "arena_bytes": 65536, "rss_bytes": 48 * 1024 * 1024, "cpu_percent": 3.5,
                                   "mqtt_inflight": int(stats["inflight"]), "mqtt_queued": int(stats["queued"]),
-                                  "mqtt_dropped": int(stats["dropped"])}
+                                  "mqtt_dropped": int(stats["dropped"]),
+                                  "telemetry_dropped": self.telemetry.counts.dropped}
         if current is not None:
             values.update(model_name=current.name, model_version=current.version, latency_p50_ms=s.p50_ms,
                           latency_p99_ms=s.p99_ms, latency_max_ms=s.max_ms)
-        self.client.publish(self.topics.telemetry, Telemetry(self.seq, time.time(), values).to_bytes(),
-                            qos=self.options.qos)
-        self.seq += 1
+        self.telemetry.send(values)
         self.telemetry_sent += 1
 
     def _telemetry_tick(self) -> None:

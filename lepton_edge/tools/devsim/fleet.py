@@ -23,6 +23,9 @@ from lepton_edge.tools.devsim.device import SimDevice, SimOptions
 from lepton_edge.tools.devsim.eventlog import EventLog
 
 ID_DIGITS = 5
+# the devices' counts that a summary sums (SimDevice.counts)
+COUNT_KEYS = ("telemetry_sent", "telemetry_acked", "telemetry_confirmed", "telemetry_unconfirmed", "telemetry_resent",
+              "telemetry_dropped", "ota_blocks", "ota_duplicate_blocks")
 FLEET_OPTIONS = SimOptions(factory_model=True, telemetry_interval_s=1.0)
 
 
@@ -172,17 +175,28 @@ class SimFleet:
                 "models": dict(models), "ota": dict(states), **self.summary()}
 
     def _unacked(self) -> int:
-        """QoS 1 messages still awaiting their PUBACK on connected devices (an offline one would wait forever)."""
+        """On connected devices (an offline one would wait forever): QoS 1 messages still awaiting their PUBACK,
+        and records awaiting the controller's ack where the controller acks."""
         total = 0
         for d in self.devices:
             if d.client.connected:
                 s = d.client.stats()
                 total += int(s["inflight"]) + int(s["queued"])
+                if d.telemetry.buffer.acked:
+                    total += len(d.telemetry.buffer)
         return total
 
+    def device_counts(self) -> dict[str, dict[str, int]]:
+        """Each device's :meth:`SimDevice.counts`, by device id."""
+        return {d.id: d.counts() for d in self.devices}
+
     def summary(self) -> dict[str, Any]:
+        """Sums over the devices: :data:`COUNT_KEYS` (what each means: :meth:`SimDevice.counts`), the MQTT
+        clients' dropped messages and connects, and what is still awaiting a PUBACK (outstanding)."""
         stats = [d.client.stats() for d in self.devices]
-        return {"devices": len(self.devices), "telemetry_sent": sum(d.telemetry_sent for d in self.devices),
-                "telemetry_acked": sum(d.telemetry_acked for d in self.devices),
+        counts = Counter[str]()
+        for d in self.devices:
+            counts.update(d.counts())
+        return {"devices": len(self.devices), **{key: counts[key] for key in COUNT_KEYS},
                 "dropped": sum(int(s["dropped"]) for s in stats), "connects": sum(int(s["connects"]) for s in stats),
                 "outstanding": sum(int(s["inflight"]) + int(s["queued"]) for s in stats)}

@@ -34,6 +34,7 @@ from lepton_edge.console import render_table
 from lepton_edge.errors import BadInput, CheckFailed
 from lepton_edge.mqtt import MAX_TAGS, BrokerConfig, check_name, valid_tag
 from lepton_edge.tools.devsim.fleet import (
+    COUNT_KEYS,
     FLEET_OPTIONS,
     FleetPlan,
     SimFleet,
@@ -76,6 +77,9 @@ def check_args(args: argparse.Namespace) -> None:
         raise BadInput("--slow-factor must be 1 to 1000")
     if not 0.0 <= args.telemetry_interval <= 3600.0:
         raise BadInput("--telemetry-interval must be 0 (none) to 3600 s")
+    resend = getattr(args, "telemetry_resend", None)
+    if resend is not None and not 0.0 < resend <= 3600.0:
+        raise BadInput("--telemetry-resend must be more than 0 and at most 3600 s")
     if args.duration is not None and args.duration <= 0:
         raise BadInput("--duration must be positive")
     try:
@@ -119,6 +123,8 @@ def child_argv(args: argparse.Namespace, shard: int) -> list[str]:
         argv += ["--trusted-key", str(Path(key).resolve())]
     if args.tags:
         argv += ["--tags", *args.tags]
+    if getattr(args, "telemetry_resend", None) is not None:
+        argv += ["--telemetry-resend", repr(args.telemetry_resend)]
     return argv
 
 
@@ -139,6 +145,8 @@ def build_fleet(args: argparse.Namespace, broker: Brokers, plan: FleetPlan, shar
     share = plan.shares[shard]
     options = replace(FLEET_OPTIONS, fleet=args.fleet, trusted_keys=keys, require_signature=bool(keys),
                       telemetry_interval_s=args.telemetry_interval)
+    if getattr(args, "telemetry_resend", None) is not None:  # --telemetry-resend S (default 30)
+        options = replace(options, telemetry_resend_s=args.telemetry_resend)
     return SimFleet(broker, share.count, prefix=args.id_prefix, start=share.start, options=options,
                     fail=share.fail, slow=share.slow, slow_factor=args.slow_factor, tags=tuple(args.tags),
                     log_dir=Path(args.log_dir) if args.log_dir else None, log_name=f"{args.id_prefix}p{shard}")
@@ -249,12 +257,12 @@ def merge(snaps: list[Snapshot | None], devices: int) -> Snapshot:
     """The whole fleet's counts from the processes' snapshots (a process not heard from yet counts as nothing)."""
     models: Counter[str] = Counter()
     ota: Counter[str] = Counter()
-    total = {"devices": devices, "connected": 0, "telemetry_sent": 0, "telemetry_acked": 0, "connects": 0,
-             "dropped": 0}
+    summed = ("connected", *COUNT_KEYS, "connects", "dropped")
+    total = {"devices": devices, **dict.fromkeys(summed, 0)}
     for s in snaps:
         if s is None:
             continue
-        for key in ("connected", "telemetry_sent", "telemetry_acked", "connects", "dropped"):
+        for key in summed:
             total[key] += int(s.get(key, 0))
         models.update(s.get("models", {}))
         ota.update(s.get("ota", {}))
@@ -359,6 +367,10 @@ def _report(args: argparse.Namespace, finals: list[Snapshot | None], elapsed: fl
     unacked = merged["telemetry_sent"] - merged["telemetry_acked"]
     print(f"telemetry at QoS 1: {merged['telemetry_sent']} sent, {merged['telemetry_acked']} acknowledged by the "
           f"broker, {unacked} not acknowledged", file=out)
+    print(f"telemetry records: {merged['telemetry_confirmed']} confirmed by the controller, "
+          f"{merged['telemetry_unconfirmed']} not ({merged['telemetry_dropped']} dropped from a full buffer), "
+          f"{merged['telemetry_resent']} resends", file=out)
+    print(f"OTA blocks received: {merged['ota_blocks']} ({merged['ota_duplicate_blocks']} duplicates)", file=out)
     print("serving: " + (", ".join(f"{n} {name}" for name, n in merged["models"].items()) or "-"), file=out)
     print("updates (each device's last): " + (", ".join(f"{n} {s}" for s, n in merged["ota"].items()) or "none"),
           file=out, flush=True)
