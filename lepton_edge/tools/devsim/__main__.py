@@ -3,7 +3,7 @@
 Devices ``<prefix><start + i>`` (four digits), no model at start (unless ``--factory-model``). With
 ``--control`` it follows commands on stdin (``burst N``, ``summary``, ``counts``: each device's,
 ``stop``) and prints one JSON line per event on stdout; ``stopped`` has the summary and each device's
-counts (``devices``: id -> :meth:`~lepton_edge.tools.devsim.SimDevice.counts`).
+counts (``device_counts``: id -> :meth:`~lepton_edge.tools.devsim.SimDevice.counts`).
 People use ``lepton-edge fleet simulate`` instead.
 """
 
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                 elif cmd[0] == "summary":
                     say("summary", **fleet.summary())
                 elif cmd[0] == "counts":
-                    say("counts", devices=fleet.device_counts())
+                    say("counts", device_counts=fleet.device_counts())
                 elif cmd[0] == "stop":
                     break
         else:
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         pass
     fleet.stop()
-    say("stopped", **fleet.summary(), devices=fleet.device_counts())
+    say("stopped", **fleet.summary(), device_counts=fleet.device_counts())
     return 0
 
 
