@@ -32,12 +32,13 @@ from mosquitto import Broker, make_ca
 
 USERS = {"controller": "ctl-secret", "dev-a": "a-secret", "dev-b": "b-secret"}
 # What the docs recommend: the controller reads and writes the fleet; a device writes its status,
-# telemetry, block requests and progress, and reads its jobs and blocks. Nothing else.
+# telemetry, block requests and progress, and reads its telemetry acks, jobs and blocks. Nothing else.
 ACL = """\
 pattern write lepton/v1/default/%u/status
 pattern write lepton/v1/default/%u/telemetry
 pattern write lepton/v1/default/%u/ota/get
 pattern write lepton/v1/default/%u/ota/progress
+pattern read lepton/v1/default/%u/telemetry/ack
 pattern read lepton/v1/default/%u/ota/job
 pattern read lepton/v1/default/%u/ota/data
 
