@@ -23,9 +23,13 @@ from fleet_helpers import FLEET, api, keypair, make_artifact
 from lepton_edge.fleet.rollout import RolloutParams
 from lepton_edge.mqtt import SessionOptions, Status, Telemetry, parse_broker_url
 from lepton_edge.tools.devsim import FACTORY_SHA256, FLEET_OPTIONS, SimFleet, plan_fleet, read_events
+from lepton_edge.tools.devsim.fleet import COUNT_KEYS
 from lepton_edge.tools.devsim.slots import FACTORY_MODEL, SlotModel, Slots
 
 FAST = SessionOptions(min_backoff_s=0.1, max_backoff_s=1.0, max_queued=1000)
+# The simulator is these tests' subject; the controller is its counterpart: SQLite only (the controller's
+# behaviour on PostgreSQL is the other fleet tests').
+pytestmark = pytest.mark.fleet_stores("sqlite")
 
 
 class Watcher:
@@ -390,6 +394,10 @@ def test_processes_split_round_robin_over_two_brokers_and_every_telemetry_sent_i
             assert sorted(p["devices"] for p in summary["processes"]) == [10, 10, 10]
             sent = summary["telemetry_sent"]
             assert sent > 30 * 3 and summary["telemetry_acked"] == sent and summary["dropped"] == 0
+            for key in COUNT_KEYS:  # the devices' counts, summed over the processes
+                assert summary[key] == sum(p[key] for p in summary["processes"]), key
+            assert summary["telemetry_unconfirmed"] == sent - summary["telemetry_confirmed"]
+            assert summary["telemetry_dropped"] == 0 and summary["ota_blocks"] == 0
 
             # what arrived: broker A's devices in the controller's database, broker B's at the subscriber
             def stored() -> dict[str, list[int]]:
