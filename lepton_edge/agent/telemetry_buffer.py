@@ -151,6 +151,11 @@ class TelemetrySender:
     def counts(self) -> ResendCounts:
         return self.buffer.counts
 
+    def pending(self) -> list[int]:
+        """The seqs kept, awaiting their ack."""
+        with self._lock:
+            return self.buffer.seqs
+
     def send(self, values: dict[str, Any], ts: float | None = None) -> Telemetry:
         """Publish the next record (seq and boot filled in) and keep it until acknowledged."""
         with self._lock:
