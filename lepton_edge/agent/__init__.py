@@ -14,5 +14,6 @@ proves it on a running agent). Modules, one job each:
 * ``daemon``: the :class:`~lepton_edge.agent.daemon.Agent` tying them together;
 * ``mqtt_link``: the MQTT side (retained status, telemetry, OTA) over one connection, when ``[mqtt]`` is set;
 * ``ota``: over-the-air updates: verify the job, fetch blocks into the store (resumable), activate;
-* ``telemetry``: the periodic telemetry sample.
+* ``telemetry``: the periodic telemetry sample;
+* ``telemetry_buffer``: boot id, seqs, and resending until the controller acknowledges (the simulator's too).
 """
