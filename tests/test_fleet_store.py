@@ -12,7 +12,7 @@ import pytest
 from fleet_helpers import keypair, make_artifact
 from lepton_edge.artifact import load_artifact, sha256_hex
 from lepton_edge.errors import BadInput
-from lepton_edge.fleet.store import ArtifactStore, FleetDB, TelemetryRecord
+from lepton_edge.fleet.store import MIGRATIONS, ArtifactStore, FleetDB, TelemetryRecord
 from lepton_edge.mqtt import ModelInfo, Progress, Status, Telemetry
 
 pytest_plugins = ["pg_fixtures"]
@@ -66,7 +66,7 @@ def test_database_uses_wal_and_records_the_fleet(db_spec, artifact):
     _art, _ = artifact
     db = FleetDB(db_spec)
     assert db.journal_mode().lower() == ("postgresql" if isinstance(db_spec, str) else "wal")
-    assert db.schema_version() == 3
+    assert db.schema_version() == len(MIGRATIONS)
     model = ModelInfo("m", 1, "ab" * 32, "a")
     db.record_status("d1", Status(True, model, "agent", 1.0), received=10.0)
     db.record_status("d1", Status(False, reason="connection lost"), received=11.0)
@@ -180,11 +180,14 @@ def test_a_database_from_before_rollouts_opens_and_gains_the_new_columns(tmp_pat
                                        latency_budget_ms=12.5), received=2.0)
     (dev,) = db.devices()
     assert dev["tags"] == ["site:x"] and dev["profile"] == "p" and dev["latency_budget_ms"] == 12.5
-    assert db.schema_version() == 3
+    assert db.schema_version() == len(MIGRATIONS)
     db.close()
     FleetDB(path).close()  # a second open finds every column in place
     with sqlite3.connect(path) as conn:
-        assert [r[0] for r in conn.execute("SELECT version FROM schema_migrations ORDER BY version")] == [1, 2, 3]
+        assert [r[0] for r in conn.execute("SELECT version FROM schema_migrations ORDER BY version")] == [
+            v for v, _name, _steps in MIGRATIONS]
+        assert {"boot"} <= {r[1] for r in conn.execute("PRAGMA table_info(telemetry)")}
+        assert {"owner", "lease_until"} <= {r[1] for r in conn.execute("PRAGMA table_info(rollouts)")}
 
 
 def test_tags_profile_and_budget_follow_the_online_status(db_spec):
@@ -234,3 +237,60 @@ def test_a_rollout_gives_each_device_one_job_and_one_command_of_each_kind(tmp_pa
     assert row["state"] == "aborting" and row["abort"] == {"criterion": "max-failures"} and not row["active"]
     assert db.rollout_rows(active=True) == []
     db.close()
+
+
+def test_telemetry_with_a_boot_is_written_once_and_the_latest_never_moves_back(db_spec):
+    db = FleetDB(db_spec)
+
+    def rec(seq: int, boot: str | None = "b0", received: float = 1.0) -> TelemetryRecord:
+        return TelemetryRecord("d", received, Telemetry(seq, 1.0, {"inferences": seq}, boot),
+                               f'{{"seq": {seq}, "inferences": {seq}}}')
+    assert db.record_telemetry([rec(0), rec(1), rec(2)]) == 0
+    assert db.record_telemetry([rec(1, received=5.0), rec(3)]) == 1      # a resend of 1: not written again
+    assert db.record_telemetry([rec(3), rec(3)]) == 2                    # twice in one batch, already there
+    assert db.telemetry_count("d") == 4
+    (dev,) = db.devices()
+    assert dev["telemetry"]["seq"] == 3
+    assert db.record_telemetry([rec(2, received=9.0)]) == 1              # an old record resent late
+    assert db.record_telemetry([rec(0, boot=None), rec(0, boot=None)]) == 0  # no boot: written as before
+    assert db.record_telemetry([rec(1, boot="b1")]) == 0                 # a new boot is new records
+    assert db.telemetry_count("d") == 7
+    assert db.devices()[0]["telemetry"]["seq"] == 1
+    db.close()
+
+
+def test_replicas_see_each_other_until_one_stops_beating(db_spec):
+    a, b = FleetDB(db_spec), FleetDB(db_spec)
+    assert a.heartbeat("r-a", "h", 1, "http://a", ttl_s=5) == ["r-a"]
+    assert b.heartbeat("r-b", "h", 2, None, ttl_s=5) == ["r-a", "r-b"]
+    time.sleep(0.3)
+    assert b.heartbeat("r-b", "h", 2, None, ttl_s=0.2) == ["r-b"]       # r-a's beat is older than the ttl
+    assert {r["id"]: r["http_url"] for r in a.replica_rows()} == {"r-a": "http://a", "r-b": None}
+    a.leave("r-a")
+    assert [r["id"] for r in b.replica_rows()] == ["r-b"]
+    a.close()
+    b.close()
+
+
+def test_one_replica_holds_a_rollouts_lease_until_it_expires(tmp_path, db_spec, artifact):
+    art, _ = artifact
+    stored, _ = ArtifactStore(tmp_path / "store").put(art.manifest_bytes, art.signature, art.model_bytes)
+    a, b = FleetDB(db_spec), FleetDB(db_spec)
+    a.add_artifact(stored)
+    now = time.time()
+    a.insert_rollout("r1", stored.id, ["d1"], {}, "canary", now, owner="r-a", lease_s=0.5)
+    a.insert_rollout("r2", stored.id, ["d2"], {}, "canary", now)            # nobody's yet
+    assert b.claim_rollouts("r-b", 0.5) == {"r2"}
+    assert a.claim_rollouts("r-a", 0.5) == {"r1"}                         # renewed; r2 is r-b's
+    time.sleep(0.7)                                                        # neither renewed: both expire
+    assert b.claim_rollouts("r-b", 5) == {"r1", "r2"}
+    assert a.claim_rollouts("r-a", 5) == set()
+    assert a.claim_rollouts("r-a", 5, "r1") == set()
+    # a state change made on a state read earlier is refused once another one came first
+    assert a.update_rollout("r1", now, expect="canary", state="paused", paused_from="canary")
+    assert not b.update_rollout("r1", now, expect="canary", state="rolling")
+    assert a.rollout_rows("r1")[0]["state"] == "paused"
+    b.leave("r-b")                                                         # a clean stop frees its leases
+    assert a.claim_rollouts("r-a", 5) == {"r1", "r2"}
+    a.close()
+    b.close()

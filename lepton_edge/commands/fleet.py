@@ -38,7 +38,10 @@ def register(subparsers: Any) -> None:
                        help="bearer token for the API (default off loopback: generated into DIR/api.token)")
     serve.add_argument("--trusted-key", action="append", default=[], metavar="PUB",
                        help="accept only uploads signed by this key (repeatable; devices check anyway)")
-    serve.add_argument("--client-id", metavar="ID", help="MQTT client id (default lepton-edge-controller-FLEET)")
+    serve.add_argument("--client-id", metavar="ID",
+                       help="MQTT client id and replica id, with a persistent session (default "
+                            "lepton-edge-controller-FLEET-HOST-PID with a clean session: several replicas on one "
+                            "database and broker act as one controller; docs/REPLICAS.md)")
     serve.add_argument("--job-expiry", type=float, default=3600.0, metavar="S",
                        help="default lifetime of an OTA job in seconds (default 3600)")
     serve.add_argument("--block-size", type=int, default=65536, metavar="N",
@@ -129,7 +132,7 @@ def run_serve(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    controller.start()
+    controller.start(http_url=api.url)
     api.start()
     note = "" if token is None else (f", bearer token from {args.token_file}" if args.token_file
                                      else f", bearer token in {store / 'api.token'}")

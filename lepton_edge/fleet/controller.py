@@ -16,6 +16,13 @@ The in-memory job table (unfinished jobs, device online flags) is shared under o
 sent when it is created if its device is online, and again every time the device's status says
 online (a restart, a reconnect after a broker restart): the device ignores a job it is already
 running, resumes one it has partly on disk, and reports ``healthy`` at once for a model it runs.
+
+Replicas (docs/REPLICAS.md): several controllers on one database and broker act as one. Each handles
+only the devices it owns (:mod:`lepton_edge.fleet.replicas`) and drops the others' messages after
+reading the topic; its job table holds only its devices' jobs. When the live set changes it drops the
+jobs of devices it lost and loads those of devices it gained; jobs another replica made or superseded
+reach it by a poll each housekeeping round. Telemetry with a ``boot`` is acknowledged
+(``telemetry/ack``) after its transaction commits, and written once per (device, boot, seq).
 """
 
 from __future__ import annotations
@@ -26,21 +33,25 @@ import hashlib
 import logging
 import os
 import queue
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from lepton_edge.errors import BadInput
+from lepton_edge.fleet.replicas import HEARTBEAT_S, REPLICA_TTL_S, Membership, ReplicaInfo, default_client_id
 from lepton_edge.fleet.rollout import MAX_EXPIRES_S, RolloutParams
 from lepton_edge.fleet.rollout_driver import RolloutDriver
 from lepton_edge.fleet.store import (
     EXPIRABLE_STATES,
+    EXPIRED,
     INSTALL,
     PENDING,
     SENT,
+    SUPERSEDED,
     TERMINAL_JOB_STATES,
     ArtifactStore,
     FleetDB,
@@ -57,6 +68,7 @@ from lepton_edge.mqtt import (
     BLOCK_UNKNOWN_JOB,
     DEFAULT_BLOCK_SIZE,
     DEFAULT_FLEET,
+    MAX_ACKED_SEQS,
     MAX_BLOCK_SIZE,
     OTA_GET,
     OTA_PROGRESS,
@@ -75,6 +87,7 @@ from lepton_edge.mqtt import (
     SessionOptions,
     Status,
     Telemetry,
+    TelemetryAck,
     check_name,
     fleet_filter,
 )
@@ -82,18 +95,22 @@ from lepton_edge.mqtt import (
 log = logging.getLogger("lepton_edge.fleet")
 
 PRESENCE_LINES = 20  # more online/offline changes than this in one housekeeping round: one summary line
+JOB_POLL_OVERLAP_S = 5.0  # the poll of jobs changed by other replicas looks back this much more (clock skew)
 
 
 @dataclass(frozen=True)
 class ControllerOptions:
     fleet: str = DEFAULT_FLEET
-    client_id: str | None = None          # default lepton-edge-controller-<fleet>: a stable id keeps the session
+    client_id: str | None = None          # None: lepton-edge-controller-<fleet>-<host>-<pid>, clean session;
+                                          # given: a stable id keeps its persistent session (``session``)
     trusted_keys: tuple = ()              # if given, uploads must be signed by one of them
     default_expires_s: float = 3600.0
     block_size: int = DEFAULT_BLOCK_SIZE  # the hint sent with each job; the device may ask for other sizes
     retention_s: float = 7 * 24 * 3600.0  # telemetry rows older than this are pruned
     housekeeping_s: float = 0.5           # expiry check and served-bytes flush
     rollout_tick_s: float = 0.5           # how often rollouts advance and their abort criteria are checked
+    heartbeat_s: float = HEARTBEAT_S      # replicas: how often this one says it is alive
+    replica_ttl_s: float = REPLICA_TTL_S  # replicas: silent this long means gone
     session: SessionOptions = field(default_factory=lambda: SessionOptions(
         clean_start=False, session_expiry_s=3600, max_inflight=200, max_backoff_s=10.0))
 
@@ -138,6 +155,8 @@ class Counters:
     blocks_served: int = 0
     bytes_served: int = 0
     telemetry_rows: int = 0
+    telemetry_duplicates: int = 0  # records already written (a resend, a takeover): not written again
+    messages_for_peers: int = 0    # messages of devices another replica owns, dropped after the topic
     write_failures: int = 0      # records that could not be written (each logged with its device)
 
 
@@ -170,21 +189,37 @@ class Controller:
         self._ingest: queue.Queue = queue.Queue()
         self._writer: threading.Thread | None = None
         self._stopping = threading.Event()
-        client_id = options.client_id or f"lepton-edge-controller-{options.fleet}"
-        self.mqtt = MqttClient(broker, client_id, session=options.session, on_connect=self._on_connect,
+        # the default id is this process's own (no session to keep: a restart is a new replica); a given
+        # id keeps the persistent session it had before replicas existed
+        client_id = options.client_id or default_client_id(options.fleet)
+        session = options.session if options.client_id else replace(options.session, clean_start=True,
+                                                                     session_expiry_s=None)
+        self.replica_id = client_id
+        self.membership = Membership(self.db, ReplicaInfo(client_id, socket.gethostname(), os.getpid()),
+                                     self._on_membership, heartbeat_s=options.heartbeat_s,
+                                     ttl_s=options.replica_ttl_s)
+        self._jobs_polled = 0.0  # the last poll of jobs changed by other replicas (time.time())
+        self.mqtt = MqttClient(broker, client_id, session=session, on_connect=self._on_connect,
                                on_disconnect=self._on_disconnect)
         self.router = Router(log)  # counts messages per kind and bad ones per reason (health())
         self.router.on(STATUS, Status.from_bytes, self._on_status)
         self.router.on(TELEMETRY, _telemetry_and_text, self._on_telemetry)  # the database keeps the payload as sent
         self.router.on(OTA_GET, BlockRequest.from_bytes, self._on_get)
         self.router.on(OTA_PROGRESS, Progress.from_bytes, self._on_progress)
-        self.router.subscribe(self.mqtt, lambda kind: fleet_filter(options.fleet, kind))
+        for route in self.router.routes.values():
+            self.mqtt.subscribe(fleet_filter(options.fleet, route.kind), self._owned(self.router.handler(route.kind)),
+                                qos=route.qos)
         self.rollout_driver = RolloutDriver(self, options.rollout_tick_s)
 
     # -- lifecycle --
-    def start(self) -> None:
+    def start(self, http_url: str | None = None) -> None:
+        """Join the replicas (``http_url``: this replica's API, listed in the ``replicas`` table), load the
+        unfinished jobs of the devices this replica owns, then connect."""
+        self.membership.join(http_url)
+        self._jobs_polled = time.time()
         for row in self.db.active_jobs():
-            self._remember(row)
+            if self.membership.owns(row.device):
+                self._remember(row)
         self._writer = threading.Thread(target=self._write_loop, name="fleet-ingest", daemon=True)
         self._writer.start()
         self.mqtt.start()
@@ -200,6 +235,7 @@ class Controller:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+        self.membership.leave()
         self.db.close()
 
     def wait_connected(self, timeout: float) -> bool:
@@ -286,13 +322,16 @@ class Controller:
 
     def activate_jobs(self, art: StoredArtifact, jobs: list[JobRow], superseded: Iterable[str]) -> int:
         """Put new jobs (just written to the database) in the live table, forget the ones they superseded,
-        and send those whose device is online; returns how many went out."""
+        and send those whose device is online; returns how many went out. Jobs of devices another
+        replica owns are left to it (its poll of changed jobs finds them)."""
         manifest, signature = self.artifacts.manifest(art.id)
         to_send = []
         with self._lock:
             for job_id in superseded:
                 self._forget(job_id, BLOCK_UNKNOWN_JOB)
             for row in jobs:
+                if not self.membership.owns(row.device):
+                    continue
                 live = self._remember(row, manifest, signature, art.model_sha256)
                 if self._online.get(row.device):
                     to_send.append(live)
@@ -341,7 +380,86 @@ class Controller:
         return {"ok": True, "fleet": self.options.fleet, "broker": self.broker.display_url,
                 "broker_connected": self.mqtt.connected, "active_jobs": active,
                 "ingest_backlog": self._ingest.qsize(), "bad_payloads": self.router.bad_payloads,
-                "messages": dict(self.router.messages)}
+                "messages": dict(self.router.messages), "replica": self.replica_id,
+                "replicas": list(self.membership.live), "messages_for_peers": self.counters.messages_for_peers,
+                "telemetry_rows": self.counters.telemetry_rows,
+                "telemetry_duplicates": self.counters.telemetry_duplicates}
+
+    # -- replicas --
+    def _owned(self, handler: Callable[[str, bytes], None]) -> Callable[[str, bytes], None]:
+        """``handler`` for the devices this replica owns; another replica's device's message is counted
+        and dropped after reading only its topic (``lepton/v1/<fleet>/<device>/...``)."""
+        membership = self.membership
+
+        def handle(topic: str, payload: bytes) -> None:
+            if membership.alone:
+                handler(topic, payload)
+                return
+            parts = topic.split("/", 4)
+            if len(parts) > 3 and not membership.owns(parts[3]):
+                self.counters.messages_for_peers += 1
+                return
+            handler(topic, payload)
+        return handle
+
+    def _on_membership(self, live: tuple[str, ...]) -> None:
+        """The live set changed (the heartbeat thread): drop the jobs of devices this replica no longer owns,
+        load the unfinished jobs of the devices it owns now, and send those whose device the database says
+        is online."""
+        owns = self.membership.owns
+        active = [row for row in self.db.active_jobs() if owns(row.device)]
+        presence = {r["device"]: r for r in self.db.device_presence() if owns(r["device"])}
+        to_send = []
+        with self._lock:
+            for job in [j for j in self._jobs.values() if not owns(j.device)]:
+                self._jobs.pop(job.id, None)
+                if self._current.get(job.device) == job.id:
+                    del self._current[job.device]
+            for device in [d for d in self._online if not owns(d)]:
+                del self._online[device]
+                self._models.pop(device, None)
+            for device, r in presence.items():
+                if device not in self._online:
+                    self._online[device] = bool(r["online"])
+                    if r["online"]:
+                        self._models[device] = None if r["model_sha256"] is None else ModelInfo(
+                            r["model_name"], r["model_version"], r["model_sha256"], r["slot"])
+            wanted = {row.id for row in active}
+            for job_id in [j for j in self._jobs if j not in wanted]:  # finished or superseded meanwhile
+                self._forget(job_id, BLOCK_UNKNOWN_JOB)
+            for row in active:
+                if row.id not in self._jobs:
+                    job = self._remember(row)
+                    if self._online.get(row.device):
+                        to_send.append(job)
+        for job in to_send:
+            self._send(job, record_now=True)
+        log.info("replicas: %d live; this one owns %d unfinished job(s) and sent %d", len(live), len(active),
+                 len(to_send))
+
+    def _poll_jobs(self) -> None:
+        """Jobs another replica made for (or superseded on) this replica's devices: pick them up."""
+        if self.membership.alone and self._jobs_polled:
+            self._jobs_polled = time.time()
+            return
+        now = time.time()
+        rows = self.db.jobs_changed(self._jobs_polled - JOB_POLL_OVERLAP_S, (PENDING, SUPERSEDED, EXPIRED))
+        self._jobs_polled = now
+        owns = self.membership.owns
+        to_send = []
+        with self._lock:
+            for row in rows:
+                if not owns(row.device):
+                    continue
+                if row.state != PENDING:
+                    if row.id in self._jobs:
+                        self._forget(row.id, BLOCK_EXPIRED if row.state == EXPIRED else BLOCK_UNKNOWN_JOB)
+                elif row.id not in self._jobs and row.id not in self._finished:
+                    live = self._remember(row)
+                    if self._online.get(row.device):
+                        to_send.append(live)
+        for live in to_send:
+            self._send(live, record_now=True)
 
     # -- MQTT handlers (loop thread) --
     def _on_connect(self) -> None:
@@ -376,6 +494,18 @@ class Controller:
             came = sum(1 for _, up, _ in changes if up)
             log.info("%d device(s) came online and %d went offline; %d online now", came, len(changes) - came,
                      online)
+
+    def _ack(self, records: list[TelemetryRecord]) -> None:
+        """After the batch's commit: one ``telemetry/ack`` per (device, boot) naming its seqs."""
+        seqs: dict[tuple[str, str], list[int]] = {}
+        for r in records:
+            if r.telemetry.boot is not None:
+                seqs.setdefault((r.device, r.telemetry.boot), []).append(r.telemetry.seq)
+        for (device, boot), numbers in seqs.items():
+            topic = DeviceTopics(self.options.fleet, device).telemetry_ack
+            for start in range(0, len(numbers), MAX_ACKED_SEQS):
+                self.mqtt.publish(topic, TelemetryAck(boot, tuple(numbers[start:start + MAX_ACKED_SEQS])).to_bytes(),
+                                  qos=0)
 
     def _on_telemetry(self, device: str, parsed: tuple[Telemetry, str]) -> None:
         telemetry, text = parsed
@@ -553,17 +683,23 @@ class Controller:
             for item in items:
                 if item[0] != "telemetry":
                     self._guarded(conn, item[1], item[0], functools.partial(self._write_record, conn, item))
-            written = 0
-            if telemetry and self._guarded(conn, None, "telemetry",
-                                           functools.partial(self.db.record_telemetry, telemetry, conn=conn),
-                                           quiet=True):
+            written, duplicates = 0, [0]
+
+            def record(batch: list[TelemetryRecord]) -> None:
+                duplicates[0] += self.db.record_telemetry(batch, conn=conn)
+            if telemetry and self._guarded(conn, None, "telemetry", functools.partial(record, telemetry), quiet=True):
                 written = len(telemetry)
             elif telemetry:  # one of them is bad: find it, keep the others
-                for record in telemetry:
-                    if self._guarded(conn, record.device, "telemetry",
-                                     functools.partial(self.db.record_telemetry, [record], conn=conn)):
+                duplicates[0] = 0
+                for one in telemetry:
+                    if self._guarded(conn, one.device, "telemetry", functools.partial(record, [one])):
                         written += 1
-        self.counters.telemetry_rows += written
+        # committed: acknowledge every record of the batch, those refused for a bad value too (a resend
+        # cannot fix them); a failed transaction raised above and acknowledges nothing
+        self.counters.telemetry_rows += written - duplicates[0]
+        self.counters.telemetry_duplicates += duplicates[0]
+        if telemetry:
+            self._ack(telemetry)
 
     def _write_record(self, conn: Any, item: tuple) -> None:
         kind = item[0]
@@ -599,6 +735,7 @@ class Controller:
         self._log_presence(presence, online)
         if served:
             self.db.add_served({job: (b, n) for job, (b, n) in served.items()})
+        self._poll_jobs()
         expired = self.db.expire_jobs(time.time())
         if expired:
             with self._lock:

@@ -4,7 +4,10 @@ Default ``127.0.0.1:8788``. On any non-loopback address every request but ``GET 
 needs ``Authorization: Bearer <token>``: the token comes from ``--token-file`` or is generated
 into ``<store>/api.token`` (mode 0600). With ``--token-file`` it is required on loopback too.
 
-    GET  /v1/health                    {"ok", "fleet", "broker", "broker_connected", ...}
+    GET  /v1/health                    {"ok", "fleet", "broker", "broker_connected", "replica" (this one's id),
+                                        "replicas" (the live ones), "messages" (handled here, per kind),
+                                        "messages_for_peers" (other replicas' devices: dropped),
+                                        "telemetry_rows", "telemetry_duplicates", ...}
     POST /v1/artifacts                 {"manifest_b64", "signature_b64" (or null), "model_b64"}
                                        -> 201 (new) or 200: {"artifact": id, "name", "version",
                                           "model_sha256", "size", "signed", "created", "new"}

@@ -15,7 +15,8 @@ counts: they restart at 0 with the agent, which ``rate()`` takes as a counter re
 (seconds), memory (resident bytes), the arena (a microcontroller behind a gateway: its arena and the
 high-water marks of the arena's head and tail). Per rollout: devices per phase and its state.
 Fleet-wide: OTA bytes and blocks served, messages received per kind, rejected ones per reason,
-records that could not be written, and how long this scrape took to collect.
+records that could not be written, telemetry duplicates not written again, messages left to other
+replicas, the live replicas, and how long this scrape took to collect.
 """
 
 from __future__ import annotations
@@ -117,14 +118,24 @@ class FleetCollector:
         failed.add_metric([], float(c.counters.write_failures))
         rows = CounterMetricFamily("lepton_telemetry_rows_written", "Telemetry records written to the database")
         rows.add_metric([], float(c.counters.telemetry_rows))
+        duplicates = CounterMetricFamily("lepton_telemetry_duplicates", "Telemetry records already in the database "
+                                         "(a resend, a takeover between replicas): not written again")
+        duplicates.add_metric([], float(c.counters.telemetry_duplicates))
+        peers = CounterMetricFamily("lepton_messages_for_peers", "Messages of devices another controller replica "
+                                    "owns: dropped here after reading the topic")
+        peers.add_metric([], float(c.counters.messages_for_peers))
         health = c.health()
+        replicas = GaugeMetricFamily("lepton_controller_replicas", "Controller replicas alive on this database "
+                                     "(this one included)")
+        replicas.add_metric([], float(len(health.get("replicas") or ())))
         connected = GaugeMetricFamily("lepton_broker_connected", "1 while the controller is connected to the broker")
         connected.add_metric([], 1.0 if health.get("broker_connected") else 0.0)
         backlog = GaugeMetricFamily("lepton_ingest_backlog", "Records received but not yet written")
         backlog.add_metric([], float(health.get("ingest_backlog") or 0))
         jobs = GaugeMetricFamily("lepton_ota_active_jobs", "OTA jobs not finished yet")
         jobs.add_metric([], float(health.get("active_jobs") or 0))
-        yield from (bytes_served, blocks_served, ingested, rejected, failed, rows, connected, backlog, jobs)
+        yield from (bytes_served, blocks_served, ingested, rejected, failed, rows, duplicates, peers, connected,
+                    backlog, jobs, replicas)
 
 
 def device_metrics(devices: Iterable[dict[str, Any]], fleet: str) -> Iterator[Metric]:

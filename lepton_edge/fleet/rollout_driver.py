@@ -10,6 +10,14 @@ a rollout carries on from the database and never gives a device a second job in 
 
 The HTTP threads call :meth:`RolloutDriver.create`, :meth:`~RolloutDriver.action` and the views; one
 lock serialises them with the tick.
+
+Replicas: exactly one replica drives a rollout, the holder of its lease (``rollouts.owner`` and
+``lease_until``, by the database's clock). Each tick claims, in one UPDATE, the active rollouts whose
+lease is free, expired or its own (renewing it for ``LEASE_S``) and drives only those: a dead driver's
+rollouts move after the lease runs out plus a tick. A pause, resume or cancel through any replica's API
+changes the row only if its state is still the one read (compare-and-set), and every state change the
+driver makes is conditional the same way, so neither overwrites the other; the lease holder acts on
+the new state at its next tick.
 """
 
 from __future__ import annotations
@@ -79,11 +87,14 @@ class RolloutHost(Protocol):
     def activate_jobs(self, art: StoredArtifact, jobs: list[JobRow], superseded: Iterable[str]) -> int: ...
     def drop_jobs(self, job_ids: Iterable[str]) -> None: ...
     def live_state(self, job_id: str) -> str | None: ...
+    @property
+    def replica_id(self) -> str: ...
 
 log = logging.getLogger("lepton_edge.fleet.rollout")
 
 # Rollouts a selected device must not be in already: they may still send it a job or a command.
 BUSY_STATES = frozenset(CHECKED_STATES | {FINISHING, ABORTING})
+LEASE_S = 5.0  # a rollout's lease: renewed every tick by its driver, free for another replica after this
 
 
 @dataclass
@@ -198,13 +209,25 @@ class RolloutDriver:
                 log.exception("rollouts: a tick failed")
 
     def tick(self, now: float) -> None:
-        """Advance every active rollout once."""
+        """Advance once every active rollout whose lease this replica holds or can take."""
         with self._lock:
+            if not self.db.rollout_rows(active=True):
+                self._trackers.clear()
+                return
+            mine = self.db.claim_rollouts(self.controller.replica_id, LEASE_S)
+            for rollout_id in set(self._trackers) - mine:  # driven elsewhere now: its windows go stale
+                del self._trackers[rollout_id]
             for row in self.db.rollout_rows(active=True):
+                if row["id"] not in mine:
+                    continue
                 try:
                     self._advance(row, now)
                 except Exception:
                     log.exception("rollout %s: could not advance", row["id"])
+
+    def _holds(self, rollout_id: str) -> bool:
+        """Whether this replica holds (or could just take) the rollout's lease."""
+        return rollout_id in self.db.claim_rollouts(self.controller.replica_id, LEASE_S, rollout_id)
 
     # -- the API (HTTP threads) --
     def create(self, artifact_id: str, devices: list[str], params: RolloutParams) -> dict[str, Any]:
@@ -222,7 +245,8 @@ class RolloutDriver:
             now = time.time()
             order = rollout_order(devices)
             state = CANARY if canary_size(params, len(order)) else ROLLING
-            self.db.insert_rollout(rollout_id, art.id, order, params.as_dict(), state, now)
+            self.db.insert_rollout(rollout_id, art.id, order, params.as_dict(), state, now,
+                                   owner=self.controller.replica_id, lease_s=LEASE_S)
             log.info("rollout %s: %s version %d to %d device(s), %s", rollout_id, art.name, art.version,
                      len(order), "canary first" if state == CANARY else "no canary")
             (row,) = self.db.rollout_rows(rollout_id)
@@ -235,23 +259,29 @@ class RolloutDriver:
             state, now = row["state"], time.time()
             if action == "pause":
                 if state in RELEASING_STATES:
-                    self.db.update_rollout(rollout_id, now, state=PAUSED, paused_from=state)
+                    if not self.db.update_rollout(rollout_id, now, expect=state, state=PAUSED, paused_from=state):
+                        return self.action(rollout_id, action)  # its driver moved it on meanwhile: look again
                     log.info("rollout %s: paused", rollout_id)
                 elif state != PAUSED:
                     raise BadInput(f"rollout {rollout_id} is {state}: only a rollout releasing waves can be paused")
             elif action == "resume":
                 if state == PAUSED:
-                    self.db.update_rollout(rollout_id, now, state=row["paused_from"] or ROLLING, paused_from=None)
+                    if not self.db.update_rollout(rollout_id, now, expect=state,
+                                                  state=row["paused_from"] or ROLLING, paused_from=None):
+                        return self.action(rollout_id, action)
                     log.info("rollout %s: resumed", rollout_id)
-                    self._advance(self._row(rollout_id), now)
+                    if self._holds(rollout_id):  # else its driver (another replica) acts at its next tick
+                        self._advance(self._row(rollout_id), now)
                 elif state not in RELEASING_STATES:
                     raise BadInput(f"rollout {rollout_id} is {state}: only a paused rollout can be resumed")
             elif action == "cancel":
                 if state in CHECKED_STATES:
+                    if not self.db.update_rollout(rollout_id, now, expect=state, state=CANCELLED, paused_from=None):
+                        return self.action(rollout_id, action)
                     self._supersede_unsent(row, self.db.rollout_members(rollout_id), "the rollout was cancelled")
-                    self.db.update_rollout(rollout_id, now, state=CANCELLED, paused_from=None)
                     log.info("rollout %s: cancelled", rollout_id)
-                    self._advance(self._row(rollout_id), now)
+                    if self._holds(rollout_id):
+                        self._advance(self._row(rollout_id), now)
                 elif state != CANCELLED:
                     raise BadInput(f"rollout {rollout_id} is {state}: only a running or paused rollout can be "
                                    "cancelled")
@@ -279,7 +309,9 @@ class RolloutDriver:
         if state in CHECKED_STATES:
             abort = self._criteria(row, params, members)
             if abort is not None:
-                self.db.update_rollout(rollout_id, now, state=ABORTING, abort=abort.as_dict(), paused_from=None)
+                if not self.db.update_rollout(rollout_id, now, expect=state, state=ABORTING, abort=abort.as_dict(),
+                                              paused_from=None):
+                    return  # a pause or cancel through another replica came first: the next tick sees it
                 log.warning("rollout %s: aborted on %s: %s", rollout_id, abort.criterion, abort.text)
                 self._trackers.pop(rollout_id, None)
                 self._revert(row, members, now)
@@ -293,18 +325,19 @@ class RolloutDriver:
                 schedule = self._schedule(params, members)
             new_state = releasing_state(schedule, now)
             if new_state != state:
-                self.db.update_rollout(rollout_id, now, state=new_state)
+                if not self.db.update_rollout(rollout_id, now, expect=state, state=new_state):
+                    return
                 log.info("rollout %s: %s", rollout_id, new_state)
                 state = new_state
         if state == FINISHING and self._confirm(row, members, now):
-            self.db.update_rollout(rollout_id, now, state=COMPLETED, active=False)
-            log.info("rollout %s: completed", rollout_id)
+            if self.db.update_rollout(rollout_id, now, expect=state, state=COMPLETED, active=False):
+                log.info("rollout %s: completed", rollout_id)
         elif state == ABORTING and self._revert(row, members, now):
-            self.db.update_rollout(rollout_id, now, state=ABORTED, active=False)
-            log.info("rollout %s: aborted; every revert is over", rollout_id)
+            if self.db.update_rollout(rollout_id, now, expect=state, state=ABORTED, active=False):
+                log.info("rollout %s: aborted; every revert is over", rollout_id)
         elif state == CANCELLED and self._confirm(row, members, now):
-            self.db.update_rollout(rollout_id, now, active=False)
-            log.info("rollout %s: cancelled; every job is over", rollout_id)
+            if self.db.update_rollout(rollout_id, now, expect=state, active=False):
+                log.info("rollout %s: cancelled; every job is over", rollout_id)
         if state in ENDED_STATES or not row["active"]:
             self._trackers.pop(rollout_id, None)
 

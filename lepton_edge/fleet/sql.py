@@ -14,6 +14,7 @@ import os
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -90,6 +91,11 @@ class Dialect:
 
     def migration_lock(self, conn: Conn) -> None:
         """Inside the migrations' transaction: keep other processes from migrating at the same time."""
+
+    def clock(self, conn: Conn) -> float:
+        """Now (unix seconds) by the database's clock: heartbeats and leases compare times written by
+        several hosts. SQLite is one host's file: its clock is ``time.time()``."""
+        return time.time()
 
     def describe(self) -> str:
         return self.name
@@ -176,6 +182,9 @@ class PostgresDialect(Dialect):
 
     def migration_lock(self, conn: Conn) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
+
+    def clock(self, conn: Conn) -> float:
+        return float(conn.execute("SELECT EXTRACT(EPOCH FROM clock_timestamp())::float8").fetchone()[0])
 
     def describe(self) -> str:
         """The URL without its password."""

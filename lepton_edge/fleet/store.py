@@ -12,14 +12,18 @@ a new artifact).
 
 SQLite: one connection per thread, WAL (readers never wait for the writer), writes serialised by a
 lock, ``synchronous=NORMAL``. PostgreSQL (``--db postgresql://...``): a small pool of autocommit
-connections, writes serialised by the same lock (one controller per database in this version).
+connections, writes serialised by the same lock within a process; several controller replicas may share
+one database (``replicas``: membership by heartbeat; ``rollouts.owner``/``lease_until``: who drives a
+rollout; docs/REPLICAS.md).
 The queries are the same for both (lepton_edge/fleet/sql.py rewrites what differs; docs/STORE.md).
 Telemetry arrives in batches from one ingest thread.
 
 Tables: ``devices`` (last status and telemetry, tags), ``telemetry``, ``artifacts``, ``deployments`` and
 ``jobs`` (an install, or a rollout's revert/confirm command; ``job_events`` their history), ``rollouts``
 and ``rollout_devices`` (each selected device's wave, install job, commands and revert target;
-docs/ROLLOUTS.md). The schema comes from numbered migrations (``MIGRATIONS``) recorded in
+docs/ROLLOUTS.md), ``replicas`` (the controller processes alive on this database). A telemetry record
+with a ``boot`` is written once per (device, boot, seq): resends and a takeover between replicas never
+duplicate it. The schema comes from numbered migrations (``MIGRATIONS``) recorded in
 ``schema_migrations`` and run at open, so an older database is brought up to date.
 """
 
@@ -188,7 +192,24 @@ MIGRATIONS: tuple[tuple[int, str, tuple[Step, ...]], ...] = (
             PRIMARY KEY(rollout, device))""",
         "CREATE INDEX IF NOT EXISTS rollout_devices_by_job ON rollout_devices(job)",
     )),
+    (4, "controller replicas: replicas, rollout leases, telemetry once per (device, boot, seq), jobs by update", (
+        """CREATE TABLE IF NOT EXISTS replicas(
+            id TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL, started REAL NOT NULL,
+            heartbeat REAL NOT NULL, http_url TEXT)""",
+        ("add", "rollouts", "owner", "TEXT"), ("add", "rollouts", "lease_until", "REAL"),
+        ("add", "telemetry", "boot", "TEXT"),
+        "CREATE UNIQUE INDEX IF NOT EXISTS telemetry_once ON telemetry(device, boot, seq) WHERE boot IS NOT NULL",
+        ("add", "devices", "telemetry_boot", "TEXT"), ("add", "devices", "telemetry_seq", "INTEGER"),
+        "CREATE INDEX IF NOT EXISTS jobs_by_update ON jobs(updated)",
+    )),
 )
+_TELEMETRY_CHUNK = 150     # records per INSERT statement (6 values each: under SQLite's old 999-variable limit)
+_REPLICA_FORGET_S = 86400  # a replica row this long without a heartbeat is deleted
+# A device's latest telemetry in ``devices`` moves only forward: a record of another boot, or a later seq.
+_NEWER = ("(devices.telemetry_boot IS NULL OR excluded.telemetry_boot IS NULL"
+          " OR devices.telemetry_boot <> excluded.telemetry_boot OR excluded.telemetry_seq > devices.telemetry_seq)")
+_LATEST = ", ".join(f"{col}=CASE WHEN {_NEWER} THEN excluded.{col} ELSE devices.{col} END"
+                    for col in ("telemetry", "telemetry_at", "telemetry_boot", "telemetry_seq"))
 _MAX_IDLE = 8  # PostgreSQL connections kept open between uses
 
 
@@ -409,25 +430,72 @@ class FleetDB:
             with self._write() as c:
                 c.execute(sql, args)
 
-    def record_telemetry(self, records: list[TelemetryRecord], conn: Conn | None = None) -> None:
-        """Insert a batch (one transaction when called alone) and keep each device's latest."""
-        def run(c: Conn) -> None:
-            c.executemany("INSERT INTO telemetry(device, received, seq, ts, payload) VALUES(?,?,?,?,?)",
-                          [(r.device, r.received, r.telemetry.seq, r.telemetry.ts, r.raw) for r in records])
+    def record_telemetry(self, records: list[TelemetryRecord], conn: Conn | None = None) -> int:
+        """Insert a batch (one transaction when called alone) and keep each device's latest. A record with
+        a ``boot`` already written (same device, boot and seq: a resend, or one two replicas both took)
+        is not written again; returns how many were such duplicates."""
+        def run(c: Conn) -> int:
             latest: dict[str, TelemetryRecord] = {}
-            for r in records:
-                latest[r.device] = r
-            c.executemany("INSERT INTO devices(device, first_seen, last_seen, telemetry, telemetry_at)"
-                          " VALUES(?,?,?,?,?)"
-                          " ON CONFLICT(device) DO UPDATE SET telemetry=excluded.telemetry,"
-                          " telemetry_at=excluded.telemetry_at,"
+            duplicates = 0
+            for start in range(0, len(records), _TELEMETRY_CHUNK):
+                chunk = records[start:start + _TELEMETRY_CHUNK]
+                rows = c.execute(
+                    "INSERT INTO telemetry(device, received, seq, ts, payload, boot) VALUES"
+                    + ",".join(["(?,?,?,?,?,?)"] * len(chunk)) + " ON CONFLICT DO NOTHING RETURNING device, boot, seq",
+                    [v for r in chunk for v in (r.device, r.received, r.telemetry.seq, r.telemetry.ts, r.raw,
+                                                r.telemetry.boot)]).fetchall()
+                duplicates += len(chunk) - len(rows)
+                written = {(row[0], row[1], row[2]) for row in rows}
+                for r in chunk:
+                    if (r.device, r.telemetry.boot, r.telemetry.seq) in written:
+                        latest[r.device] = r
+            c.executemany("INSERT INTO devices(device, first_seen, last_seen, telemetry, telemetry_at, telemetry_boot,"
+                          " telemetry_seq) VALUES(?,?,?,?,?,?,?)"
+                          f" ON CONFLICT(device) DO UPDATE SET {_LATEST},"
                           " last_seen=GREATEST(COALESCE(devices.last_seen, 0), excluded.last_seen)",
-                          [(d, r.received, r.received, r.raw, r.received) for d, r in latest.items()])
+                          [(d, r.received, r.received, r.raw, r.received, r.telemetry.boot, r.telemetry.seq)
+                           for d, r in latest.items()])
+            return duplicates
         if conn is not None:
-            run(conn)
-        else:
-            with self._write() as c:
-                run(c)
+            return run(conn)
+        with self._write() as c:
+            return run(c)
+
+    # -- replicas (docs/REPLICAS.md) --
+    def heartbeat(self, replica_id: str, host: str, pid: int, http_url: str | None, ttl_s: float) -> list[str]:
+        """Upsert this replica's row with the database's time; returns the live replicas' ids (a heartbeat
+        newer than ``ttl_s``), sorted."""
+        with self._write() as c:
+            now = c.dialect.clock(c)
+            c.execute("INSERT INTO replicas(id, host, pid, started, heartbeat, http_url) VALUES(?,?,?,?,?,?)"
+                      " ON CONFLICT(id) DO UPDATE SET host=excluded.host, heartbeat=excluded.heartbeat,"
+                      " http_url=excluded.http_url, started=CASE WHEN replicas.pid = excluded.pid"
+                      " THEN replicas.started ELSE excluded.started END, pid=excluded.pid",
+                      (replica_id, host, pid, now, now, http_url))
+            c.execute("DELETE FROM replicas WHERE heartbeat < ?", (now - _REPLICA_FORGET_S,))
+            return [r[0] for r in c.execute("SELECT id FROM replicas WHERE heartbeat > ? ORDER BY id",
+                                            (now - ttl_s,))]
+
+    def leave(self, replica_id: str) -> None:
+        """A replica stopping cleanly: its row goes, its rollout leases are free at once."""
+        with self._write() as c:
+            c.execute("DELETE FROM replicas WHERE id=?", (replica_id,))
+            c.execute("UPDATE rollouts SET owner=NULL, lease_until=NULL WHERE owner=?", (replica_id,))
+
+    def replica_rows(self) -> list[dict[str, Any]]:
+        """Every replica row with ``age_s``: seconds since its last heartbeat, by the database's clock."""
+        conn = self._take()
+        try:
+            now = self.dialect.clock(conn)
+        finally:
+            self._give(conn)
+        return [{**dict(r), "age_s": round(now - r["heartbeat"], 3)}
+                for r in self._conn().execute("SELECT * FROM replicas ORDER BY id")]
+
+    def device_presence(self) -> list[Row]:
+        """Every device's online flag and model, as the database has them (a replica taking devices over)."""
+        return self._conn().execute(
+            "SELECT device, online, model_name, model_version, model_sha256, slot FROM devices").fetchall()
 
     def batch(self) -> Transaction:
         """One write transaction for several record_* calls (pass ``conn=`` the yielded connection)."""
@@ -568,6 +636,15 @@ class FleetDB:
             f"SELECT {_JOB_COLUMNS} FROM jobs j JOIN deployments d ON d.id = j.deployment"
             f" WHERE j.state NOT IN ({placeholders}) ORDER BY j.created", sorted(TERMINAL_JOB_STATES))]
 
+    def jobs_changed(self, since: float, states: Iterable[str]) -> list[JobRow]:
+        """Jobs in one of ``states`` whose ``updated`` is at or after ``since`` (made or superseded by
+        another replica)."""
+        states = sorted(states)
+        placeholders = ",".join("?" * len(states))
+        return [_job_row(r) for r in self._conn().execute(
+            f"SELECT {_JOB_COLUMNS} FROM jobs j JOIN deployments d ON d.id = j.deployment"
+            f" WHERE j.updated >= ? AND j.state IN ({placeholders}) ORDER BY j.created", (since, *states))]
+
     def job_events(self, job_id: str) -> list[dict[str, Any]]:
         return [dict(r) for r in self._conn().execute(
             "SELECT state, received, reason, ts FROM job_events WHERE job=? ORDER BY id", (job_id,))]
@@ -647,11 +724,13 @@ class FleetDB:
 
     # -- rollouts --
     def insert_rollout(self, rollout_id: str, artifact_id: str, devices: list[str], params: dict[str, Any],
-                       state: str, now: float) -> None:
-        """A rollout and its devices (in rollout order), none released yet."""
+                       state: str, now: float, owner: str | None = None, lease_s: float = 0.0) -> None:
+        """A rollout and its devices (in rollout order), none released yet; ``owner`` holds its lease."""
         with self._write() as c:
-            c.execute("INSERT INTO rollouts(id, artifact, state, params, created, updated) VALUES(?,?,?,?,?,?)",
-                      (rollout_id, artifact_id, state, json.dumps(params), now, now))
+            lease = c.dialect.clock(c) + lease_s if owner is not None else None
+            c.execute("INSERT INTO rollouts(id, artifact, state, params, created, updated, owner, lease_until)"
+                      " VALUES(?,?,?,?,?,?,?,?)",
+                      (rollout_id, artifact_id, state, json.dumps(params), now, now, owner, lease))
             c.executemany("INSERT INTO rollout_devices(rollout, device, ord) VALUES(?,?,?)",
                           [(rollout_id, d, i) for i, d in enumerate(devices)])
 
@@ -697,16 +776,33 @@ class FleetDB:
                 found[device] = r[0]
         return found
 
-    def update_rollout(self, rollout_id: str, now: float, **fields: Any) -> None:
-        """Set ``state``, ``paused_from``, ``abort`` (a dict) or ``active`` (bool)."""
+    def update_rollout(self, rollout_id: str, now: float, *, expect: str | None = None, **fields: Any) -> bool:
+        """Set ``state``, ``paused_from``, ``abort`` (a dict) or ``active`` (bool). ``expect``: only while
+        the rollout is in that state (another replica's pause or cancel may have come first); returns
+        whether the row changed."""
         allowed = {"state", "paused_from", "abort", "active"}
         if set(fields) - allowed:
             raise ValueError(f"unknown rollout fields {sorted(set(fields) - allowed)}")
         values = {k: (json.dumps(v) if k == "abort" and v is not None else int(v) if k == "active" else v)
                   for k, v in fields.items()}
         sets = "".join(f"{k}=?, " for k in values)
+        where, args = ("id=? AND state=?", (rollout_id, expect)) if expect is not None else ("id=?", (rollout_id,))
         with self._write() as c:
-            c.execute(f"UPDATE rollouts SET {sets}updated=? WHERE id=?", (*values.values(), now, rollout_id))
+            return bool(c.execute(f"UPDATE rollouts SET {sets}updated=? WHERE {where}",
+                                  (*values.values(), now, *args)).rowcount)
+
+    def claim_rollouts(self, replica_id: str, lease_s: float, rollout_id: str | None = None) -> set[str]:
+        """Take or renew the lease of every active rollout (or just ``rollout_id``) whose lease is free,
+        expired or already ours, in one UPDATE (atomic on both engines: on PostgreSQL a concurrent claim
+        waits for the row and then sees it taken); returns the active rollouts this replica holds."""
+        only, extra = (" AND id=?", (rollout_id,)) if rollout_id is not None else ("", ())
+        with self._write() as c:
+            now = c.dialect.clock(c)
+            c.execute("UPDATE rollouts SET owner=?, lease_until=? WHERE active=1 AND (owner IS NULL OR owner=?"
+                      f" OR lease_until IS NULL OR lease_until < ?){only}",
+                      (replica_id, now + lease_s, replica_id, now, *extra))
+            return {r[0] for r in c.execute(f"SELECT id FROM rollouts WHERE active=1 AND owner=?{only}",
+                                            (replica_id, *extra))}
 
     def release_wave(self, rollout_id: str, wave: int, devices: list[str], artifact: StoredArtifact,
                      expires_at: float, block_size: int, now: float) -> tuple[str | None, list[JobRow], list[str]]:
