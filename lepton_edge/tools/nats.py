@@ -32,6 +32,11 @@ from lepton_edge.tools.mosquitto import _accepts, free_port
 NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
 INSTALL = "apt-get install -y nats-server (or make setup)"
 MAX_PAYLOAD = 2 * 1024 * 1024
+# Every MQTT QoS 1 subscription is a JetStream consumer; by default each is replicated like the streams (its
+# own Raft group on three nodes) and on disk. A thousand devices connecting at once then time out creating
+# them ("Unable to add JetStream consumer ... timeout"). Clean-session clients (devices, controller
+# replicas) lose nothing with one in-memory replica: their consumers go with the connection anyway.
+LIGHT_CONSUMERS = "consumer_replicas: 1\n  consumer_memory_storage: true"
 
 
 class NatsMissing(LeptonError):
@@ -76,8 +81,10 @@ class NatsNode:
         auth = "" if user is None else f"{user}:{password}@" if password is not None else f"{user}@"
         return f"mqtt://{auth}127.0.0.1:{self.mqtt_port}"
 
-    def write_config(self, peers: list[NatsNode], extra: str = "", max_payload: int | None = MAX_PAYLOAD) -> None:
-        """``max_payload=None`` keeps NATS's default (1 MB); a single node has no cluster block."""
+    def write_config(self, peers: list[NatsNode], extra: str = "", max_payload: int | None = MAX_PAYLOAD,
+                     mqtt_extra: str = "") -> None:
+        """``max_payload=None`` keeps NATS's default (1 MB); a single node has no cluster block; ``mqtt_extra``
+        goes into the ``mqtt`` block (e.g. :data:`LIGHT_CONSUMERS`)."""
         routes = ", ".join(f'"nats://127.0.0.1:{p.route_port}"' for p in peers if p is not self)
         cluster = f"""cluster {{{{
   name: {self.cluster_name}
@@ -98,6 +105,7 @@ jetstream {{
 mqtt {{
   listen: 127.0.0.1:{self.mqtt_port}
   stream_replicas: {len(peers)}
+  {mqtt_extra}
 }}
 {extra}
 """)
@@ -123,6 +131,18 @@ mqtt {{
         except (OSError, ValueError):
             return False
         return ok and _accepts(self.mqtt_port)
+
+    def varz(self) -> dict:
+        """The node's /varz monitoring page (``connections`` counts its MQTT clients too)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/varz", timeout=5) as resp:
+            return dict(json.loads(resp.read()))
+
+    def connections(self) -> int:
+        """Clients connected to this node now (MQTT and NATS), 0 when it does not answer."""
+        try:
+            return int(self.varz().get("connections", 0))
+        except (OSError, ValueError):
+            return 0
 
     def kill(self) -> None:
         """SIGKILL: no goodbye to clients or routes, as when a machine dies."""
@@ -155,14 +175,14 @@ class NatsCluster:
     """``size`` NATS nodes routed to each other on loopback, each with JetStream and MQTT; a context manager."""
 
     def __init__(self, directory: Path, size: int = 3, *, name: str = "lepton", extra: str = "",
-                 max_payload: int | None = MAX_PAYLOAD) -> None:
+                 max_payload: int | None = MAX_PAYLOAD, mqtt_extra: str = "") -> None:
         require_nats()
         self.dir = Path(directory) / f"nats-{free_port()}"
         ports = free_ports(4 * size)
         self.nodes = [NatsNode(self.dir, f"n{i + 1}", name, (ports[4 * i], ports[4 * i + 1], ports[4 * i + 2],
                                                                ports[4 * i + 3])) for i in range(size)]
         for node in self.nodes:
-            node.write_config(self.nodes, extra, max_payload)
+            node.write_config(self.nodes, extra, max_payload, mqtt_extra)
 
     def urls(self) -> list[str]:
         """Every node's MQTT URL, node 1 first."""
@@ -189,6 +209,10 @@ class NatsCluster:
                                    + waiting[0].log()[-2000:])
             if waiting:
                 time.sleep(0.1)
+
+    def busiest(self) -> NatsNode:
+        """The running node with the most clients connected."""
+        return max((n for n in self.nodes if n.running), key=lambda n: n.connections())
 
     def stop(self) -> None:
         for node in self.nodes:
