@@ -76,11 +76,12 @@ class Serve:
 
 @pytest.fixture
 def replicas(tmp_path, broker, pg_url):
-    """``replicas(n)``: n ``fleet serve`` processes (one shared --store: artifacts on disk), each seeing all n."""
+    """``replicas(n)``: n ``fleet serve`` processes, each with a --store of its own (the artifacts come from the
+    database), each seeing all n."""
     started: list[Serve] = []
 
     def start(n: int) -> list[Serve]:
-        started.extend(Serve(broker, tmp_path / "store", pg_url, tmp_path / f"serve-{i}.log") for i in range(n))
+        started.extend(Serve(broker, tmp_path / f"store-{i}", pg_url, tmp_path / f"serve-{i}.log") for i in range(n))
         ids = sorted(s.id for s in started)
         for s in started:
             assert s.id in s.health()["replicas"], s.health()   # the default id is host + pid
@@ -193,6 +194,8 @@ def test_a_killed_replicas_devices_finish_their_jobs_on_the_other(replicas, brok
         assert all(sims.by_id[d].model.version == 2 for d in sims.ids)
         assert takeover <= TAKEOVER_BOUND_S + SLACK_S
         assert survivor.health()["messages_for_peers"] > 0                    # it did leave them to the victim
+        # uploaded through the survivor; the victim served its devices from its cache, filled from the database
+        assert all((tmp_path / f"store-{i}" / "artifacts" / art / "model.tflite").exists() for i in (0, 1))
     finally:
         sims.stop()
 

@@ -294,3 +294,29 @@ def test_one_replica_holds_a_rollouts_lease_until_it_expires(tmp_path, db_spec, 
     assert a.claim_rollouts("r-a", 5) == {"r1", "r2"}
     a.close()
     b.close()
+
+
+def test_on_postgresql_artifact_files_live_in_the_database_and_each_store_is_a_cache(tmp_path, pg_url, artifact):
+    art, _ = artifact
+    db = FleetDB(pg_url)
+    first, second = ArtifactStore(tmp_path / "one", db), ArtifactStore(tmp_path / "two", db)
+    stored, new = first.put(art.manifest_bytes, art.signature, art.model_bytes)
+    assert new and not first.put(art.manifest_bytes, art.signature, art.model_bytes)[1]
+    assert not (tmp_path / "two" / "artifacts" / stored.id).exists()
+    assert second.manifest(stored.id) == (art.manifest_bytes, art.signature)       # fetched on first use
+    assert second.model_path(stored.id).read_bytes() == art.model_bytes
+    assert not second.put(art.manifest_bytes, art.signature, art.model_bytes)[1]    # the database had it
+    # bytes altered in the database are refused, not cached
+    with db.batch() as c:
+        c.execute("UPDATE artifact_files SET data=? WHERE name='model.tflite'", (b"x" * len(art.model_bytes),))
+    third = ArtifactStore(tmp_path / "three", db)
+    with pytest.raises(BadInput, match="sha256"):
+        third.model_path(stored.id)
+    assert not (tmp_path / "three" / "artifacts" / stored.id).exists()
+    # an artifact uploaded before the database kept files goes there from a store that has it
+    with db.batch() as c:
+        c.execute("DELETE FROM artifact_files")
+    db.add_artifact(stored)
+    assert db.artifacts_without_files() == [stored.id]
+    assert first.share(db.artifacts_without_files()) == 1 and db.artifacts_without_files() == []
+    db.close()

@@ -174,8 +174,9 @@ class Controller:
         self.options = options
         self.broker = broker
         self.store_dir = Path(store_dir)
-        self.artifacts = ArtifactStore(self.store_dir)
         self.db = FleetDB(db_path or self.store_dir / "fleet.db")
+        # PostgreSQL: replicas share it, and the artifact files with it (the store directory is a cache)
+        self.artifacts = ArtifactStore(self.store_dir, self.db if self.db.dialect.name == "postgresql" else None)
         self.counters = Counters()
         self._lock = threading.Lock()
         self._jobs: dict[str, LiveJob] = {}
@@ -184,6 +185,7 @@ class Controller:
         self._online: dict[str, bool] = {}
         self._presence: list[tuple[str, bool, str | None]] = []  # online/offline changes since the last log
         self._models: dict[str, ModelInfo | None] = {}     # device -> the model its last online status named
+        self._peer_status: dict[str, tuple[Status, float]] = {}  # another replica's device -> its last status
         self._served: dict[str, list[int]] = {}             # job -> [blocks, bytes] since the last flush
         self._fds: dict[str, int] = {}                      # artifact -> open model file (loop thread only)
         self._ingest: queue.Queue = queue.Queue()
@@ -207,8 +209,11 @@ class Controller:
         self.router.on(OTA_GET, BlockRequest.from_bytes, self._on_get)
         self.router.on(OTA_PROGRESS, Progress.from_bytes, self._on_progress)
         for route in self.router.routes.values():
-            self.mqtt.subscribe(fleet_filter(options.fleet, route.kind), self._owned(self.router.handler(route.kind)),
-                                qos=route.qos)
+            # every status is read (they are few, and retained): a replica taking a device over must know
+            # whether it is online now; the other kinds of another replica's device are dropped unread
+            handler = self.router.handler(route.kind)
+            self.mqtt.subscribe(fleet_filter(options.fleet, route.kind),
+                                handler if route.kind == STATUS else self._owned(handler), qos=route.qos)
         self.rollout_driver = RolloutDriver(self, options.rollout_tick_s)
 
     # -- lifecycle --
@@ -217,6 +222,8 @@ class Controller:
         unfinished jobs of the devices this replica owns, then connect."""
         self.membership.join(http_url)
         self._jobs_polled = time.time()
+        if self.artifacts.db is not None and self.artifacts.share(self.db.artifacts_without_files()):
+            log.info("artifacts uploaded before the database kept their files: now stored there too")
         for row in self.db.active_jobs():
             if self.membership.owns(row.device):
                 self._remember(row)
@@ -404,8 +411,8 @@ class Controller:
 
     def _on_membership(self, live: tuple[str, ...]) -> None:
         """The live set changed (the heartbeat thread): drop the jobs of devices this replica no longer owns,
-        load the unfinished jobs of the devices it owns now, and send those whose device the database says
-        is online."""
+        record the last status seen of the devices it gained (their old owner may have died before writing
+        it), load the unfinished jobs of the devices it owns now and send those whose device is online."""
         owns = self.membership.owns
         active = [row for row in self.db.active_jobs() if owns(row.device)]
         presence = {r["device"]: r for r in self.db.device_presence() if owns(r["device"])}
@@ -415,10 +422,10 @@ class Controller:
                 self._jobs.pop(job.id, None)
                 if self._current.get(job.device) == job.id:
                     del self._current[job.device]
-            for device in [d for d in self._online if not owns(d)]:
-                del self._online[device]
-                self._models.pop(device, None)
-            for device, r in presence.items():
+            for device in [d for d in self._peer_status if owns(d)]:
+                status, received = self._peer_status.pop(device)
+                self._ingest.put(("status", device, status, received))
+            for device, r in presence.items():  # devices whose status this replica never saw
                 if device not in self._online:
                     self._online[device] = bool(r["online"])
                     if r["online"]:
@@ -469,14 +476,23 @@ class Controller:
         log.warning("lost the broker (%s); reconnecting", reason)
 
     def _on_status(self, device: str, status: Status) -> None:
-        self._ingest.put(("status", device, status, time.time()))
+        received = time.time()
+        mine = self.membership.owns(device)
+        if mine:
+            self._ingest.put(("status", device, status, received))
+        else:  # its owner records it; kept here for the day this replica takes the device over
+            self.counters.messages_for_peers += 1
         with self._lock:
+            if mine:
+                self._peer_status.pop(device, None)
+            else:
+                self._peer_status[device] = (status, received)
             was = self._online.get(device)
             self._online[device] = status.online
             if status.online:
                 self._models[device] = status.model
             job = self._jobs.get(self._current.get(device, ""))
-            if was != status.online:
+            if was != status.online and mine:
                 self._presence.append((device, status.online, status.reason))
         if status.online and job is not None:
             self._send(job)

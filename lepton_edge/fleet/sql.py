@@ -133,8 +133,8 @@ class SqliteDialect(Dialect):
 
 
 # SQLite's types as written in the schema -> PostgreSQL's: REAL must be double precision (PostgreSQL's
-# REAL is 4 bytes), INTEGER 8 bytes (SQLite's integers are).
-_PG_TYPES = (("INTEGER", "BIGINT"), ("REAL", "DOUBLE PRECISION"))
+# REAL is 4 bytes), INTEGER 8 bytes (SQLite's integers are), BLOB is BYTEA.
+_PG_TYPES = (("INTEGER", "BIGINT"), ("REAL", "DOUBLE PRECISION"), ("BLOB", "BYTEA"))
 _MIGRATION_LOCK = 0x6C6570746F6E  # "lepton": the advisory lock every process migrating this database takes
 
 

@@ -92,12 +92,18 @@ class StoredArtifact:
 
 
 class ArtifactStore:
-    """Artifact directories under ``<root>/artifacts/<id>``; each appears whole or not at all."""
+    """Artifact directories under ``<root>/artifacts/<id>``; each appears whole or not at all.
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    With ``db`` (PostgreSQL, where replicas share the database) the files are also kept in the database
+    (``artifact_files``) and the directory is this replica's cache: an artifact missing from it is
+    fetched on first use, checked (the id is the manifest's sha256, the manifest names the model's) and
+    written atomically (temp directory, fsync, rename)."""
+
+    def __init__(self, root: str | os.PathLike[str], db: FleetDB | None = None) -> None:
         self.root = Path(root)
         self.dir = self.root / "artifacts"
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.db = db
 
     def put(self, manifest_bytes: bytes, signature: bytes | None, model_bytes: bytes, *,
             trusted_keys: Iterable = (), require_signature: bool = False) -> tuple[StoredArtifact, bool]:
@@ -108,18 +114,56 @@ class ArtifactStore:
         verify_model(model_bytes, manifest, "uploaded model")
         art = StoredArtifact(sha256_hex(manifest_bytes), manifest["name"], manifest["version"],
                              manifest["model"]["sha256"], len(model_bytes), signature is not None, time.time())
-        target = self.dir / art.id
+        files = {MANIFEST_FILE: manifest_bytes, MODEL_FILE: model_bytes}
+        if signature is not None:
+            files[SIGNATURE_FILE] = signature
+        in_db = self.db.put_artifact_files(art.id, files) if self.db is not None else None
+        on_disk = self._write(art.id, files)
+        return art, on_disk if in_db is None else in_db
+
+    def _write(self, artifact_id: str, files: dict[str, bytes]) -> bool:
+        """The artifact's directory, whole; False when it was there already."""
+        target = self.dir / artifact_id
         if target.exists():
-            return art, False
+            return False
         try:
             with atomic_directory(target) as staging:
-                (staging / MANIFEST_FILE).write_bytes(manifest_bytes)
-                (staging / MODEL_FILE).write_bytes(model_bytes)
-                if signature is not None:
-                    (staging / SIGNATURE_FILE).write_bytes(signature)
-        except FileExistsError:  # the same upload raced us: same bytes, same id
-            return art, False
-        return art, True
+                for name, data in files.items():
+                    (staging / name).write_bytes(data)
+        except FileExistsError:  # the same upload (or fetch) raced us: same bytes, same id
+            return False
+        return True
+
+    def _cached(self, artifact_id: str) -> Path:
+        """The artifact's directory, fetched from the database first when it is not here yet."""
+        d = self.path(artifact_id)
+        if self.db is None or (d / MANIFEST_FILE).exists():
+            return d
+        files = self.db.artifact_files(artifact_id)
+        if MANIFEST_FILE not in files or MODEL_FILE not in files:
+            return d  # not stored anywhere: the caller says so
+        source = f"artifact {artifact_id[:12]} from the database"
+        if sha256_hex(files[MANIFEST_FILE]) != artifact_id:
+            raise BadInput(f"{source}: its manifest does not match its id")
+        manifest = verify_manifest(files[MANIFEST_FILE], files.get(SIGNATURE_FILE), [], require_signature=False,
+                                   source=source)
+        verify_model(files[MODEL_FILE], manifest, source)
+        self._write(artifact_id, files)
+        return d
+
+    def share(self, artifact_ids: Iterable[str]) -> int:
+        """Put into the database the artifacts of ``artifact_ids`` this directory holds (uploaded before
+        the database kept files); returns how many."""
+        if self.db is None:
+            return 0
+        shared = 0
+        for artifact_id in artifact_ids:
+            d = self.path(artifact_id)
+            if (d / MANIFEST_FILE).exists() and (d / MODEL_FILE).exists():
+                files = {name: (d / name).read_bytes() for name in (MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE)
+                         if (d / name).exists()}
+                shared += self.db.put_artifact_files(artifact_id, files)
+        return shared
 
     def path(self, artifact_id: str) -> Path:
         if len(artifact_id) != 64 or any(c not in "0123456789abcdef" for c in artifact_id):
@@ -127,11 +171,11 @@ class ArtifactStore:
         return self.dir / artifact_id
 
     def model_path(self, artifact_id: str) -> Path:
-        return self.path(artifact_id) / MODEL_FILE
+        return self._cached(artifact_id) / MODEL_FILE
 
     def manifest(self, artifact_id: str) -> tuple[bytes, bytes | None]:
         """The manifest's exact bytes and the signature (None when unsigned)."""
-        d = self.path(artifact_id)
+        d = self._cached(artifact_id)
         try:
             manifest = (d / MANIFEST_FILE).read_bytes()
         except FileNotFoundError:
@@ -201,6 +245,10 @@ MIGRATIONS: tuple[tuple[int, str, tuple[Step, ...]], ...] = (
         "CREATE UNIQUE INDEX IF NOT EXISTS telemetry_once ON telemetry(device, boot, seq) WHERE boot IS NOT NULL",
         ("add", "devices", "telemetry_boot", "TEXT"), ("add", "devices", "telemetry_seq", "INTEGER"),
         "CREATE INDEX IF NOT EXISTS jobs_by_update ON jobs(updated)",
+    )),
+    (5, "artifact files in the database (PostgreSQL: every replica reads them there)", (
+        """CREATE TABLE IF NOT EXISTS artifact_files(
+            artifact TEXT NOT NULL, name TEXT NOT NULL, data BLOB NOT NULL, PRIMARY KEY(artifact, name))""",
     )),
 )
 _TELEMETRY_CHUNK = 150     # records per INSERT statement (6 values each: under SQLite's old 999-variable limit)
@@ -562,6 +610,22 @@ class FleetDB:
         if art is None:
             raise NotFound(f"artifact {str(artifact_id)[:80]!r}: not uploaded")
         return art
+
+    def put_artifact_files(self, artifact_id: str, files: dict[str, bytes]) -> bool:
+        """Keep an artifact's files (name -> bytes) in the database, once; True when they are new."""
+        with self._write() as c:
+            return any([bool(c.execute("INSERT INTO artifact_files(artifact, name, data) VALUES(?,?,?)"
+                                       " ON CONFLICT DO NOTHING", (artifact_id, name, data)).rowcount)
+                        for name, data in files.items()])
+
+    def artifact_files(self, artifact_id: str) -> dict[str, bytes]:
+        return {r["name"]: bytes(r["data"]) for r in self._conn().execute(
+            "SELECT name, data FROM artifact_files WHERE artifact=?", (artifact_id,))}
+
+    def artifacts_without_files(self) -> list[str]:
+        """Artifacts whose files are not in the database (uploaded before it kept them)."""
+        return [r[0] for r in self._conn().execute(
+            "SELECT id FROM artifacts a WHERE NOT EXISTS (SELECT 1 FROM artifact_files f WHERE f.artifact = a.id)")]
 
     def artifacts(self) -> list[StoredArtifact]:
         return [StoredArtifact(r["id"], r["name"], r["version"], r["model_sha256"], r["size"], bool(r["signed"]),
