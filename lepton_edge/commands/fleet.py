@@ -137,7 +137,7 @@ def run_serve(args: argparse.Namespace) -> int:
     note = "" if token is None else (f", bearer token from {args.token_file}" if args.token_file
                                      else f", bearer token in {store / 'api.token'}")
     print(f"fleet controller: {api.url} (fleet {args.fleet}, broker {broker.display_url}, store {store},"
-          f" db {controller.db.dialect.describe()}{note})",
+          f" db {controller.db.dialect.describe()}, replica {controller.replica_id}{note})",
           flush=True)
     log = logging.getLogger("lepton_edge.fleet")
     last_error = None

@@ -416,6 +416,7 @@ class Controller:
         owns = self.membership.owns
         active = [row for row in self.db.active_jobs() if owns(row.device)]
         presence = {r["device"]: r for r in self.db.device_presence() if owns(r["device"])}
+        parts = self._artifact_parts(row.artifact for row in active)
         to_send = []
         with self._lock:
             for job in [j for j in self._jobs.values() if not owns(j.device)]:
@@ -435,14 +436,29 @@ class Controller:
             for job_id in [j for j in self._jobs if j not in wanted]:  # finished or superseded meanwhile
                 self._forget(job_id, BLOCK_UNKNOWN_JOB)
             for row in active:
-                if row.id not in self._jobs:
-                    job = self._remember(row)
+                if row.id not in self._jobs and row.artifact in parts:
+                    job = self._remember(row, *parts[row.artifact])
                     if self._online.get(row.device):
                         to_send.append(job)
         for job in to_send:
             self._send(job, record_now=True)
         log.info("replicas: %d live; this one owns %d unfinished job(s) and sent %d", len(live), len(active),
                  len(to_send))
+
+    def _artifact_parts(self, artifact_ids: Iterable[str]) -> dict[str, tuple[bytes, bytes | None, str]]:
+        """Each artifact's manifest, signature and model sha256, read once and outside the lock (on
+        PostgreSQL the first read may fetch the files from the database). One that cannot be read is
+        left out (logged): its jobs wait in the database."""
+        parts: dict[str, tuple[bytes, bytes | None, str]] = {}
+        for artifact_id in set(artifact_ids):
+            art = self.db.artifact(artifact_id)
+            try:
+                if art is None:
+                    raise NotFound(f"artifact {artifact_id}: not in the database")
+                parts[artifact_id] = (*self.artifacts.manifest(artifact_id), art.model_sha256)
+            except BadInput as exc:
+                log.error("cannot take over the jobs of artifact %s: %s", artifact_id[:12], exc)
+        return parts
 
     def _poll_jobs(self) -> None:
         """Jobs another replica made for (or superseded on) this replica's devices: pick them up."""
@@ -452,17 +468,16 @@ class Controller:
         now = time.time()
         rows = self.db.jobs_changed(self._jobs_polled - JOB_POLL_OVERLAP_S, (PENDING, SUPERSEDED, EXPIRED))
         self._jobs_polled = now
-        owns = self.membership.owns
+        rows = [row for row in rows if self.membership.owns(row.device)]
+        parts = self._artifact_parts(row.artifact for row in rows if row.state == PENDING)
         to_send = []
         with self._lock:
             for row in rows:
-                if not owns(row.device):
-                    continue
                 if row.state != PENDING:
                     if row.id in self._jobs:
                         self._forget(row.id, BLOCK_EXPIRED if row.state == EXPIRED else BLOCK_UNKNOWN_JOB)
-                elif row.id not in self._jobs and row.id not in self._finished:
-                    live = self._remember(row)
+                elif row.id not in self._jobs and row.id not in self._finished and row.artifact in parts:
+                    live = self._remember(row, *parts[row.artifact])
                     if self._online.get(row.device):
                         to_send.append(live)
         for live in to_send:

@@ -35,7 +35,7 @@ def default_client_id(fleet: str, host: str | None = None, pid: int | None = Non
     pid_text = str(os.getpid() if pid is None else pid)
     prefix = f"lepton-edge-controller-{fleet}-"
     room = max(1, _ID_MAX - len(prefix) - len(pid_text) - 1)
-    return f"{prefix}{host[:room]}-{pid_text}"[-_ID_MAX:]
+    return f"{prefix}{host[:room]}-{pid_text}"[-_ID_MAX:].lstrip("._-")  # a name starts with a letter or digit
 
 
 @dataclass(frozen=True)
