@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+import fleet_helpers
 from fleet_helpers import api, make_artifact, upload_body, wait_for
 from lepton_edge.fleet.replicas import HEARTBEAT_S, REPLICA_TTL_S, default_client_id, owner_of
 from lepton_edge.fleet.rollout_driver import LEASE_S
@@ -113,30 +114,80 @@ def test_rendezvous_moves_only_the_departed_replicas_devices():
     assert 500 < sum(1 for d in devices if three[d] == "c") < 833          # about a third each
 
 
+class Acks:
+    """A stand-in device side: publishes telemetry, collects the ``telemetry/ack`` of every device of ``fleet``."""
+
+    def __init__(self, broker: Any, fleet: str, client_id: str) -> None:
+        self.fleet, self.lock = fleet, threading.Lock()
+        self.seqs: dict[str, list[int]] = collections.defaultdict(list)
+        self.boots: set[str] = set()
+        self.client = MqttClient(parse_broker_url(broker.url()), client_id)
+        self.client.subscribe(f"lepton/v1/{fleet}/+/telemetry/ack", self._on_ack, qos=0)
+        self.client.start()
+        assert self.client.wait_connected(5)
+        time.sleep(0.3)  # the subscription is in place before the first ack
+
+    def _on_ack(self, topic: str, payload: bytes) -> None:
+        ack = TelemetryAck.from_bytes(payload)
+        with self.lock:
+            self.boots.add(ack.boot)
+            self.seqs[topic.split("/")[3]].extend(ack.seqs)
+
+    def send(self, device: str, payload: bytes) -> None:
+        self.client.publish(DeviceTopics(self.fleet, device).telemetry, payload, qos=1)
+
+    def clear(self) -> None:
+        with self.lock:
+            self.seqs.clear()
+
+    def stop(self) -> None:
+        self.client.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def one_controller(request, tmp_path, broker):
+    """One controller in this process (the default set-up), on each store."""
+    db = None if request.param == "sqlite" else request.getfixturevalue("pg_url")
+    f = fleet_helpers.Fleet(tmp_path, broker, db=db)
+    yield f
+    f.close()
+
+
+def test_one_controller_alone_owns_every_device_and_acknowledges_telemetry(one_controller, broker):
+    c = one_controller.controller
+    acks = Acks(broker, fleet_helpers.FLEET, "lone-test-devices")
+    try:
+        boot = new_boot_id()
+        for seq in range(5):
+            acks.send("dev-a", Telemetry(seq, time.time(), {"inferences": seq}, boot).to_bytes())
+        acks.send("dev-old", Telemetry(0, time.time(), {"inferences": 1}).to_bytes())  # no boot: an old sender
+        wait_for(lambda: sorted(acks.seqs["dev-a"]) == [0, 1, 2, 3, 4], 10, lambda: dict(acks.seqs))
+        wait_for(lambda: c.db.telemetry_count() == 6, 10, "not all written")
+        acks.send("dev-a", Telemetry(2, 0.0, {"inferences": 2}, boot).to_bytes())       # a resend
+        wait_for(lambda: c.counters.telemetry_duplicates == 1, 10, "the resend was not seen")
+        health = c.health()
+        assert health["replicas"] == [c.replica_id] and health["messages_for_peers"] == 0
+        assert c.db.telemetry_count() == 6 and health["telemetry_rows"] == 6
+        assert acks.boots == {boot} and "dev-old" not in acks.seqs                      # never acknowledged
+        assert [r["id"] for r in c.db.replica_rows()] == [c.replica_id]
+    finally:
+        acks.stop()
+
+
 def test_each_device_message_is_handled_once_and_acknowledged_after_commit(replicas, broker, pg_url):
     serves = replicas(2)
     devices = [f"dev-{i:02d}" for i in range(20)]
     boot, per_device = new_boot_id(), 10
-    acked: dict[str, list[int]] = collections.defaultdict(list)
-    lock = threading.Lock()
-
-    def on_ack(topic: str, payload: bytes) -> None:
-        ack = TelemetryAck.from_bytes(payload)
-        assert ack.boot == boot
-        with lock:
-            acked[topic.split("/")[3]].extend(ack.seqs)
-    client = MqttClient(parse_broker_url(broker.url()), "replica-test-devices")
-    client.subscribe(f"lepton/v1/{FLEET}/+/telemetry/ack", on_ack, qos=0)
-    client.start()
+    acks = Acks(broker, FLEET, "replica-test-devices")
+    acked = acks.seqs
     try:
-        assert client.wait_connected(5)
-        time.sleep(0.3)  # the subscription is in place before the first ack
         sent = {(d, seq): Telemetry(seq, time.time(), {"inferences": seq}, boot).to_bytes()
                 for d in devices for seq in range(per_device)}
         for (d, _seq), payload in sent.items():
-            client.publish(DeviceTopics(FLEET, d).telemetry, payload, qos=1)
+            acks.send(d, payload)
         wait_for(lambda: all(sorted(acked[d]) == list(range(per_device)) for d in devices), 15,
                  lambda: dict(acked))
+        assert acks.boots == {boot}
         db = FleetDB(pg_url)
         assert db.telemetry_count() == len(sent)
         healths = {s.id: s.health() for s in serves}
@@ -149,16 +200,15 @@ def test_each_device_message_is_handled_once_and_acknowledged_after_commit(repli
         assert handled == {i: per_device * owned[i] for i in handled} and all(owned.values())
 
         # a device that missed the ack resends the same bytes: written once, acknowledged again
-        with lock:
-            acked.clear()
+        acks.clear()
         for d in devices[:5]:
-            client.publish(DeviceTopics(FLEET, d).telemetry, sent[(d, 3)], qos=1)
+            acks.send(d, sent[(d, 3)])
         wait_for(lambda: all(acked[d] == [3] for d in devices[:5]), 10, lambda: dict(acked))
         assert db.telemetry_count() == len(sent)
         assert sum(s.health()["telemetry_duplicates"] for s in serves) == 5
         db.close()
     finally:
-        client.stop()
+        acks.stop()
 
 
 def test_a_killed_replicas_devices_finish_their_jobs_on_the_other(replicas, broker, tmp_path):
