@@ -1,9 +1,8 @@
 """A private PostgreSQL for the tests (lepton_edge/tools/postgres.py): one server per test session (initdb
 into a temporary directory, 127.0.0.1 on a free port, fsync off), a fresh database per test (fixture ``pg_url``).
 
-Use it as a pytest plugin from a test file (``pytest_plugins = ["pg_fixtures"]``) until tests/conftest.py
-has the fixtures. Without the binaries the tests skip, or fail with the install command when
-LEPTON_REQUIRE_SHARED=1.
+tests/conftest.py loads it as a plugin for every test file (``pytest_plugins``): test files need not name
+it. Without the binaries the tests skip, or fail with the install command when LEPTON_REQUIRE_SHARED=1.
 """
 
 from __future__ import annotations
