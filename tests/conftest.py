@@ -16,6 +16,10 @@ import pytest
 # Fixture modules that test files load with pytest_plugins and also import from: rewrite their asserts.
 pytest.register_assert_rewrite("pg_fixtures", "nats_cluster_fixtures")
 
+# Fixtures for every test file: pg_server and pg_url, a private PostgreSQL (tests/pg_fixtures.py). pytest takes
+# pytest_plugins only from a conftest it loads at start-up, which this one is (testpaths, or a tests/ file named).
+pytest_plugins = ["pg_fixtures"]
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED = (REPO.parent / "shared").resolve()
 MLPERF = SHARED / "models" / "mlperf-tiny"
@@ -177,12 +181,49 @@ def broker(tmp_path):
         yield b
 
 
+FLEET_STORES = ("sqlite", "postgresql")
+# Test files that use the ``fleet`` fixture as a tool, not as their subject: they run on SQLite only (a
+# file can say the same itself with ``pytestmark = pytest.mark.fleet_stores("sqlite")``).
+FLEET_AS_A_TOOL = {"test_agent_ota", "test_gateway", "test_gateway_firmware"}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "fleet_stores(*stores): the controller stores the test runs on through "
+                                       "the fleet_db fixture (default: sqlite and postgresql)")
+
+
+def pytest_generate_tests(metafunc):
+    """Every test that uses ``fleet_db`` (and so ``fleet``) runs once per store, ids ``sqlite`` and
+    ``postgresql``, unless a ``fleet_stores`` mark names fewer."""
+    if "fleet_db" not in metafunc.fixturenames:
+        return
+    mark = metafunc.definition.get_closest_marker("fleet_stores")
+    if mark is not None:
+        stores = mark.args
+    elif metafunc.module.__name__ in FLEET_AS_A_TOOL:
+        stores = ("sqlite",)
+    else:
+        stores = FLEET_STORES
+    unknown = set(stores) - set(FLEET_STORES)
+    if unknown or not stores:
+        raise pytest.UsageError(f"{metafunc.definition.nodeid}: fleet_stores takes some of {FLEET_STORES}")
+    metafunc.parametrize("fleet_db", stores, indirect=True)
+
+
 @pytest.fixture
-def fleet(tmp_path, broker):
-    """A fleet controller with its HTTP API on ``broker`` (:class:`fleet_helpers.Fleet`)."""
+def fleet_db(request) -> str | None:
+    """What ``fleet serve --db`` takes: None (fleet.db in the controller's store) for ``sqlite``, a fresh
+    PostgreSQL database's URL for ``postgresql`` (skips without PostgreSQL, fails if LEPTON_REQUIRE_SHARED=1)."""
+    store = getattr(request, "param", "sqlite")
+    return None if store == "sqlite" else request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def fleet(tmp_path, broker, fleet_db):
+    """A fleet controller with its HTTP API on ``broker`` (:class:`fleet_helpers.Fleet`), on each store."""
     from fleet_helpers import Fleet
 
-    f = Fleet(tmp_path, broker)
+    f = Fleet(tmp_path, broker, db=fleet_db)
     yield f
     f.close()
 

@@ -54,8 +54,9 @@ class Serve:
 
 
 @pytest.fixture
-def serve(broker, tmp_path):
-    s = Serve(broker, tmp_path / "store", "--http", "127.0.0.1:0")
+def serve(broker, tmp_path, fleet_db):
+    """`fleet serve` on each store (conftest's fleet_db), its HTTP API on a free loopback port."""
+    s = Serve(broker, tmp_path / "store", "--http", "127.0.0.1:0", *(["--db", fleet_db] if fleet_db else []))
     yield s
     s.stop()
 
@@ -149,6 +150,7 @@ def test_deploy_bad_input_exits_2(case, tmp_path):
     assert line.startswith("lepton-edge deploy: error:")
 
 
+@pytest.mark.fleet_stores("sqlite")  # what the terminal shows; the deployment itself is the test above's
 def test_deploy_draws_a_progress_bar_per_device_on_a_terminal(serve, devices, tmp_path):
     devices("tty-1"), devices("tty-2")
     wait_online(serve.url, "tty-1", "tty-2")

@@ -44,6 +44,9 @@ except ImportError:  # the browser tests skip (the browser fixture says why)
     webdriver = None
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+# The browser tests check the page against the HTTP API, whatever the store: they run on SQLite only (they
+# are slow); the API's answers on PostgreSQL are the other fleet tests'.
+BROWSER_ONE_STORE = pytest.mark.fleet_stores("sqlite")
 
 TOKEN_KEY = "lepton-edge.api-token"          # dashboard_static/api.js
 NONE = "\u2013"                                # the page's "no value" (an en dash)
@@ -282,10 +285,10 @@ def test_assets_only_by_plain_name_from_their_directory():
         assert dashboard_asset(name) is None, name
 
 
-def test_series_is_the_newest_rows_since_oldest_first(tmp_path):
+def test_series_is_the_newest_rows_since_oldest_first(tmp_path, fleet_db):
     """GET /v1/devices/<id>/telemetry's rows: at or after ``since``, the newest ``limit`` of them, oldest
-    first, each with its receive time, seq and the telemetry fields (unknown ones left out)."""
-    db = FleetDB(tmp_path / "fleet.db")
+    first, each with its receive time, seq and the telemetry fields (unknown ones left out). On each store."""
+    db = FleetDB(fleet_db or tmp_path / "fleet.db")
     try:
         db.record_telemetry([TelemetryRecord(
             dev, 100.0 + i, Telemetry(i, 50.0 + i, {"latency_p99_ms": 2.0 + i}),
@@ -301,6 +304,7 @@ def test_series_is_the_newest_rows_since_oldest_first(tmp_path):
         db.close()
 
 
+@BROWSER_ONE_STORE
 def test_fleet_table_charts_and_no_console_errors(fleet, broker, browser):
     """Every device and number on the page is the API's; a device's charts draw its stored telemetry."""
     specs = fleet_specs()
@@ -370,6 +374,7 @@ def test_fleet_table_charts_and_no_console_errors(fleet, broker, browser):
         pub.close()
 
 
+@BROWSER_ONE_STORE
 def test_rollout_progress_appears(fleet, broker, browser, tmp_path):
     """A rollout's state, progress and waves on the page are the API's, while it runs and when it is done."""
     if not rollouts_served(fleet.http.url):
@@ -439,6 +444,7 @@ def test_rollout_progress_appears(fleet, broker, browser, tmp_path):
         sims.stop()
 
 
+@BROWSER_ONE_STORE
 def test_token_form_session_storage_and_no_token_in_urls(fleet, broker, browser, tmp_path):
     """A controller started with --token-file: the page asks for the token once (a form), keeps it in
     sessionStorage, sends it as a header (the API answers), and no URL it loads ever carries it."""

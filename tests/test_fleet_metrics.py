@@ -31,6 +31,8 @@ EXAMPLES = REPO / "examples" / "prometheus"
 PROMETHEUS, PROMTOOL = shutil.which("prometheus"), shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool is not installed (Debian: prometheus)")
 needs_prometheus = pytest.mark.skipif(PROMETHEUS is None, reason="prometheus is not installed (Debian: prometheus)")
+# A real Prometheus scrapes what /metrics serves, whatever the store (the first test checks /metrics on each).
+PROMETHEUS_ONE_STORE = pytest.mark.fleet_stores("sqlite")
 
 SHA_V1 = "ab" * 32
 INT64_OVERFLOW = 2**70  # valid JSON; SQLite cannot store it: a record the database refuses
@@ -194,6 +196,7 @@ def test_metrics_show_devices_microcontrollers_and_controller_counters(fleet, de
     assert not [k for k in found if ("device", "pi-2") in k[1]]
 
 
+@pytest.mark.fleet_stores("sqlite")  # the HTTP API's token check: no store in it
 def test_metrics_need_the_token_when_the_api_has_one(token_api):
     api, token = token_api
     assert scrape(api.url)[0] == 401
@@ -352,6 +355,7 @@ def token_api(fleet):
 
 
 @needs_prometheus
+@PROMETHEUS_ONE_STORE
 def test_prometheus_scrapes_the_controller_and_answers_about_a_device(fleet, token_api, devices, tmp_path):
     """The shipped prometheus.yml and alerts.yml, pointed at a controller whose API wants a token."""
     api, token = token_api
@@ -413,6 +417,7 @@ def sim_fleet(fleet, broker):
 
 
 @needs_prometheus
+@PROMETHEUS_ONE_STORE
 def test_an_aborted_rollout_shows_in_metrics_and_fires_its_alert(fleet, token_api, sim_fleet, tmp_path):
     ctl = fleet.controller
     failing = {sim_fleet.devices[i].id for i in range(3)}

@@ -46,6 +46,7 @@ class Env:
     priv: object
     pub: object
     devices: list
+    db: str | None  # the controller's database (conftest's fleet_db)
 
     @property
     def cfg(self):
@@ -95,10 +96,10 @@ class Env:
         raise AssertionError(f"deployment not done after {timeout} s: {json.dumps(self.state(dep_id), indent=1)}")
 
 
-def start_controller(tmp: Path, broker: Broker, **options) -> tuple[Controller, HttpApi]:
+def start_controller(tmp: Path, broker: Broker, db: str | None, **options) -> tuple[Controller, HttpApi]:
     session = SessionOptions(clean_start=False, session_expiry_s=600, max_inflight=200, min_backoff_s=0.1,
                              max_backoff_s=1.0)
-    c = Controller(parse_broker_url(broker.url()), tmp / "store", None,
+    c = Controller(parse_broker_url(broker.url()), tmp / "store", db,
                    ControllerOptions(session=session, housekeeping_s=0.1, **options))
     c.start()
     assert c.wait_connected(5), c.mqtt.last_error
@@ -108,11 +109,12 @@ def start_controller(tmp: Path, broker: Broker, **options) -> tuple[Controller, 
 
 
 @pytest.fixture
-def env(tmp_path):
+def env(tmp_path, fleet_db):
+    """A controller on each store (conftest's fleet_db) with its HTTP API, on a Mosquitto of its own."""
     priv, pub, _ = keypair(tmp_path / "keys")
     with Broker(tmp_path, max_queued_messages=100000) as broker:
-        controller, http = start_controller(tmp_path, broker)
-        e = Env(tmp_path, broker, controller, http, priv, pub, [])
+        controller, http = start_controller(tmp_path, broker, fleet_db)
+        e = Env(tmp_path, broker, controller, http, priv, pub, [], fleet_db)
         yield e
         for d in e.devices:
             d.stop()
@@ -300,7 +302,7 @@ def test_a_restarted_controller_keeps_its_jobs(env):
     dep = env.deploy(art_id, ["returning"])
     env.http.stop()
     env.controller.stop()
-    env.controller, env.http = start_controller(env.tmp, env.broker)
+    env.controller, env.http = start_controller(env.tmp, env.broker, env.db)
     env.device("returning")
     assert env.wait_done(dep["deployment"])["devices"][0]["state"] == "healthy"
 

@@ -185,8 +185,6 @@ def test_error_rate_and_p99_increase():
 
 # --- the driver, in a real controller with simulated devices ---------------------------------------
 
-pytest_plugins = ["pg_fixtures"]  # tests/pg_fixtures.py: pg_url, a fresh PostgreSQL database
-
 FAST = SessionOptions(clean_start=False, session_expiry_s=600, max_inflight=200, min_backoff_s=0.1,
                       max_backoff_s=1.0)
 
@@ -204,16 +202,11 @@ def wait_rollout(c: Controller, rollout_id: str, states: set[str], timeout: floa
                     f"rollout not {states}: {json.dumps(c.rollout(rollout_id), indent=1)[:3000]}")
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_db(request) -> str | None:
-    """The controller's database: fleet.db in its store, or a fresh PostgreSQL database (tests/pg_fixtures.py)."""
-    return None if request.param == "sqlite" else request.getfixturevalue("pg_url")
-
-
 @pytest.fixture
-def env(tmp_path, broker, store_db):
-    """A controller (on each store), a v2 artifact uploaded, and a way to start simulated fleets."""
-    c = start_controller(tmp_path / "store", broker, store_db)
+def env(tmp_path, broker, fleet_db):
+    """A controller (on each store: conftest's fleet_db), a v2 artifact uploaded, and a way to start simulated
+    fleets."""
+    c = start_controller(tmp_path / "store", broker, fleet_db)
     art = upload_dir(c, make_artifact(tmp_path / "v2", version=2, size=20_000, seed=2))
     fleets: list[SimFleet] = []
 
@@ -225,7 +218,7 @@ def env(tmp_path, broker, store_db):
         assert f.wait_connected(10)
         wait_for(lambda: {d["device"] for d in c.devices()} >= set(f.ids), 10, "devices not recorded")
         return f
-    ns = SimpleNamespace(c=c, art=art, sim=sim, tmp=tmp_path, broker=broker, db=store_db)
+    ns = SimpleNamespace(c=c, art=art, sim=sim, tmp=tmp_path, broker=broker, db=fleet_db)
     yield ns
     for f in fleets:
         f.stop()

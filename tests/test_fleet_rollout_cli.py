@@ -25,9 +25,10 @@ NOWHERE = "http://127.0.0.1:9"  # bad input is refused before the controller is 
 
 
 @pytest.fixture
-def env(tmp_path, broker):
-    """A controller with its HTTP API, a version-2 artifact on disk, and ``sim(count, **SimFleet options)``."""
-    c = Controller(parse_broker_url(broker.url()), tmp_path / "store", None,
+def env(tmp_path, broker, fleet_db):
+    """A controller with its HTTP API (on each store: conftest's fleet_db), a version-2 artifact on disk, and
+    ``sim(count, **SimFleet options)``."""
+    c = Controller(parse_broker_url(broker.url()), tmp_path / "store", fleet_db,
                    ControllerOptions(session=FAST, housekeeping_s=0.1, rollout_tick_s=0.1))
     c.start()
     assert c.wait_connected(5), c.mqtt.last_error

@@ -60,8 +60,8 @@ def worst_failure_share(plan: list[list[str]], failing: set[str]) -> float:
     return worst
 
 
-def in_process(tmp: Path, broker) -> Controller:
-    c = Controller(parse_broker_url(broker.url()), tmp / "store", None,
+def in_process(tmp: Path, broker, db: str | None) -> Controller:
+    c = Controller(parse_broker_url(broker.url()), tmp / "store", db,
                    ControllerOptions(session=FAST, housekeeping_s=0.2))
     c.start()
     assert c.wait_connected(5), c.mqtt.last_error
@@ -84,8 +84,9 @@ def wait_end(c: Controller, rollout_id: str, timeout: float = 60) -> dict:
 
 
 @pytest.fixture
-def big(tmp_path, broker):
-    c = in_process(tmp_path, broker)
+def big(tmp_path, broker, fleet_db):
+    """An in-process controller on each store (conftest's fleet_db), a v2 artifact uploaded, the fleets to stop."""
+    c = in_process(tmp_path, broker, fleet_db)
     art = upload_dir(c, make_artifact(tmp_path / "v2", version=2, size=20_000, seed=2))
     fleets: list[SimFleet] = []
     yield c, art, fleets
@@ -145,10 +146,10 @@ def test_slower_updated_devices_abort_on_p99(big, broker, tmp_path):
     assert {d.model.sha256 for d in fleets[0].devices} == {FACTORY_SHA256}
 
 
-def _serve(tmp: Path, broker, log) -> tuple[subprocess.Popen, str]:
+def _serve(tmp: Path, broker, log, db: str | None) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "lepton_edge", "fleet", "serve", "--broker", broker.url(), "--store",
-         str(tmp / "store"), "--http", "127.0.0.1:0", "--block-size", "16384"],
+         str(tmp / "store"), *(["--db", db] if db else []), "--http", "127.0.0.1:0", "--block-size", "16384"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -157,14 +158,14 @@ def _serve(tmp: Path, broker, log) -> tuple[subprocess.Popen, str]:
     return proc, m.group(1)
 
 
-def test_a_controller_killed_mid_wave_finishes_the_rollout(tmp_path, broker):
+def test_a_controller_killed_mid_wave_finishes_the_rollout(tmp_path, broker, fleet_db):
     n = 40
     options = replace(FLEET_OPTIONS, block_delay_s=0.15, request_timeout_s=1.0, session=FAST)
     fleet = start_fleet(broker, n, None, options=options, telemetry_interval_s=1.0, log_dir=tmp_path / "log")
     log = open(tmp_path / "serve.log", "w")  # both controllers write it
     procs = []
     try:
-        proc, url = _serve(tmp_path, broker, log)
+        proc, url = _serve(tmp_path, broker, log, fleet_db)
         procs.append(proc)
         status, art = api(url, "POST", "/v1/artifacts",
                           upload_body(make_artifact(tmp_path / "v2", version=2, size=200_000, seed=3)))
@@ -182,7 +183,7 @@ def test_a_controller_killed_mid_wave_finishes_the_rollout(tmp_path, broker):
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         assert before["summary"]["waiting"] > 0               # waves still to come
-        proc, url = _serve(tmp_path, broker, log)
+        proc, url = _serve(tmp_path, broker, log, fleet_db)
         procs.append(proc)
         done = wait_for(lambda: (got := api(url, "GET", f"/v1/rollouts/{rid}")[1])["state"] == "completed"
                         and not got["active"] and got, 60, "the restarted controller did not finish")
