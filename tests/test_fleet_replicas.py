@@ -18,7 +18,14 @@ import pytest
 
 import fleet_helpers
 from fleet_helpers import api, make_artifact, upload_body, wait_for
-from lepton_edge.fleet.replicas import HEARTBEAT_S, REPLICA_TTL_S, default_client_id, owner_of
+from lepton_edge.fleet.replicas import (
+    HEARTBEAT_S,
+    REPLICA_TTL_S,
+    Membership,
+    ReplicaInfo,
+    default_client_id,
+    owner_of,
+)
 from lepton_edge.fleet.rollout_driver import LEASE_S
 from lepton_edge.fleet.store import FleetDB
 from lepton_edge.mqtt import DeviceTopics, MqttClient, Telemetry, TelemetryAck, new_boot_id, parse_broker_url
@@ -112,6 +119,47 @@ def test_rendezvous_moves_only_the_departed_replicas_devices():
     assert all(two[d] == three[d] for d in devices if three[d] != "c")   # a's and b's devices stay
     assert {three[d] for d in devices} == {"a", "b", "c"}
     assert 500 < sum(1 for d in devices if three[d] == "c") < 833          # about a third each
+
+
+class CutOff(FleetDB):
+    """A real database whose heartbeats fail while ``cut`` is set (a replica cut off from the database)."""
+
+    cut = False
+
+    def heartbeat(self, *args: Any, **kw: Any) -> list[str]:
+        if self.cut:
+            raise OSError("the database does not answer")
+        return super().heartbeat(*args, **kw)
+
+
+def test_a_replica_cut_off_from_the_database_owns_nothing_until_it_is_back(tmp_path):
+    changes: list[tuple[str, ...]] = []
+    a_db, b_db = CutOff(tmp_path / "fleet.db"), FleetDB(tmp_path / "fleet.db")
+    a = Membership(a_db, ReplicaInfo("a", "h", 1), changes.append, heartbeat_s=0.05, ttl_s=0.3)
+    b = Membership(b_db, ReplicaInfo("b", "h", 2), lambda live: None, heartbeat_s=0.05, ttl_s=0.3)
+    a.join()
+    b.join()
+    try:
+        wait_for(lambda: a.live == b.live == ("a", "b"), 5, lambda: (a.live, b.live))
+        devices = [f"d{i}" for i in range(50)]
+        assert sorted(d for d in devices if a.owns(d)) == sorted(d for d in devices if not b.owns(d))
+        a_db.cut = True
+        wait_for(lambda: a.live == () and b.live == ("b",), 5, lambda: (a.live, b.live))
+        assert not any(a.owns(d) for d in devices) and all(b.owns(d) for d in devices)
+        a_db.cut = False
+        wait_for(lambda: a.live == ("a", "b") and changes[-1] == ("a", "b"), 5, lambda: (a.live, changes))
+        assert any(a.owns(d) for d in devices)
+        b.leave()
+        wait_for(lambda: a.live == ("a",), 5, lambda: a.live)
+        a_db.cut = True                      # alone, a replica keeps its devices without the database
+        time.sleep(0.6)
+        assert a.live == ("a",) and all(a.owns(d) for d in devices)
+    finally:
+        a_db.cut = False
+        a.leave()
+        b.leave()
+        a_db.close()
+        b_db.close()
 
 
 class Acks:

@@ -16,6 +16,7 @@ import os
 import re
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,6 +26,7 @@ log = logging.getLogger("lepton_edge.fleet.replicas")
 
 HEARTBEAT_S = 1.0    # how often a replica writes its row and reads the live set
 REPLICA_TTL_S = 5.0  # a replica whose heartbeat is older than this is gone
+SETTLE_BEATS = 1.5   # a replica joining others waits this many heartbeats before it handles devices
 _ID_MAX = 64         # an MQTT/NAME-safe client id: letters, digits, '.', '_', '-'
 
 
@@ -57,7 +59,9 @@ class Membership:
     """The live set, refreshed by a thread every ``heartbeat_s``; :meth:`owns` answers from a cache.
 
     ``on_change(live)`` runs on that thread after the set changed (not for the first heartbeat, which
-    :meth:`join` makes before anything else starts)."""
+    :meth:`join` makes before anything else starts). A replica among others that cannot write its
+    heartbeat for ``ttl_s`` owns nothing until it can again (the others have taken its devices by then);
+    a replica alone keeps owning everything (its block server does not need the database)."""
 
     def __init__(self, db: FleetDB, me: ReplicaInfo, on_change: Callable[[tuple[str, ...]], None], *,
                  heartbeat_s: float = HEARTBEAT_S, ttl_s: float = REPLICA_TTL_S) -> None:
@@ -81,16 +85,24 @@ class Membership:
         live, owners = self._view  # one read: the set and its cache always match
         if len(live) == 1:
             return True
+        if not live:
+            return False  # cut off from the database among others
         mine = owners.get(device)
         if mine is None:
             mine = owners[device] = owner_of(device, live) == self.me.id
         return mine
 
     def join(self, http_url: str | None = None) -> None:
-        """The first heartbeat (before the MQTT client starts), then the heartbeat thread."""
+        """The first heartbeat (before the MQTT client starts), then the heartbeat thread. Joining others,
+        wait ``SETTLE_BEATS`` heartbeats first, so that they have seen this replica before it handles its
+        share: a join leaves a short gap, which devices' resends and retries cover, rather than a second
+        during which two replicas would both handle a device."""
         if http_url is not None:
             self.me = ReplicaInfo(self.me.id, self.me.host, self.me.pid, http_url)
         self._beat()
+        if not self.alone:
+            time.sleep(SETTLE_BEATS * self.heartbeat_s)
+            self._beat()
         self._stopping.clear()
         self._thread = threading.Thread(target=self._run, name="fleet-replicas", daemon=True)
         self._thread.start()
@@ -107,11 +119,17 @@ class Membership:
             log.warning("could not remove this replica's row (%s: %s)", type(exc).__name__, exc)
 
     def _run(self) -> None:
+        last_beat = time.monotonic()
         while not self._stopping.wait(self.heartbeat_s):
             try:
                 changed = self._beat()
+                last_beat = time.monotonic()
             except Exception as exc:  # the database restarting: the next beat tries again
                 log.error("heartbeat failed (%s: %s); trying again", type(exc).__name__, exc)
+                if self._view[0] and not self.alone and time.monotonic() - last_beat > self.ttl_s:
+                    log.error("no heartbeat for %.1f s: the other replicas have taken this one's devices; "
+                              "handling none until the database answers", self.ttl_s)
+                    self._view = ((), {})
                 continue
             if changed:
                 try:
