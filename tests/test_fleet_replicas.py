@@ -31,8 +31,6 @@ from lepton_edge.fleet.store import FleetDB
 from lepton_edge.mqtt import DeviceTopics, MqttClient, Telemetry, TelemetryAck, new_boot_id, parse_broker_url
 from lepton_edge.tools.devsim import FLEET_OPTIONS, SimFleet, read_events
 
-pytest_plugins = ["pg_fixtures"]
-
 FLEET = "rep"
 REPO = Path(__file__).resolve().parent.parent
 # docs/REPLICAS.md: a dead replica's devices move at most replica_ttl_s + heartbeat_s after its last
@@ -192,17 +190,8 @@ class Acks:
         self.client.stop()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def one_controller(request, tmp_path, broker):
-    """One controller in this process (the default set-up), on each store."""
-    db = None if request.param == "sqlite" else request.getfixturevalue("pg_url")
-    f = fleet_helpers.Fleet(tmp_path, broker, db=db)
-    yield f
-    f.close()
-
-
-def test_one_controller_alone_owns_every_device_and_acknowledges_telemetry(one_controller, broker):
-    c = one_controller.controller
+def test_one_controller_alone_owns_every_device_and_acknowledges_telemetry(fleet, broker):
+    c = fleet.controller                 # the default set-up: one controller in this process, on each store
     acks = Acks(broker, fleet_helpers.FLEET, "lone-test-devices")
     try:
         boot = new_boot_id()

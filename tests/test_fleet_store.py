@@ -15,8 +15,6 @@ from lepton_edge.errors import BadInput
 from lepton_edge.fleet.store import MIGRATIONS, ArtifactStore, FleetDB, TelemetryRecord
 from lepton_edge.mqtt import ModelInfo, Progress, Status, Telemetry
 
-pytest_plugins = ["pg_fixtures"]
-
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_spec(request, tmp_path):

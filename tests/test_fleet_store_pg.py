@@ -28,8 +28,6 @@ from lepton_edge.fleet.store import MIGRATIONS, FleetDB, TelemetryRecord
 from lepton_edge.mqtt import DeviceTopics, ModelInfo, SessionOptions, Status, Telemetry, parse_broker_url
 from lepton_edge.tools.devsim import FACTORY_SHA256, SimFleet, device_id, plan_fleet
 
-pytest_plugins = ["pg_fixtures"]
-
 FAST = SessionOptions(clean_start=False, session_expiry_s=600, max_inflight=200, min_backoff_s=0.1,
                       max_backoff_s=1.0)
 
