@@ -424,7 +424,7 @@ def test_processes_auto_is_one_per_800_devices():
 
     assert [auto_processes(n) for n in (1, 800, 801, 1600, 10_000)] == [1, 1, 2, 2, 13]
     args = Namespace(devices=10_000, processes="auto", fail_rate=0.0, slow_rate=0.0, slow_factor=3.0,
-                     telemetry_interval=10.0, duration=None, id_prefix="sim-", tags=[])
+                     telemetry_interval=10.0, telemetry_resend=None, duration=None, id_prefix="sim-", tags=[])
     check_args(args)
     assert args.processes == 13
 

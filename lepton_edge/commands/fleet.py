@@ -88,6 +88,8 @@ def register(subparsers: Any) -> None:
     sim.add_argument("--seed", type=int, default=0, metavar="S", help="picks the failing and slow devices (default 0)")
     sim.add_argument("--telemetry-interval", type=float, default=1.0, metavar="S",
                      help="seconds between telemetry messages (default 1; 0: none)")
+    sim.add_argument("--telemetry-resend", type=float, metavar="S",
+                     help="resend telemetry the controller has not acknowledged after S seconds (default 30)")
     sim.add_argument("--trusted-key", action="append", default=[], metavar="PUB",
                      help="accept only updates signed by this key (repeatable); without one, check no signature")
     sim.add_argument("--log-dir", metavar="DIR",

@@ -77,7 +77,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise BadInput("--slow-factor must be 1 to 1000")
     if not 0.0 <= args.telemetry_interval <= 3600.0:
         raise BadInput("--telemetry-interval must be 0 (none) to 3600 s")
-    resend = getattr(args, "telemetry_resend", None)
+    resend = args.telemetry_resend
     if resend is not None and not 0.0 < resend <= 3600.0:
         raise BadInput("--telemetry-resend must be more than 0 and at most 3600 s")
     if args.duration is not None and args.duration <= 0:
@@ -123,7 +123,7 @@ def child_argv(args: argparse.Namespace, shard: int) -> list[str]:
         argv += ["--trusted-key", str(Path(key).resolve())]
     if args.tags:
         argv += ["--tags", *args.tags]
-    if getattr(args, "telemetry_resend", None) is not None:
+    if args.telemetry_resend is not None:
         argv += ["--telemetry-resend", repr(args.telemetry_resend)]
     return argv
 
@@ -145,7 +145,7 @@ def build_fleet(args: argparse.Namespace, broker: Brokers, plan: FleetPlan, shar
     share = plan.shares[shard]
     options = replace(FLEET_OPTIONS, fleet=args.fleet, trusted_keys=keys, require_signature=bool(keys),
                       telemetry_interval_s=args.telemetry_interval)
-    if getattr(args, "telemetry_resend", None) is not None:  # --telemetry-resend S (default 30)
+    if args.telemetry_resend is not None:  # --telemetry-resend S (default 30)
         options = replace(options, telemetry_resend_s=args.telemetry_resend)
     return SimFleet(broker, share.count, prefix=args.id_prefix, start=share.start, options=options,
                     fail=share.fail, slow=share.slow, slow_factor=args.slow_factor, tags=tuple(args.tags),
