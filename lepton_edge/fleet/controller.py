@@ -352,11 +352,19 @@ class Controller:
             for job_id in job_ids:
                 self._forget(job_id, BLOCK_UNKNOWN_JOB)
 
-    def live_state(self, job_id: str) -> str | None:
-        """An unfinished job's state as the handlers know it (ahead of the database), None if not live."""
+    def withdraw_unsent(self, job_ids: Iterable[str]) -> list[str]:
+        """Of ``job_ids``, take out of the live table the jobs not sent yet (pending here, or not live here:
+        another replica's, or none) and return them, for the caller to supersede in the database. Done under
+        the lock that :meth:`_send` takes, so a job is either sent or withdrawn, never both."""
+        withdrawn = []
         with self._lock:
-            job = self._jobs.get(job_id)
-            return None if job is None else job.state
+            for job_id in job_ids:
+                job = self._jobs.get(job_id)
+                if job is None or job.state == PENDING:
+                    if job is not None:
+                        self._forget(job_id, BLOCK_UNKNOWN_JOB)
+                    withdrawn.append(job_id)
+        return withdrawn
 
     def deployment(self, dep_id: str) -> dict[str, Any]:
         found = self.db.deployment(dep_id)
@@ -597,13 +605,16 @@ class Controller:
         return fd
 
     def _send(self, job: LiveJob, *, record_now: bool = False) -> None:
-        """Publish the job; the first time, record it as sent (at once from an HTTP thread, else via ingest)."""
-        self.mqtt.publish(DeviceTopics(self.options.fleet, job.device).ota_job, job.message(time.time()), qos=1)
+        """Publish the job; the first time, record it as sent (at once from an HTTP thread, else via ingest).
+        A job no longer in the live table (finished, or withdrawn by a rollout's cancel) is not sent."""
         with self._lock:
+            if self._jobs.get(job.id) is not job:
+                return
             first = job.state == PENDING
             if first:
                 job.state = SENT
             model = self._models.get(job.device)
+        self.mqtt.publish(DeviceTopics(self.options.fleet, job.device).ota_job, job.message(time.time()), qos=1)
         if first:
             # a staged install notes what the device ran when it went out: what a revert goes back to
             previous: Any = ()

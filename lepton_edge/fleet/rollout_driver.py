@@ -86,7 +86,7 @@ class RolloutHost(Protocol):
     def check_artifact_files(self, art: StoredArtifact) -> tuple[bytes, bytes | None]: ...
     def activate_jobs(self, art: StoredArtifact, jobs: list[JobRow], superseded: Iterable[str]) -> int: ...
     def drop_jobs(self, job_ids: Iterable[str]) -> None: ...
-    def live_state(self, job_id: str) -> str | None: ...
+    def withdraw_unsent(self, job_ids: Iterable[str]) -> list[str]: ...
     @property
     def replica_id(self) -> str: ...
 
@@ -396,12 +396,11 @@ class RolloutDriver:
         return art
 
     def _supersede_unsent(self, row: dict[str, Any], members: list[dict[str, Any]], reason: str) -> None:
-        """Supersede install jobs no device has seen (pending here and in the live table)."""
+        """Supersede install jobs no device has seen (pending in the database, and not sent by this replica)."""
         c = self.controller
-        unsent = [m["job"] for m in members if m["job"] and m["job_state"] == PENDING
-                  and c.live_state(m["job"]) in (None, PENDING)]
+        unsent = c.withdraw_unsent([m["job"] for m in members if m["job"] and m["job_state"] == PENDING])
         if unsent:
-            c.drop_jobs(self.db.supersede(unsent, reason, time.time()))
+            self.db.supersede(unsent, reason, time.time())
 
     def _commands(self, row: dict[str, Any], kind: str, targets: dict[str, str | None], now: float) -> None:
         if not targets:
