@@ -182,9 +182,6 @@ def broker(tmp_path):
 
 
 FLEET_STORES = ("sqlite", "postgresql")
-# Test files that use the ``fleet`` fixture as a tool, not as their subject: they run on SQLite only (a
-# file can say the same itself with ``pytestmark = pytest.mark.fleet_stores("sqlite")``).
-FLEET_AS_A_TOOL = {"test_agent_ota", "test_gateway", "test_gateway_firmware"}
 
 
 def pytest_configure(config):
@@ -200,8 +197,6 @@ def pytest_generate_tests(metafunc):
     mark = metafunc.definition.get_closest_marker("fleet_stores")
     if mark is not None:
         stores = mark.args
-    elif metafunc.module.__name__ in FLEET_AS_A_TOOL:
-        stores = ("sqlite",)
     else:
         stores = FLEET_STORES
     unknown = set(stores) - set(FLEET_STORES)

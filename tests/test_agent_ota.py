@@ -28,6 +28,8 @@ from lepton_edge.agent.update import OtaOptions
 from lepton_edge.mqtt import MqttClient, SessionOptions, Status, parse_broker_url
 from mosquitto import Broker
 
+pytestmark = pytest.mark.fleet_stores("sqlite")  # the controller is a tool here, not the subject
+
 FAST = SessionOptions(max_queued=1000, min_backoff_s=0.1, max_backoff_s=1.0)
 
 

@@ -25,6 +25,8 @@ from lepton_edge.tools.mosquitto import free_port
 from mosquitto import Broker
 from test_agent_staged import RolloutStandIn, sha
 
+pytestmark = pytest.mark.fleet_stores("sqlite")  # the controller is a tool here, not the subject
+
 PROFILE = "arduino-nano-33-ble"
 
 

@@ -14,6 +14,8 @@ from hil_tests.support import wait_for
 from lepton_edge.artifact import load_artifact
 from lepton_edge.runtime.factory import open_runner
 
+pytestmark = pytest.mark.fleet_stores("sqlite")  # the controller is a tool here, not the subject
+
 BOARD, PROFILE = "qemu-m4", "stm32l4r5"
 
 
