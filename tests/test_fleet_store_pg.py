@@ -18,9 +18,8 @@ import paho.mqtt.client as paho
 import psycopg
 import pytest
 
-import test_fleet_ingest as ingest
 from conftest import REPO, assert_one_line_error, run_cli
-from fleet_helpers import FLEET, Fleet, api, make_artifact, wait_for
+from fleet_helpers import FLEET, api, make_artifact, wait_for
 from lepton_edge.errors import BadInput
 from lepton_edge.fleet.controller import Controller, ControllerOptions
 from lepton_edge.fleet.rollout import RolloutParams, canary_size, rollout_order
@@ -132,18 +131,11 @@ def test_a_restarted_server_costs_no_write(pg_server, pg_url):
         db.close()
 
 
-@pytest.fixture
-def pg_fleet(tmp_path, broker, pg_url):
-    f = Fleet(tmp_path, broker, db=pg_url)
-    yield f
-    f.close()
-
-
-def test_poison_records_cost_only_themselves_on_postgresql(pg_fleet, broker):
-    """SQLite refuses integers beyond 64 bits; PostgreSQL does too ("bigint out of range"), and it also
-    refuses a NUL character in text, which SQLite stores: each costs only its own record."""
-    ingest.test_poison_records_cost_only_themselves(pg_fleet, broker)
-    ctl = pg_fleet.controller
+@pytest.mark.fleet_stores("postgresql")
+def test_a_nul_character_costs_only_its_record_on_postgresql(fleet, broker):
+    """PostgreSQL refuses a NUL character in text, which SQLite stores: it costs only its own record
+    (the poison records both stores refuse are test_fleet_ingest's, which runs on both)."""
+    ctl = fleet.controller
     failures = ctl.counters.write_failures
     client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="nul-test")
     client.connect("127.0.0.1", broker.port)
