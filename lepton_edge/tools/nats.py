@@ -181,18 +181,39 @@ class NatsCluster:
         ports = free_ports(4 * size)
         self.nodes = [NatsNode(self.dir, f"n{i + 1}", name, (ports[4 * i], ports[4 * i + 1], ports[4 * i + 2],
                                                                ports[4 * i + 3])) for i in range(size)]
+        self._config = (extra, max_payload, mqtt_extra)
         for node in self.nodes:
-            node.write_config(self.nodes, extra, max_payload, mqtt_extra)
+            node.write_config(self.nodes, *self._config)
+
+    def _new_ports(self) -> None:
+        """Other free ports for every node, and a fresh JetStream store (nothing has run on it yet)."""
+        ports = free_ports(4 * len(self.nodes))
+        for i, node in enumerate(self.nodes):
+            node.client_port, node.route_port, node.http_port, node.mqtt_port = ports[4 * i:4 * i + 4]
+            shutil.rmtree(node.dir / "jetstream", ignore_errors=True)
+        for node in self.nodes:
+            node.write_config(self.nodes, *self._config)
 
     def urls(self) -> list[str]:
         """Every node's MQTT URL, node 1 first."""
         return [n.url() for n in self.nodes]
 
-    def start(self, timeout: float = 30.0) -> NatsCluster:
-        for node in self.nodes:
-            if not node.running:
-                node.start()
-        self.wait_healthy(timeout)
+    def start(self, timeout: float = 30.0, attempts: int = 3) -> NatsCluster:
+        """Start the nodes not running; a port taken between picking and binding it (another process on this
+        machine) makes a first start pick new ports, up to ``attempts`` times."""
+        for attempt in range(attempts):
+            for node in self.nodes:
+                if not node.running:
+                    node.start()
+            try:
+                self.wait_healthy(timeout)
+                return self
+            except RuntimeError as exc:
+                if "address already in use" not in str(exc) or attempt == attempts - 1:
+                    self.stop()
+                    raise
+                self.stop()
+                self._new_ports()
         return self
 
     def wait_healthy(self, timeout: float = 30.0, nodes: list[NatsNode] | None = None) -> None:

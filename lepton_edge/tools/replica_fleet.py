@@ -8,7 +8,8 @@ MQTT, and ``fleet serve`` replicas on both; for bench/scale.py's second row and 
 
 Replica ``i`` lists the NATS nodes starting at node ``i mod N`` (so two replicas start on different nodes
 and each fails over to the next), MQTT 3.1.1 (NATS has no MQTT 5). Every replica has its own ``--store``
-directory unless ``shared_store`` (artifacts then need not be in the database). Host-side.
+directory unless ``shared_store`` (artifacts then need not be in the database). Logs: ``replica-<i>.log``
+per replica, ``processes.log`` for the simulators. Host-side.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class ReplicaFleet:
         self.replicas: list[ServeProcess] = []
         self.db_url = ""
         self._sims: list[SimProcess] = []
+        self._logs: list[IO[str]] = []
 
     def start(self) -> ReplicaFleet:
         try:
@@ -71,7 +73,9 @@ class ReplicaFleet:
     def start_replica(self, i: int) -> ServeProcess:
         """Replica ``i`` (not added to :attr:`replicas`: :meth:`start` does that)."""
         store = self.dir / ("store" if self.shared_store else f"store-{i}")
-        return ServeProcess(self.brokers_from(i), store, self.log, fleet=self.fleet, db=self.db_url,
+        log = open(self.dir / f"replica-{i}.log", "a")  # the process writes it; closed in stop()
+        self._logs.append(log)
+        return ServeProcess(self.brokers_from(i), store, log, fleet=self.fleet, db=self.db_url,
                             mqtt_version=MQTT_VERSION,
                             client_id=f"{self.fleet}-replica-{i}" if self.client_ids else None,
                             extra=self.serve_args)
@@ -96,14 +100,20 @@ class ReplicaFleet:
         return self.telemetry.query(sql, params)
 
     def stop(self) -> None:
-        for sim in self._sims:
-            sim.kill()
-        for r in self.replicas:
-            r.stop()
-        self.nats.stop()
-        if self.pg is not None:
-            self.pg.stop()
-        self.log.close()
+        """Stop everything started (again: nothing)."""
+        sims, replicas, pg = self._sims, self.replicas, self.pg
+        self._sims, self.replicas, self.pg = [], [], None
+        try:
+            for sim in sims:
+                sim.kill()
+            for r in replicas:
+                r.stop()
+            self.nats.stop()
+        finally:
+            if pg is not None:
+                pg.stop()
+            for log in [self.log, *self._logs]:
+                log.close()
 
     def __enter__(self) -> ReplicaFleet:
         return self.start()
