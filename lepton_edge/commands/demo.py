@@ -84,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from lepton_edge.profiles import load_profile
-    from lepton_edge.tools.mosquitto import Broker, free_port
+    from lepton_edge.tools.mosquitto import Broker
+    from lepton_edge.tools.ports import free_port
     from lepton_edge.tools.samples import keyword_data, train_keyword_model
 
     profile = load_profile(args.profile)  # fail early, with one line, on a wrong name

@@ -27,6 +27,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from lepton_edge.errors import LeptonError
+from lepton_edge.tools.ports import free_port
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
@@ -42,12 +43,6 @@ def require_mosquitto() -> str:
     if not os.access(MOSQUITTO, os.X_OK):
         raise MosquittoMissing("mosquitto is not installed (make mosquitto installs it)")
     return MOSQUITTO
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --- TLS ---------------------------------------------------------------------------------------
