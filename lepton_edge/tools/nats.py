@@ -20,14 +20,14 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
 from pathlib import Path
 
 from lepton_edge.errors import LeptonError
-from lepton_edge.tools.mosquitto import _accepts, free_port
+from lepton_edge.tools.mosquitto import _accepts
+from lepton_edge.tools.ports import free_port, free_ports
 
 NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
 INSTALL = "apt-get install -y nats-server (or make setup)"
@@ -49,20 +49,6 @@ def require_nats() -> str:
     if not os.access(NATS_SERVER, os.X_OK):
         raise NatsMissing(f"nats-server is not installed ({INSTALL})")
     return NATS_SERVER
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` different free loopback ports (held open together while picked, so none repeats)."""
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 class NatsNode:

@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from lepton_edge.tools.ports import free_port
+
 INSTALL = "apt-get install -y postgresql (Debian 12: PostgreSQL 15)"
 PG_USER = "lepton-pg"
 PASSWORD = "lepton-test"  # the superuser's; loopback TCP asks for it (scram-sha-256), as a real server would
@@ -38,12 +40,6 @@ def missing(bin_dir: Path) -> str | None:
     if all((bin_dir / tool).exists() for tool in TOOLS):
         return None
     return f"PostgreSQL server binaries are missing in {bin_dir}: {INSTALL}"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _as_server_user(cmd: list[str]) -> list[str]:
@@ -68,7 +64,7 @@ class PostgresServer:
         self.password = PASSWORD
         self.root = Path(tempfile.mkdtemp(prefix="lepton-pg-"))  # not under pytest's 0700 root-only tmp
         self.data = self.root / "data"
-        self.port = _free_port()
+        self.port = free_port()
         self._names = itertools.count()
         pwfile = self.root / "password"
         pwfile.write_text(PASSWORD + "\n")
