@@ -114,6 +114,7 @@ class MqttConfig:
     client_id: str | None = None
     keepalive: int = 60
     protocol: str = "5"  # MQTT 5, or "3.1.1" for older brokers
+    subscribe_qos: int = 1  # 0 on NATS (its QoS 1 subscriptions are JetStream consumers)
     telemetry_interval_s: float = 10.0
     telemetry_resend_s: float = 30.0  # an unacknowledged record is sent again after this long
     telemetry_buffer: int = 360       # unacknowledged records kept (the oldest dropped first)
@@ -145,8 +146,8 @@ _SECTIONS: dict[str, tuple[str, ...]] = {
     "api": ("listen", "max_body_bytes", "max_connections", "idle_timeout_s"),
     "health": ("latency_budget_ms", "runs"),
     "security": ("require_signature", "trusted_keys"),
-    "mqtt": ("broker", "brokers", "ca", "cert", "key", "client_id", "keepalive", "protocol", "telemetry_interval_s",
-             "telemetry_resend_s", "telemetry_buffer", "ota_block_size", "ota_max_bytes_per_s"),
+    "mqtt": ("broker", "brokers", "ca", "cert", "key", "client_id", "keepalive", "protocol", "subscribe_qos",
+             "telemetry_interval_s", "telemetry_resend_s", "telemetry_buffer", "ota_block_size", "ota_max_bytes_per_s"),
 }
 _REQUIRED_SECTIONS = ("device", "store")
 
@@ -315,7 +316,8 @@ def _mqtt(r: _Reader) -> MqttConfig:
     block = r.integer("ota_block_size", 0, 0, 1 << 20)  # 0: the controller's hint
     return MqttConfig(broker=brokers[0], brokers=brokers, ca=r.file("ca"), cert=r.file("cert"), key=r.file("key"),
                       client_id=r.text("client_id"), keepalive=r.integer("keepalive", 60, 5, 3600),
-                      protocol=protocol, telemetry_interval_s=r.number("telemetry_interval_s", 10.0, 0.1, 86400.0),
+                      protocol=protocol, subscribe_qos=r.integer("subscribe_qos", 1, 0, 1),
+                      telemetry_interval_s=r.number("telemetry_interval_s", 10.0, 0.1, 86400.0),
                       telemetry_resend_s=r.number("telemetry_resend_s", 30.0, 0.1, 86400.0),
                       telemetry_buffer=r.integer("telemetry_buffer", 360, 1, 100_000),
                       ota_block_size=block or None,

@@ -73,7 +73,7 @@ class MqttLink:
         device = agent.config.device
         self.topics = DeviceTopics(device.fleet, device.id)
         broker = parse_broker_url(cfg.brokers, ca=cfg.ca, cert=cfg.cert, key=cfg.key, protocol=options.protocol,
-                                  keepalive=cfg.keepalive)
+                                  keepalive=cfg.keepalive, subscribe_qos=cfg.subscribe_qos)
         self.client = MqttClient(broker, cfg.client_id or device.id,
                                  will=Will(self.topics.status, offline_will_payload(), qos=1, retain=True),
                                  session=options.session, on_connect=self._on_connect,

@@ -33,6 +33,9 @@ def add_broker_args(parser: argparse.ArgumentParser, *, required: bool = True) -
     parser.add_argument("--key", metavar="PEM", help="client certificate's private key (mqtts://)")
     parser.add_argument("--mqtt-version", choices=("5", "3.1.1"), default="5",
                         help="MQTT protocol (default 5; 3.1.1 for brokers without 5, e.g. NATS)")
+    parser.add_argument("--subscribe-qos", type=int, choices=(0, 1), default=1,
+                        help="the QoS subscriptions ask for (default 1; 0 on NATS, where every QoS 1 subscription "
+                             "is a JetStream consumer: docs/BROKERS.md)")
     parser.add_argument("--fleet", default="default", metavar="NAME",
                         help="fleet name, a topic level (default: default)")
 
@@ -44,4 +47,5 @@ def broker_from_args(args: argparse.Namespace) -> Any:
 
     check_name(args.fleet, "--fleet")
     urls = list(getattr(args, "brokers", None) or [args.broker])
-    return parse_broker_url(urls, ca=args.ca, cert=args.cert, key=args.key, protocol=args.mqtt_version)
+    return parse_broker_url(urls, ca=args.ca, cert=args.cert, key=args.key, protocol=args.mqtt_version,
+                            subscribe_qos=args.subscribe_qos)

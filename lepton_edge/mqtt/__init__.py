@@ -88,7 +88,8 @@ __all__ = [  # noqa: RUF022 - grouped by module, as the imports above
     "DeviceTopics", "TopicParts", "check_name", "fleet_filter", "parse_topic", "topic_matches",
     # messages
     "BLOCK_BAD_RANGE", "BLOCK_EXPIRED", "BLOCK_HEADER", "BLOCK_OK", "BLOCK_STATUS_TEXT", "BLOCK_UNAVAILABLE",
-    "BLOCK_UNKNOWN_JOB", "BOOT_ID_HEX", "CONFIRM", "DEFAULT_BLOCK_SIZE", "MAX_ACKED_SEQS", "MAX_BLOCK_SIZE", "MAX_TAGS", "OTA_COMMANDS", "OTA_STATES",
+    "BLOCK_UNKNOWN_JOB", "BOOT_ID_HEX", "CONFIRM", "DEFAULT_BLOCK_SIZE", "MAX_ACKED_SEQS", "MAX_BLOCK_SIZE",
+    "MAX_TAGS", "OTA_COMMANDS", "OTA_STATES",
     "PAYLOAD_SCHEMA", "REVERT", "TELEMETRY_FIELDS", "TERMINAL_OTA_STATES", "Block", "BlockRequest", "ModelInfo",
     "OtaCommand", "OtaJob", "OtaState", "PayloadError", "Progress", "Status", "Telemetry", "TelemetryAck",
     "decode_json", "encode_json", "new_boot_id", "new_job_id", "offline_will_payload", "parse_ota_message", "valid_tag",

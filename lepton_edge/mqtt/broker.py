@@ -51,6 +51,7 @@ class BrokerConfig:
     protocol: str = "5"
     keepalive: int = 60
     more: tuple[BrokerAddress, ...] = ()
+    subscribe_qos: int = 1  # the highest QoS asked for in subscriptions (0 on NATS: no JetStream consumers)
 
     @property
     def addresses(self) -> tuple[BrokerAddress, ...]:
@@ -80,7 +81,8 @@ class BrokerConfig:
 
 
 def parse_broker_url(url: str | Sequence[str], *, ca: str | Path | None = None, cert: str | Path | None = None,
-                     key: str | Path | None = None, protocol: str = "5", keepalive: int = 60) -> BrokerConfig:
+                     key: str | Path | None = None, protocol: str = "5", keepalive: int = 60,
+                     subscribe_qos: int = 1) -> BrokerConfig:
     """``mqtt://[user:pass@]host[:port]`` or ``mqtts://...`` (with ``ca``, ``cert``, ``key``) -> BrokerConfig.
 
     A list of URLs gives a list of brokers (tried in that order); they must share the scheme."""
@@ -88,8 +90,8 @@ def parse_broker_url(url: str | Sequence[str], *, ca: str | Path | None = None, 
         urls = list(url)
         if not urls:
             raise BadInput("no broker URL given")
-        configs = [parse_broker_url(u, ca=ca, cert=cert, key=key, protocol=protocol, keepalive=keepalive)
-                   for u in urls]
+        configs = [parse_broker_url(u, ca=ca, cert=cert, key=key, protocol=protocol, keepalive=keepalive,
+                                    subscribe_qos=subscribe_qos) for u in urls]
         if len({c.tls for c in configs}) > 1:
             raise BadInput("brokers " + ", ".join(_redact(u) for u in urls)
                            + ": one list is all mqtt:// or all mqtts://, not a mix")
@@ -128,10 +130,13 @@ def parse_broker_url(url: str | Sequence[str], *, ca: str | Path | None = None, 
         raise BadInput("MQTT protocol must be 5 or 3.1.1")
     if not 5 <= keepalive <= 65535:
         raise BadInput(f"keepalive {keepalive}: must be 5 to 65535 seconds")
+    if subscribe_qos not in (0, 1):
+        raise BadInput(f"subscribe QoS {subscribe_qos}: must be 0 or 1")
     return BrokerConfig(parts.hostname, port or (DEFAULT_TLS_PORT if tls else DEFAULT_PORT), tls,
                         unquote(parts.username) if parts.username else None,
                         unquote(parts.password) if parts.password is not None else None,
-                        files.get("ca"), files.get("cert"), files.get("key"), protocol, keepalive)
+                        files.get("ca"), files.get("cert"), files.get("key"), protocol, keepalive,
+                        subscribe_qos=subscribe_qos)
 
 
 def _redact(url: str) -> str:

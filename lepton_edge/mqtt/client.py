@@ -328,8 +328,9 @@ class MqttClient:
         return self._connected.wait(timeout)
 
     def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1) -> None:
-        """Remembered and restored on every reconnect; ``handler(topic, payload)`` runs on the loop thread."""
-        self._loop.call_soon(self._do_subscribe, topic_filter, handler, qos)
+        """Remembered and restored on every reconnect; ``handler(topic, payload)`` runs on the loop thread.
+        ``qos`` is capped by the broker configuration's ``subscribe_qos``."""
+        self._loop.call_soon(self._do_subscribe, topic_filter, handler, min(qos, self.config.subscribe_qos))
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
                 on_ack: Callable[[], None] | None = None) -> None:

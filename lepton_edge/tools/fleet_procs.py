@@ -35,11 +35,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
-def _broker_flags(brokers: Sequence[str], mqtt_version: str) -> list[str]:
+def _broker_flags(brokers: Sequence[str], mqtt_version: str, subscribe_qos: int) -> list[str]:
     flags = []
     for url in brokers:
         flags += ["--broker", url]
-    return [*flags, "--mqtt-version", mqtt_version]
+    return [*flags, "--mqtt-version", mqtt_version, "--subscribe-qos", str(subscribe_qos)]
 
 
 class ServeProcess:
@@ -48,9 +48,11 @@ class ServeProcess:
     ``client_id`` None leaves the controller's default. ``log``: where its stderr goes."""
 
     def __init__(self, brokers: Sequence[str], store: Path, log: IO[str], *, fleet: str, db: str | None = None,
-                 mqtt_version: str = "5", client_id: str | None = None, extra: Sequence[str] = ()) -> None:
+                 mqtt_version: str = "5", subscribe_qos: int = 1, client_id: str | None = None,
+                 extra: Sequence[str] = ()) -> None:
         self.store, self.db = store, db
-        argv = [sys.executable, "-m", "lepton_edge", "fleet", "serve", *_broker_flags(brokers, mqtt_version),
+        argv = [sys.executable, "-m", "lepton_edge", "fleet", "serve",
+                *_broker_flags(brokers, mqtt_version, subscribe_qos),
                 "--fleet", fleet, "--store", str(store), "--http", "127.0.0.1:0", *extra]
         if db is not None:
             argv += ["--db", db]
@@ -128,13 +130,14 @@ class SimProcess:
     over ``brokers``, in ``processes`` processes ("auto": one per 800 devices)."""
 
     def __init__(self, brokers: Sequence[str], devices: int, log: IO[str], *, fleet: str, prefix: str,
-                 interval: float, mqtt_version: str = "5", processes: str = "auto",
+                 interval: float, mqtt_version: str = "5", subscribe_qos: int = 1, processes: str = "auto",
                  extra: Sequence[str] = ()) -> None:
         self.devices = devices
         self.progress: dict[str, Any] = {}
         self.summary: dict[str, Any] | None = None
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "lepton_edge", "fleet", "simulate", *_broker_flags(brokers, mqtt_version),
+            [sys.executable, "-m", "lepton_edge", "fleet", "simulate",
+             *_broker_flags(brokers, mqtt_version, subscribe_qos),
              "--fleet", fleet, "--devices", str(devices), "--processes", processes, "--telemetry-interval",
              str(interval), "--id-prefix", prefix, "--json", *extra],
             stdout=subprocess.PIPE, stderr=log, text=True, cwd=REPO, stdin=subprocess.DEVNULL)

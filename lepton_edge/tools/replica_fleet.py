@@ -7,9 +7,11 @@ MQTT, and ``fleet serve`` replicas on both; for bench/scale.py's second row and 
         rf.telemetry.rows()                       # what the database holds
 
 Replica ``i`` lists the NATS nodes starting at node ``i mod N`` (so two replicas start on different nodes
-and each fails over to the next), MQTT 3.1.1 (NATS has no MQTT 5). Every replica has its own ``--store``
-directory unless ``shared_store`` (artifacts then need not be in the database). Logs: ``replica-<i>.log``
-per replica, ``processes.log`` for the simulators. Host-side.
+and each fails over to the next), MQTT 3.1.1 (NATS has no MQTT 5), subscriptions at QoS 0 (on NATS
+every QoS 1 subscription is a JetStream consumer, and a node's death broke them: nothing here relies on
+the broker keeping a message; devices resend telemetry and retry blocks, the controller resends jobs).
+Every replica has its own ``--store`` directory unless ``shared_store`` (artifacts then need not be in
+the database). Logs: ``replica-<i>.log`` per replica, ``processes.log`` for the simulators. Host-side.
 """
 
 from __future__ import annotations
@@ -23,16 +25,16 @@ from lepton_edge.tools.nats import LIGHT_CONSUMERS, NatsCluster
 from lepton_edge.tools.postgres import PostgresServer, missing, pg_bin
 
 MQTT_VERSION = "3.1.1"
+SUBSCRIBE_QOS = 0
 
 
 class ReplicaFleet:
     """PostgreSQL + ``nats_nodes`` NATS nodes + ``replicas`` ``fleet serve`` processes; a context manager.
 
-    ``client_ids``: give each replica ``--client-id <fleet>-replica-<i>`` (needed while replicas share one
-    default id); ``serve_args``: more ``fleet serve`` flags for every replica."""
+    ``serve_args``: more ``fleet serve`` flags for every replica."""
 
     def __init__(self, directory: Path, *, replicas: int = 2, nats_nodes: int = 3, fleet: str = "scale",
-                 shared_store: bool = False, client_ids: bool = False, serve_args: Sequence[str] = (),
+                 shared_store: bool = False, serve_args: Sequence[str] = (),
                  nats_extra: str = "", nats_mqtt: str = LIGHT_CONSUMERS) -> None:
         why = missing(pg_bin())
         if why is not None:
@@ -40,7 +42,7 @@ class ReplicaFleet:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.fleet, self.count, self.shared_store = fleet, replicas, shared_store
-        self.client_ids, self.serve_args = client_ids, tuple(serve_args)
+        self.serve_args = tuple(serve_args)
         self.log: IO[str] = open(self.dir / "processes.log", "a")  # closed in stop()
         self.pg: PostgresServer | None = None
         self.nats = NatsCluster(self.dir, nats_nodes, extra=nats_extra, mqtt_extra=nats_mqtt)
@@ -76,15 +78,13 @@ class ReplicaFleet:
         log = open(self.dir / f"replica-{i}.log", "a")  # the process writes it; closed in stop()
         self._logs.append(log)
         return ServeProcess(self.brokers_from(i), store, log, fleet=self.fleet, db=self.db_url,
-                            mqtt_version=MQTT_VERSION,
-                            client_id=f"{self.fleet}-replica-{i}" if self.client_ids else None,
-                            extra=self.serve_args)
+                            mqtt_version=MQTT_VERSION, subscribe_qos=SUBSCRIBE_QOS, extra=self.serve_args)
 
     def simulate(self, devices: int, *, interval: float, prefix: str = "sim-", processes: str = "auto",
                  extra: Sequence[str] = ()) -> SimProcess:
         """``fleet simulate`` with every node as a ``--broker`` (device i starts on node i mod N)."""
         sim = SimProcess(self.brokers, devices, self.log, fleet=self.fleet, prefix=prefix, interval=interval,
-                         mqtt_version=MQTT_VERSION, processes=processes, extra=extra)
+                         mqtt_version=MQTT_VERSION, subscribe_qos=SUBSCRIBE_QOS, processes=processes, extra=extra)
         self._sims.append(sim)
         return sim
 

@@ -18,18 +18,15 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from lepton_edge.commands.mqtt_args import add_broker_args, broker_from_args
 from lepton_edge.errors import LeptonError
-from lepton_edge.mqtt import DEFAULT_FLEET, parse_broker_url
 from lepton_edge.tools.devsim.device import SimOptions
 from lepton_edge.tools.devsim.fleet import SimFleet
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="simulated lepton-edge devices on MQTT")
-    ap.add_argument("--broker", required=True)
-    ap.add_argument("--ca"), ap.add_argument("--cert"), ap.add_argument("--key")
-    ap.add_argument("--mqtt-version", default="5", choices=("5", "3.1.1"))
-    ap.add_argument("--fleet", default=DEFAULT_FLEET)
+    add_broker_args(ap)  # --broker (repeatable: failover), TLS files, --mqtt-version, --subscribe-qos, --fleet
     ap.add_argument("--count", type=int, default=1)
     ap.add_argument("--start", type=int, default=0)
     ap.add_argument("--prefix", default="sim-")
@@ -52,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from lepton_edge.artifact import load_public_key
 
-        broker = parse_broker_url(args.broker, ca=args.ca, cert=args.cert, key=args.key, protocol=args.mqtt_version)
+        broker = broker_from_args(args)
         keys = tuple(load_public_key(k) for k in args.trusted_key)
         options = SimOptions(fleet=args.fleet, trusted_keys=keys, require_signature=bool(keys),
                              telemetry_interval_s=args.telemetry_interval,

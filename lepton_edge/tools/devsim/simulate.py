@@ -112,7 +112,8 @@ def child_argv(args: argparse.Namespace, shard: int) -> list[str]:
     argv = [sys.executable, "-m", "lepton_edge", "fleet", "simulate"]
     for url in broker_urls(args):
         argv += ["--broker", url]
-    argv += ["--mqtt-version", args.mqtt_version, "--fleet", args.fleet, "--devices", str(args.devices),
+    argv += ["--mqtt-version", args.mqtt_version, "--subscribe-qos", str(args.subscribe_qos),
+             "--fleet", args.fleet, "--devices", str(args.devices),
             "--processes", str(args.processes), "--id-prefix", args.id_prefix, "--fail-rate", repr(args.fail_rate),
             "--slow-rate", repr(args.slow_rate), "--slow-factor", repr(args.slow_factor), "--seed", str(args.seed),
             "--telemetry-interval", repr(args.telemetry_interval), "--shard", str(shard)]
