@@ -6,7 +6,7 @@ bytes in order and walks the states of ``ota/progress``. It reads no clock (``no
 event), touches no file and sends nothing: a driver (:class:`lepton_edge.agent.ota.OtaRunner`) does
 what the returned actions say, and reports the outcome of the slow ones back as events::
 
-    on_job(job, now)               -> [Admit] | [Resend] | block requests for a job already running
+    on_job(job, now)               -> [Admit] | [Resend] | [PublishProgress] for a job already downloading
     on_admitted(job, size, sha256, received, now) / on_refused(job, reason) / on_already_running(job, size)
     on_data(block, now)            -> [WriteBlock..., PublishProgress?, RequestBlock...] | [Verify]
     on_verified(verify, activate) / on_verify_failed(verify, reason)
@@ -171,8 +171,11 @@ class UpdateMachine:
     # -- events --
     def on_job(self, job: OtaJob, now: float) -> list[Action]:
         dl = self.download
-        if dl is not None and dl.job.job == job.job:  # sent again (we or the broker reconnected)
-            return self._ask_again(dl, list(dl.outstanding), now) + self._pump(dl, now)
+        if dl is not None and dl.job.job == job.job:
+            # Sent again: a controller that took the device over, or one that heard nothing from it. Say
+            # where the download is; re-ask nothing (requests that were lost are re-asked at their timeout,
+            # or at once after a reconnect): re-asking here fetched blocks already on their way twice.
+            return self._report(job, OtaState.DOWNLOADING, dl.received) + self._pump(dl, now)
         if job.job in self.finished:
             return [Resend(job.job)]
         return [Admit(job, self.options.block_size or job.block_size, dl.job if dl is not None else None)]

@@ -108,6 +108,7 @@ class ControllerOptions:
     block_size: int = DEFAULT_BLOCK_SIZE  # the hint sent with each job; the device may ask for other sizes
     retention_s: float = 7 * 24 * 3600.0  # telemetry rows older than this are pruned
     housekeeping_s: float = 0.5           # expiry check and served-bytes flush
+    job_resend_s: float = 10.0            # a job sent with no answer since is sent again (its device online)
     rollout_tick_s: float = 0.5           # how often rollouts advance and their abort criteria are checked
     heartbeat_s: float = HEARTBEAT_S      # replicas: how often this one says it is alive
     replica_ttl_s: float = REPLICA_TTL_S  # replicas: silent this long means gone
@@ -133,6 +134,7 @@ class LiveJob:
     kind: str = INSTALL                 # install (an OtaJob) or a command (revert, confirm: an OtaCommand)
     target_sha256: str | None = None    # a command's model
     staged: bool = False                # a staged rollout's install: the device keeps its floor
+    sent_mono: float = 0.0              # when it was last sent (monotonic clock); 0: never by this replica
 
     def message(self, now: float) -> bytes:
         if self.kind != INSTALL:
@@ -613,6 +615,7 @@ class Controller:
             first = job.state == PENDING
             if first:
                 job.state = SENT
+            job.sent_mono = time.monotonic()
             model = self._models.get(job.device)
         self.mqtt.publish(DeviceTopics(self.options.fleet, job.device).ota_job, job.message(time.time()), qos=1)
         if first:
@@ -769,6 +772,20 @@ class Controller:
             return False
         return True
 
+    def _resend_unanswered(self) -> None:
+        """Send again a job its online device has not answered (still ``sent``) for ``job_resend_s``: the
+        job message was lost (a subscription at QoS 0, a broker node that died with it in its queue, the
+        device's subscription refused for a moment). The device ignores a job it already runs."""
+        now = time.monotonic()
+        with self._lock:
+            due = [job for job in self._jobs.values()
+                   if job.state == SENT and 0 < job.sent_mono <= now - self.options.job_resend_s
+                   and self._online.get(job.device)]
+        for job in due:
+            self._send(job)
+        if due:
+            log.info("%d job(s) unanswered for %g s sent again", len(due), self.options.job_resend_s)
+
     def _housekeeping(self) -> None:
         with self._lock:
             served, self._served = self._served, {}
@@ -778,6 +795,7 @@ class Controller:
         if served:
             self.db.add_served({job: (b, n) for job, (b, n) in served.items()})
         self._poll_jobs()
+        self._resend_unanswered()
         expired = self.db.expire_jobs(time.time())
         if expired:
             with self._lock:
