@@ -551,9 +551,24 @@ class Controller:
     def _on_telemetry(self, device: str, parsed: tuple[Telemetry, str]) -> None:
         telemetry, text = parsed
         self._ingest.put(("telemetry", TelemetryRecord(device, time.time(), telemetry, text)))
+        self._heard_from(device)
+
+    def _heard_from(self, device: str) -> None:
+        """A device that sends telemetry or progress is online, whatever the last status seen said: a
+        status can be missed (published while this replica was reconnecting to another broker node) and a
+        retained one can be stale (a NATS node that died with it). Its unfinished job goes out now."""
+        if self._online.get(device):  # the common case, without the lock (a dict read)
+            return
+        with self._lock:
+            self._online[device] = True
+            self._presence.append((device, True, None))
+            job = self._jobs.get(self._current.get(device, ""))
+        if job is not None:
+            self._send(job)
 
     def _on_progress(self, device: str, progress: Progress) -> None:
         self._ingest.put(("progress", device, progress, time.time()))
+        self._heard_from(device)
         with self._lock:
             job = self._jobs.get(progress.job)
             if job is None or job.device != device:
