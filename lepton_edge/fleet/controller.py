@@ -90,10 +90,12 @@ from lepton_edge.mqtt import (
     TelemetryAck,
     check_name,
     fleet_filter,
+    offline_will_payload,
 )
 
 log = logging.getLogger("lepton_edge.fleet")
 
+WILL_REASON = Status.from_bytes(offline_will_payload()).reason  # "connection lost": the broker said it
 PRESENCE_LINES = 20  # more online/offline changes than this in one housekeeping round: one summary line
 JOB_POLL_OVERLAP_S = 5.0  # the poll of jobs changed by other replicas looks back this much more (clock skew)
 
@@ -185,6 +187,7 @@ class Controller:
         self._current: dict[str, str] = {}                  # device -> its unfinished job
         self._finished: collections.OrderedDict[str, int] = collections.OrderedDict()  # job -> block status
         self._online: dict[str, bool] = {}
+        self._said_offline: set[str] = set()  # devices whose last status was an offline sent by a live sender
         self._presence: list[tuple[str, bool, str | None]] = []  # online/offline changes since the last log
         self._models: dict[str, ModelInfo | None] = {}     # device -> the model its last online status named
         self._peer_status: dict[str, tuple[Status, float]] = {}  # another replica's device -> its last status
@@ -514,6 +517,10 @@ class Controller:
                 self._peer_status[device] = (status, received)
             was = self._online.get(device)
             self._online[device] = status.online
+            if status.online or status.reason == WILL_REASON:
+                self._said_offline.discard(device)
+            else:  # e.g. a gateway whose microcontroller does not answer: its telemetry goes on
+                self._said_offline.add(device)
             if status.online:
                 self._models[device] = status.model
             job = self._jobs.get(self._current.get(device, ""))
@@ -554,10 +561,12 @@ class Controller:
         self._heard_from(device)
 
     def _heard_from(self, device: str) -> None:
-        """A device that sends telemetry or progress is online, whatever the last status seen said: a
-        status can be missed (published while this replica was reconnecting to another broker node) and a
-        retained one can be stale (a NATS node that died with it). Its unfinished job goes out now."""
-        if self._online.get(device):  # the common case, without the lock (a dict read)
+        """A device that sends telemetry or progress is online unless its last status said otherwise
+        itself: the last status seen can be a stale Last Will (retained by a NATS node that died, after the
+        device had reconnected elsewhere), or none (missed while this replica changed nodes). A gateway
+        whose microcontroller does not answer says offline itself and still sends telemetry: it stays
+        offline. Its unfinished job goes out now."""
+        if self._online.get(device) or device in self._said_offline:  # without the lock: dict and set reads
             return
         with self._lock:
             self._online[device] = True
