@@ -110,7 +110,7 @@ class ControllerOptions:
     block_size: int = DEFAULT_BLOCK_SIZE  # the hint sent with each job; the device may ask for other sizes
     retention_s: float = 7 * 24 * 3600.0  # telemetry rows older than this are pruned
     housekeeping_s: float = 0.5           # expiry check and served-bytes flush
-    job_resend_s: float = 10.0            # a job sent with no answer since is sent again (its device online)
+    job_resend_s: float = 10.0            # a job its online device has said nothing of this long is sent again
     rollout_tick_s: float = 0.5           # how often rollouts advance and their abort criteria are checked
     heartbeat_s: float = HEARTBEAT_S      # replicas: how often this one says it is alive
     replica_ttl_s: float = REPLICA_TTL_S  # replicas: silent this long means gone
@@ -136,7 +136,8 @@ class LiveJob:
     kind: str = INSTALL                 # install (an OtaJob) or a command (revert, confirm: an OtaCommand)
     target_sha256: str | None = None    # a command's model
     staged: bool = False                # a staged rollout's install: the device keeps its floor
-    sent_mono: float = 0.0              # when it was last sent (monotonic clock); 0: never by this replica
+    last_word_mono: float = 0.0         # monotonic: last sent, or last heard of from its device (progress, a
+                                        # block request); 0: never sent by this replica
 
     def message(self, now: float) -> bytes:
         if self.kind != INSTALL:
@@ -582,6 +583,7 @@ class Controller:
             job = self._jobs.get(progress.job)
             if job is None or job.device != device:
                 return
+            job.last_word_mono = time.monotonic()
             if job.state != progress.state:
                 log.info("%s: job %s %s%s", device, job.id[:8], progress.state,
                          f" ({progress.reason})" if progress.reason else "")
@@ -596,6 +598,8 @@ class Controller:
             if job is not None and (job.device != device or job.kind != INSTALL):
                 job = None  # another device's job, or a command: the same answer as for one that does not exist
             status = self._finished.get(req.job, BLOCK_UNKNOWN_JOB) if job is None else 0
+            if job is not None:
+                job.last_word_mono = time.monotonic()
             if job is not None and job.expires_at <= time.time() and job.state in EXPIRABLE_STATES:
                 status = BLOCK_EXPIRED
         if status:
@@ -639,7 +643,7 @@ class Controller:
             first = job.state == PENDING
             if first:
                 job.state = SENT
-            job.sent_mono = time.monotonic()
+            job.last_word_mono = time.monotonic()
             model = self._models.get(job.device)
         self.mqtt.publish(DeviceTopics(self.options.fleet, job.device).ota_job, job.message(time.time()), qos=1)
         if first:
@@ -797,18 +801,19 @@ class Controller:
         return True
 
     def _resend_unanswered(self) -> None:
-        """Send again a job its online device has not answered (still ``sent``) for ``job_resend_s``: the
-        job message was lost (a subscription at QoS 0, a broker node that died with it in its queue, the
-        device's subscription refused for a moment). The device ignores a job it already runs."""
+        """Send again a job its online device has said nothing of for ``job_resend_s``, whatever state it
+        was last reported in: the job message, or the device's last progress, was lost (a subscription at
+        QoS 0, a broker node that died with it in its queue, a subscription refused for a moment while a
+        NATS node elected JetStream leaders). The device answers a job it runs with where it is, and one it
+        finished with its last word again."""
         now = time.monotonic()
         with self._lock:
             due = [job for job in self._jobs.values()
-                   if job.state == SENT and 0 < job.sent_mono <= now - self.options.job_resend_s
-                   and self._online.get(job.device)]
+                   if 0 < job.last_word_mono <= now - self.options.job_resend_s and self._online.get(job.device)]
         for job in due:
             self._send(job)
         if due:
-            log.info("%d job(s) unanswered for %g s sent again", len(due), self.options.job_resend_s)
+            log.info("%d job(s) not heard of for %g s sent again", len(due), self.options.job_resend_s)
 
     def _housekeeping(self) -> None:
         with self._lock:
