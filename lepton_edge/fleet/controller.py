@@ -207,6 +207,7 @@ class Controller:
                                      self._on_membership, heartbeat_s=options.heartbeat_s,
                                      ttl_s=options.replica_ttl_s)
         self._jobs_polled = 0.0  # the last poll of jobs changed by other replicas (time.time())
+        self._resend_checked = 0.0  # the last look for jobs not heard of (time.monotonic())
         self.mqtt = MqttClient(broker, client_id, session=session, on_connect=self._on_connect,
                                on_disconnect=self._on_disconnect)
         self.router = Router(log)  # counts messages per kind and bad ones per reason (health())
@@ -807,6 +808,9 @@ class Controller:
         NATS node elected JetStream leaders). The device answers a job it runs with where it is, and one it
         finished with its last word again."""
         now = time.monotonic()
+        if now - self._resend_checked < self.options.job_resend_s / 4:  # a scan of every live job: not each round
+            return
+        self._resend_checked = now
         with self._lock:
             due = [job for job in self._jobs.values()
                    if 0 < job.last_word_mono <= now - self.options.job_resend_s and self._online.get(job.device)]
