@@ -15,10 +15,11 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import paho.mqtt.client as paho
 import pytest
 
 from conftest import REPO
-from fleet_helpers import api, keypair, make_artifact, upload_body
+from fleet_helpers import api, keypair, make_artifact, upload_body, wait_for
 from lepton_edge.fleet.controller import Controller, ControllerOptions
 from lepton_edge.fleet.http_api import HttpApi, HttpListen
 from lepton_edge.mqtt import (
@@ -144,6 +145,37 @@ def test_a_1mb_artifact_is_delivered_verified_and_activated(env):
     assert row["online"] and row["model"]["version"] == 1 and row["model"]["sha256"] == dep["model_sha256"]
     assert row["telemetry"]["model_version"] == 1 and row["ota"]["state"] == "healthy"
     assert env.controller.db.telemetry_count("cam-1") >= 2
+
+
+@pytest.mark.parametrize("block_qos", [0, 1])
+def test_blocks_go_out_at_the_qos_asked_for_and_the_model_arrives_whole(tmp_path, broker, block_qos):
+    """``--block-qos 0`` (for NATS, where a QoS 1 publish is a JetStream write): an observer subscribed at
+    QoS 1 gets every block at the QoS the controller published it with, and the device still installs."""
+    priv, pub, _ = keypair(tmp_path / "keys")
+    controller, http = start_controller(tmp_path, broker, None, block_qos=block_qos)
+    env = Env(tmp_path, broker, controller, http, priv, pub, [], None)
+    seen: list[int] = []
+    observer = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"blocks-{time.monotonic_ns()}")
+    observer.on_message = lambda _c, _u, msg: seen.append(msg.qos)
+    observer.connect("127.0.0.1", broker.port)
+    observer.subscribe(DeviceTopics("default", "q-1").ota_data, qos=1)
+    observer.loop_start()
+    try:
+        time.sleep(0.3)  # the subscription is in place before the first block
+        dev = env.device("q-1")
+        dep = env.deploy(env.upload(env.artifact("v1", size=300_000)), ["q-1"], block_size=16384)
+        p = dev.wait_state({"healthy", "failed"}, 15)
+        assert p is not None and p.state == "healthy", dev.progress_log
+        (d,) = env.wait_done(dep["deployment"])["devices"]
+        assert d["state"] == "healthy" and d["received"] == 300_000
+        wait_for(lambda: len(seen) >= math.ceil(300_000 / 16384), 5, seen)
+        assert set(seen) == {block_qos}
+    finally:
+        observer.loop_stop()
+        observer.disconnect()
+        dev.stop()
+        http.stop()
+        controller.stop()
 
 
 def test_an_offline_device_gets_its_job_when_it_comes_back(env):

@@ -46,6 +46,9 @@ def register(subparsers: Any) -> None:
                        help="default lifetime of an OTA job in seconds (default 3600)")
     serve.add_argument("--block-size", type=int, default=65536, metavar="N",
                        help="block size hint sent with jobs (default 65536)")
+    serve.add_argument("--block-qos", type=int, choices=(0, 1), default=1,
+                       help="QoS of the OTA blocks sent (default 1; 0 on NATS, where every QoS 1 message is a "
+                            "JetStream write: a device re-asks a lost block at its timeout; docs/BROKERS.md)")
     serve.add_argument("--retention-hours", type=float, default=168.0, metavar="H",
                        help="keep telemetry rows this long (default 168)")
     serve.add_argument("-v", "--verbose", action="store_true", help="log every message handled")
@@ -127,6 +130,7 @@ def run_serve(args: argparse.Namespace) -> int:
     logging.getLogger("lepton_edge.mqtt.client").setLevel(logging.WARNING)
     options = ControllerOptions(fleet=args.fleet, client_id=args.client_id, trusted_keys=keys,
                                 default_expires_s=args.job_expiry, block_size=args.block_size,
+                                block_qos=args.block_qos,
                                 retention_s=args.retention_hours * 3600)
     token = resolve_token(store, listen, args.token_file)
     controller = Controller(broker, store, args.db, options)

@@ -110,6 +110,8 @@ class ControllerOptions:
     block_size: int = DEFAULT_BLOCK_SIZE  # the hint sent with each job; the device may ask for other sizes
     retention_s: float = 7 * 24 * 3600.0  # telemetry rows older than this are pruned
     housekeeping_s: float = 0.5           # expiry check and served-bytes flush
+    block_qos: int = 1                    # OTA blocks (answers to ota/get): 0 on a broker that stores every
+                                          # QoS 1 message (NATS: JetStream); the device re-asks a lost block
     job_resend_s: float = 10.0            # a job its online device has said nothing of this long is sent again
     rollout_tick_s: float = 0.5           # how often rollouts advance and their abort criteria are checked
     heartbeat_s: float = HEARTBEAT_S      # replicas: how often this one says it is alive
@@ -593,7 +595,7 @@ class Controller:
                 self._forget(job.id, BLOCK_UNKNOWN_JOB)
 
     def _on_get(self, device: str, req: BlockRequest) -> None:
-        out = DeviceTopics(self.options.fleet, device).ota_data
+        out, qos = DeviceTopics(self.options.fleet, device).ota_data, self.options.block_qos
         with self._lock:
             job = self._jobs.get(req.job)
             if job is not None and (job.device != device or job.kind != INSTALL):
@@ -604,12 +606,12 @@ class Controller:
             if job is not None and job.expires_at <= time.time() and job.state in EXPIRABLE_STATES:
                 status = BLOCK_EXPIRED
         if status:
-            self.mqtt.publish(out, Block(req.job, b"", req.offset, b"", status).to_bytes(), qos=1)
+            self.mqtt.publish(out, Block(req.job, b"", req.offset, b"", status).to_bytes(), qos=qos)
             return
         assert job is not None
         prefix = bytes.fromhex(job.model_sha256[:16])
         if req.offset >= job.size:
-            self.mqtt.publish(out, Block(job.id, prefix, req.offset, b"", BLOCK_BAD_RANGE).to_bytes(), qos=1)
+            self.mqtt.publish(out, Block(job.id, prefix, req.offset, b"", BLOCK_BAD_RANGE).to_bytes(), qos=qos)
             return
         length = min(req.length, job.size - req.offset)
         try:
@@ -618,9 +620,9 @@ class Controller:
             log.error("artifact %s: %s", job.artifact[:12], exc)
             data = b""
         if len(data) != length:  # the stored file shrank under us
-            self.mqtt.publish(out, Block(job.id, prefix, req.offset, b"", BLOCK_UNAVAILABLE).to_bytes(), qos=1)
+            self.mqtt.publish(out, Block(job.id, prefix, req.offset, b"", BLOCK_UNAVAILABLE).to_bytes(), qos=qos)
             return
-        self.mqtt.publish(out, Block(job.id, prefix, req.offset, data).to_bytes(), qos=1)
+        self.mqtt.publish(out, Block(job.id, prefix, req.offset, data).to_bytes(), qos=qos)
         self.counters.blocks_served += 1
         self.counters.bytes_served += length
         with self._lock:
