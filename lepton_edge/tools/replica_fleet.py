@@ -9,7 +9,8 @@ MQTT, and ``fleet serve`` replicas on both; for bench/scale.py's second row and 
 Replica ``i`` lists the NATS nodes starting at node ``i mod N`` (so two replicas start on different nodes
 and each fails over to the next), MQTT 3.1.1 (NATS has no MQTT 5), subscriptions at QoS 0 (on NATS
 every QoS 1 subscription is a JetStream consumer, and a node's death broke them: nothing here relies on
-the broker keeping a message; devices resend telemetry and retry blocks, the controller resends jobs).
+the broker keeping a message; devices resend telemetry and retry blocks, the controller resends jobs),
+OTA blocks published at QoS 0 (``--block-qos 0``: a QoS 1 publish is a JetStream write, replicated).
 Every replica has its own ``--store`` directory unless ``shared_store`` (artifacts then need not be in
 the database). Logs: ``replica-<i>.log`` per replica, ``processes.log`` for the simulators. Host-side.
 """
@@ -26,6 +27,7 @@ from lepton_edge.tools.postgres import PostgresServer, missing, pg_bin
 
 MQTT_VERSION = "3.1.1"
 SUBSCRIBE_QOS = 0
+BLOCK_QOS = 0  # OTA blocks: on NATS a QoS 1 publish is a replicated JetStream write; a lost block is re-asked
 
 
 class ReplicaFleet:
@@ -78,7 +80,8 @@ class ReplicaFleet:
         log = open(self.dir / f"replica-{i}.log", "a")  # the process writes it; closed in stop()
         self._logs.append(log)
         return ServeProcess(self.brokers_from(i), store, log, fleet=self.fleet, db=self.db_url,
-                            mqtt_version=MQTT_VERSION, subscribe_qos=SUBSCRIBE_QOS, extra=self.serve_args)
+                            mqtt_version=MQTT_VERSION, subscribe_qos=SUBSCRIBE_QOS,
+                            extra=("--block-qos", str(BLOCK_QOS), *self.serve_args))
 
     def simulate(self, devices: int, *, interval: float, prefix: str = "sim-", processes: str = "auto",
                  extra: Sequence[str] = ()) -> SimProcess:
