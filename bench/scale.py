@@ -1,6 +1,7 @@
 """Benchmark the fleet at scale: simulated devices' telemetry into the controller's database, and a rollout.
 
     .venv/bin/python bench/scale.py [--json] [--devices 1000,10000] [--window 60] [--quick] [--setups 1,2]
+                                    [--rollout-timeout 300]
 
 Set-up 1, "one controller on SQLite with one Mosquitto": for each fleet size, a fresh private Mosquitto
 (bench/fleet.py's queue limits, so that the broker itself drops nothing), ``lepton-edge fleet serve`` as
@@ -84,7 +85,7 @@ class Measured:
 
 
 def measure(m: Measured, tmp: Path, devices: int, prefix: str, connect_s: float, window: float,
-            interval: float) -> dict[str, Any]:
+            interval: float, rollout_timeout: float) -> dict[str, Any]:
     rows0, cpu0, t0 = m.rows.count(), m.cpu(), time.monotonic()
     time.sleep(window)
     rows1, cpu1, t1 = m.rows.count(), m.cpu(), time.monotonic()
@@ -96,7 +97,7 @@ def measure(m: Measured, tmp: Path, devices: int, prefix: str, connect_s: float,
     if devices >= ROLLOUT_DEVICES:
         art = sim_artifact(tmp / "model-1mb", version=2, size=MODEL_BYTES)
         ids = [f"{prefix}{i:05d}" for i in range(ROLLOUT_DEVICES)]
-        result["rollout"] = rollout(m.api, art, ids, timeout=300)
+        result["rollout"] = rollout(m.api, art, ids, timeout=rollout_timeout)
     summaries = [s.stop() for s in m.sims]
     stored, distinct = m.rows.settle()
     made = sum(int(s["telemetry_sent"]) for s in summaries)
@@ -109,7 +110,8 @@ def measure(m: Measured, tmp: Path, devices: int, prefix: str, connect_s: float,
     return result
 
 
-def bench_one(tmp: Path, devices: int, window: float, interval: float, log: IO[str]) -> dict[str, Any]:
+def bench_one(tmp: Path, devices: int, window: float, interval: float, rollout_timeout: float,
+              log: IO[str]) -> dict[str, Any]:
     prefix = f"n{devices}-"
     with Broker(tmp, **TUNED) as broker:
         controller = ServeProcess([broker.url()], tmp / "store", log, fleet=FLEET)
@@ -118,7 +120,7 @@ def bench_one(tmp: Path, devices: int, window: float, interval: float, log: IO[s
             sim = SimProcess([broker.url()], devices, log, fleet=FLEET, prefix=prefix, interval=interval)
             connect_s = sim.wait_connected(timeout=60 + devices / 20)
             m = Measured(SETUP_1, [sim], controller.cpu, TelemetryRows(tmp / "store" / "fleet.db"), controller)
-            result = measure(m, tmp, devices, prefix, connect_s, window, interval)
+            result = measure(m, tmp, devices, prefix, connect_s, window, interval, rollout_timeout)
             sim = None
             return result
         finally:
@@ -141,7 +143,7 @@ def nats_trouble(rf: ReplicaFleet) -> str:
     return f"{n:,}x {text}"
 
 
-def bench_two(tmp: Path, devices: int, window: float, interval: float) -> dict[str, Any]:
+def bench_two(tmp: Path, devices: int, window: float, interval: float, rollout_timeout: float) -> dict[str, Any]:
     """Set-up 2; devices ``s<k>-00000 ..`` in steps of :data:`STEP` (the first step's are the rollout's)."""
     with ReplicaFleet(tmp, replicas=2, fleet=FLEET) as rf:
         sims: list[SimProcess] = []
@@ -158,7 +160,7 @@ def bench_two(tmp: Path, devices: int, window: float, interval: float) -> dict[s
                 break
         connect_s = time.monotonic() - started
         m = Measured(SETUP_2, sims, rf.cpu, rf.telemetry, rf.replicas[0], note)
-        return measure(m, tmp, devices, "s0-", connect_s, window, interval)
+        return measure(m, tmp, devices, "s0-", connect_s, window, interval, rollout_timeout)
 
 
 def table_rows(results: list[dict[str, Any]]) -> list[list[str]]:
@@ -181,14 +183,16 @@ def main() -> int:
     ap.add_argument("--window", type=float, default=60.0, help="measured seconds of telemetry (default 60)")
     ap.add_argument("--interval", type=float, default=10.0, help="seconds between a device's telemetry (default 10)")
     ap.add_argument("--quick", action="store_true", help="a 15 s window")
+    ap.add_argument("--rollout-timeout", type=float, default=300.0,
+                    help="seconds the 1 MB rollout may take before it is reported unfinished (default 300)")
     args = ap.parse_args()
     try:
         sizes = [int(x) for x in args.devices.split(",")]
         setups = [int(x) for x in args.setups.split(",")]
     except ValueError:
         ap.error("--devices and --setups: comma-separated numbers")
-    if any(n < 1 or n > 50_000 for n in sizes) or args.window <= 0 or args.interval <= 0:
-        ap.error("--devices: 1 to 50000 each; --window and --interval: positive")
+    if any(n < 1 or n > 50_000 for n in sizes) or min(args.window, args.interval, args.rollout_timeout) <= 0:
+        ap.error("--devices: 1 to 50000 each; --window, --interval and --rollout-timeout: positive")
     if not setups or any(k not in (1, 2) for k in setups):
         ap.error("--setups: 1, 2 or 1,2")
     window = 15.0 if args.quick else args.window
@@ -199,8 +203,8 @@ def main() -> int:
             for k in setups:
                 for n in sizes:
                     where = Path(tmp) / f"setup{k}-{n}"
-                    results.append(bench_one(where, n, window, args.interval, log) if k == 1
-                                   else bench_two(where, n, window, args.interval))
+                    results.append(bench_one(where, n, window, args.interval, args.rollout_timeout, log) if k == 1
+                                   else bench_two(where, n, window, args.interval, args.rollout_timeout))
                     print(f"measured set-up {k} with {n:,} devices", file=sys.stderr, flush=True)
     if args.json:
         print_json({"scale": results})
