@@ -9,7 +9,7 @@ from __future__ import annotations
 import signal
 import time
 
-from fleet_helpers import make_artifact
+from fleet_helpers import make_artifact, wait_for
 from lepton_edge.fleet.controller import Controller, ControllerOptions
 from lepton_edge.mqtt import SessionOptions, parse_broker_url
 from lepton_edge.tools.devsim import SimDevice, SimOptions
@@ -21,15 +21,6 @@ CAN_READ_PROGRESS = DEVICE + "user controller\ntopic readwrite lepton/v1/#\n"
 CANNOT_READ_PROGRESS = CAN_READ_PROGRESS + "topic deny lepton/v1/default/+/ota/progress\n"
 FAST = SessionOptions(min_backoff_s=0.1, max_backoff_s=1.0)
 RESEND_S = 1.0
-
-
-def wait_for(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def set_acl(broker: Broker, acl: str) -> None:
@@ -48,7 +39,7 @@ def test_a_job_whose_last_progress_was_lost_is_sent_again_and_ends(tmp_path):
         try:
             assert controller.wait_connected(5), controller.mqtt.last_error
             dev.start()
-            assert wait_for(lambda: controller.is_online("dev-a"))
+            wait_for(lambda: controller.is_online("dev-a"), 10, "dev-a never online")
             art = make_artifact(tmp_path / "v2", version=2, size=120_000, seed=2)
             art_id = controller.upload_artifact((art / "manifest.json").read_bytes(), None,
                                                 (art / "model.tflite").read_bytes())["artifact"]
@@ -57,7 +48,7 @@ def test_a_job_whose_last_progress_was_lost_is_sent_again_and_ends(tmp_path):
             def controller_state() -> str:
                 (row,) = controller.deployment(dep)["devices"]
                 return row["state"]
-            assert wait_for(lambda: controller_state() == "downloading"), controller_state()
+            wait_for(lambda: controller_state() == "downloading", 10, controller_state)
             set_acl(broker, CANNOT_READ_PROGRESS)
             p = dev.wait_state({"healthy", "failed"}, 20)
             assert p is not None and p.state == "healthy", dev.progress_log
@@ -67,7 +58,7 @@ def test_a_job_whose_last_progress_was_lost_is_sent_again_and_ends(tmp_path):
             blocks = dev.ota_blocks
             assert blocks == -(-120_000 // 8192)  # every block once
             set_acl(broker, CAN_READ_PROGRESS)
-            assert wait_for(lambda: controller.deployment(dep)["done"], RESEND_S * 5), controller.deployment(dep)
+            wait_for(lambda: controller.deployment(dep)["done"], RESEND_S * 5, lambda: controller.deployment(dep))
             assert controller_state() == "healthy"
             assert dev.model.version == 2 and dev.ota_blocks == blocks  # its last word again, no second download
         finally:
