@@ -19,7 +19,8 @@ how many did and the NATS log's most frequent error (what stopped it), and the r
 
 Both: once every device is connected, a measured window of ``--window`` seconds: telemetry rows added to
 the database per second (ingest rate, beside the offered rate devices/interval) and the controllers' CPU
-time from /proc/<pid>/stat (% of one core, summed over replicas). With 1,000 devices or more, a 1 MB
+time from /proc/<pid>/stat (% of one core, summed over replicas; the broker's, summed over the NATS
+nodes, in the line under the table). With 1,000 devices or more, a 1 MB
 model is then deployed (a plain deployment, every block over MQTT) to 1,000 of them while their
 telemetry goes on: seconds until every job is over. Then the simulators stop (devices resend what the
 controller has not acknowledged and wait for the acks a few seconds; they report what they made) and,
@@ -45,7 +46,7 @@ sys.path.insert(0, str(REPO))
 from lepton_edge.console import print_json, render_table  # noqa: E402
 from lepton_edge.tools.devsim.artifact import sim_artifact  # noqa: E402
 from lepton_edge.tools.devsim.limits import raise_open_files  # noqa: E402
-from lepton_edge.tools.fleet_procs import ServeProcess, SimProcess, TelemetryRows  # noqa: E402
+from lepton_edge.tools.fleet_procs import ServeProcess, SimProcess, TelemetryRows, cpu_seconds  # noqa: E402
 from lepton_edge.tools.mosquitto import Broker  # noqa: E402
 from lepton_edge.tools.replica_fleet import ReplicaFleet  # noqa: E402
 
@@ -82,8 +83,13 @@ class Measured:
     """What one set-up gives the measurement: its simulators, controllers' CPU, database and API."""
 
     def __init__(self, setup: str, sims: list[SimProcess], cpu: Any, rows: TelemetryRows, api: ServeProcess,
-                 note: str = "") -> None:
+                 broker_pids: list[int], note: str = "") -> None:
         self.setup, self.sims, self.cpu, self.rows, self.api, self.note = setup, sims, cpu, rows, api, note
+        self.broker_pids = broker_pids
+
+    def broker_cpu(self) -> float:
+        """CPU seconds of the broker processes (Mosquitto, or the NATS nodes together)."""
+        return sum(cpu_seconds(pid) for pid in self.broker_pids)
 
     @property
     def connected(self) -> int:
@@ -92,14 +98,15 @@ class Measured:
 
 def measure(m: Measured, tmp: Path, devices: int, prefix: str, connect_s: float, window: float,
             interval: float, rollout_timeout: float) -> dict[str, Any]:
-    rows0, cpu0, t0 = m.rows.count(), m.cpu(), time.monotonic()
+    rows0, cpu0, bcpu0, t0 = m.rows.count(), m.cpu(), m.broker_cpu(), time.monotonic()
     time.sleep(window)
-    rows1, cpu1, t1 = m.rows.count(), m.cpu(), time.monotonic()
+    rows1, cpu1, bcpu1, t1 = m.rows.count(), m.cpu(), m.broker_cpu(), time.monotonic()
     result: dict[str, Any] = {
         "setup": m.setup, "devices": devices, "connected": m.connected, "connect_s": round(connect_s, 1),
         "window_s": round(t1 - t0, 1), "offered_per_s": round(devices / interval, 1),
         "ingest_per_s": round((rows1 - rows0) / (t1 - t0), 1),
-        "controller_cpu_percent": round(100 * (cpu1 - cpu0) / (t1 - t0), 1), "rollout": None, "note": m.note}
+        "controller_cpu_percent": round(100 * (cpu1 - cpu0) / (t1 - t0), 1),
+        "broker_cpu_percent": round(100 * (bcpu1 - bcpu0) / (t1 - t0), 1), "rollout": None, "note": m.note}
     if devices >= ROLLOUT_DEVICES:
         art = sim_artifact(tmp / "model-1mb", version=2, size=MODEL_BYTES)
         ids = [f"{prefix}{i:05d}" for i in range(ROLLOUT_DEVICES)]
@@ -125,7 +132,8 @@ def bench_one(tmp: Path, devices: int, window: float, interval: float, rollout_t
         try:
             sim = SimProcess([broker.url()], devices, log, fleet=FLEET, prefix=prefix, interval=interval)
             connect_s = sim.wait_connected(timeout=60 + devices / 20)
-            m = Measured(SETUP_1, [sim], controller.cpu, TelemetryRows(tmp / "store" / "fleet.db"), controller)
+            m = Measured(SETUP_1, [sim], controller.cpu, TelemetryRows(tmp / "store" / "fleet.db"), controller,
+                         [broker.proc.pid] if broker.proc else [])
             result = measure(m, tmp, devices, prefix, connect_s, window, interval, rollout_timeout)
             sim = None
             return result
@@ -165,7 +173,8 @@ def bench_two(tmp: Path, devices: int, window: float, interval: float, rollout_t
                         f"did not connect within 120 s; NATS: {nats_trouble(rf)}")
                 break
         connect_s = time.monotonic() - started
-        m = Measured(SETUP_2, sims, rf.cpu, rf.telemetry, rf.replicas[0], note)
+        m = Measured(SETUP_2, sims, rf.cpu, rf.telemetry, rf.replicas[0],
+                     [node.proc.pid for node in rf.nats.nodes if node.proc is not None], note)
         return measure(m, tmp, devices, "s0-", connect_s, window, interval, rollout_timeout)
 
 
@@ -235,7 +244,8 @@ def main() -> int:
         print(f"  {r['setup']}, {r['devices']:,} devices in {r['processes']} simulator processes: connected in "
               f"{r['connect_s']} s ({r['connects']:,} connects); telemetry made {r['sent']:,}, acknowledged by the "
               f"broker {r['acked']:,}, by the controller {r['confirmed']:,}, resent {r['resent']:,}; rows "
-              f"{r['stored']:,} ({r['duplicates']} duplicates){extra}")
+              f"{r['stored']:,} ({r['duplicates']} duplicates); broker CPU {r['broker_cpu_percent']:.0f} % of one "
+              f"core{extra}")
         if r["note"]:
             print(f"    {r['note']}")
     return 0
