@@ -204,3 +204,59 @@ def test_a_deployment_and_a_rollout_that_aborts_on_postgresql(tmp_path, broker, 
     finally:
         fleet.stop()
         c.stop()
+
+
+def test_a_write_that_lost_a_race_is_told_from_a_value_refused_for_good(pg_url, tmp_path):
+    """The controller leaves unacknowledged (the device resends it) a telemetry record whose write lost a
+    race with another replica's batch, and acknowledges one refused for its value: real errors of both."""
+    from lepton_edge.fleet.sql import lost_a_race
+
+    with psycopg.connect(pg_url, autocommit=True) as setup:
+        setup.execute("CREATE TABLE race(k int PRIMARY KEY, v text)")
+        setup.execute("INSERT INTO race VALUES (1, ''), (2, '')")
+    a, b = psycopg.connect(pg_url), psycopg.connect(pg_url)
+    errors: list[Exception] = []
+
+    def cross(conn, first: int, second: int, started: threading.Event | None) -> None:
+        try:
+            conn.execute("UPDATE race SET v='x' WHERE k=%s", (first,))
+            if started is not None:
+                started.set()
+            conn.execute("UPDATE race SET v='x' WHERE k=%s", (second,))
+        except psycopg.Error as exc:
+            errors.append(exc)
+        finally:
+            conn.rollback()
+    try:
+        a_has_1, b_has_2 = threading.Event(), threading.Event()
+        t = threading.Thread(target=lambda: (b.execute("UPDATE race SET v='y' WHERE k=2"), b_has_2.set(),
+                                             a_has_1.wait(5), cross(b, 2, 1, None)))
+        t.start()
+        assert b_has_2.wait(5)
+        cross(a, 1, 2, a_has_1)
+        t.join(10)
+    finally:
+        a.close()
+        b.close()
+    assert len(errors) == 1 and isinstance(errors[0], psycopg.errors.DeadlockDetected), errors
+    assert lost_a_race(errors[0])
+    with psycopg.connect(pg_url) as c, pytest.raises(psycopg.Error) as refused:
+        c.execute("INSERT INTO race VALUES (3, %s)", ("nul\x00byte",))
+    assert not lost_a_race(refused.value)
+
+    import sqlite3
+    db = tmp_path / "race.db"
+    one, two = sqlite3.connect(db, timeout=0), sqlite3.connect(db, timeout=0)
+    try:
+        one.execute("CREATE TABLE race(k INTEGER PRIMARY KEY)")
+        one.execute("BEGIN IMMEDIATE")
+        with pytest.raises(sqlite3.OperationalError) as locked:
+            two.execute("BEGIN IMMEDIATE")
+        assert lost_a_race(locked.value)
+        one.execute("INSERT INTO race VALUES (1)")
+        with pytest.raises(sqlite3.IntegrityError) as duplicate:
+            one.execute("INSERT INTO race VALUES (1)")
+        assert not lost_a_race(duplicate.value)
+    finally:
+        one.close()
+        two.close()

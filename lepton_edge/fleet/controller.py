@@ -45,6 +45,7 @@ from lepton_edge.errors import BadInput
 from lepton_edge.fleet.replicas import HEARTBEAT_S, REPLICA_TTL_S, Membership, ReplicaInfo, default_client_id
 from lepton_edge.fleet.rollout import MAX_EXPIRES_S, RolloutParams
 from lepton_edge.fleet.rollout_driver import RolloutDriver
+from lepton_edge.fleet.sql import lost_a_race
 from lepton_edge.fleet.store import (
     EXPIRABLE_STATES,
     EXPIRED,
@@ -759,23 +760,29 @@ class Controller:
             for item in items:
                 if item[0] != "telemetry":
                     self._guarded(conn, item[1], item[0], functools.partial(self._write_record, conn, item))
-            written, duplicates = 0, [0]
+            written, duplicates, unwritten = 0, [0], set()
 
             def record(batch: list[TelemetryRecord]) -> None:
                 duplicates[0] += self.db.record_telemetry(batch, conn=conn)
-            if telemetry and self._guarded(conn, None, "telemetry", functools.partial(record, telemetry), quiet=True):
+            if telemetry and self._guarded(conn, None, "telemetry", functools.partial(record, telemetry),
+                                           quiet=True) is None:
                 written = len(telemetry)
-            elif telemetry:  # one of them is bad: find it, keep the others
+            elif telemetry:  # one of them is bad, or lost a race with another replica: keep the others
                 duplicates[0] = 0
-                for one in telemetry:
-                    if self._guarded(conn, one.device, "telemetry", functools.partial(record, [one])):
+                for i, one in enumerate(telemetry):
+                    failure = self._guarded(conn, one.device, "telemetry", functools.partial(record, [one]))
+                    if failure is None:
                         written += 1
-        # committed: acknowledge every record of the batch, those refused for a bad value too (a resend
-        # cannot fix them); a failed transaction raised above and acknowledges nothing
+                    elif lost_a_race(failure):
+                        unwritten.add(i)
+        # committed: acknowledge the records of the batch, those refused for a bad value too (a resend
+        # cannot fix them), but not one that lost a race (a deadlock with another replica's batch): its
+        # device sends it again; a failed transaction raised above and acknowledges nothing
         self.counters.telemetry_rows += written - duplicates[0]
         self.counters.telemetry_duplicates += duplicates[0]
-        if telemetry:
-            self._ack(telemetry)
+        acked = [r for i, r in enumerate(telemetry) if i not in unwritten]
+        if acked:
+            self._ack(acked)
 
     def _write_record(self, conn: Any, item: tuple) -> None:
         kind = item[0]
@@ -789,19 +796,21 @@ class Controller:
                 self.db.note_previous(item[1], item[3], conn=conn)
 
     def _guarded(self, conn: Any, device: str | None, kind: str, write: Callable[[], object], *,
-                 quiet: bool = False) -> bool:
-        """Run ``write`` under a SAVEPOINT; on failure undo only it. ``quiet``: a batch attempt whose
-        records are retried one by one (neither counted nor logged)."""
+                 quiet: bool = False) -> Exception | None:
+        """Run ``write`` under a SAVEPOINT; on failure undo only it and return the error. ``quiet``: a
+        batch attempt whose records are retried one by one (neither counted nor logged)."""
         try:
             with conn.savepoint():
                 write()
         except Exception as exc:
             if not quiet:
                 self.counters.write_failures += 1
-                log.error("%s: could not write its %s record (%s: %s); the rest of the batch is written",
-                          device or "?", kind, type(exc).__name__, exc)
-            return False
-        return True
+                log.error("%s: could not write its %s record (%s: %s); the rest of the batch is written%s",
+                          device or "?", kind, type(exc).__name__, " ".join(str(exc).split()),
+                          " (not acknowledged: the device sends it again)" if kind == "telemetry"
+                          and lost_a_race(exc) else "")
+            return exc
+        return None
 
     def _resend_unanswered(self) -> None:
         """Send again a job its online device has said nothing of for ``job_resend_s``, whatever state it

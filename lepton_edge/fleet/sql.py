@@ -202,6 +202,19 @@ def _port_ok(parts: Any) -> bool:
         return False
 
 
+# SQLSTATEs of a write that lost a race with another transaction (deadlock, serialization failure, lock
+# not available): the same write can succeed if tried again, unlike a value the database refuses.
+_CONFLICT_SQLSTATES = frozenset({"40P01", "40001", "55P03"})
+
+
+def lost_a_race(exc: BaseException) -> bool:
+    """Whether ``exc`` is another transaction's doing (PostgreSQL deadlock or serialization failure,
+    SQLite's "database is locked"), so that the record is worth writing again, not refused for good."""
+    if isinstance(exc, sqlite3.OperationalError):
+        return "locked" in str(exc) or "busy" in str(exc)
+    return getattr(exc, "sqlstate", None) in _CONFLICT_SQLSTATES
+
+
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 

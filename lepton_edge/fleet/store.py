@@ -502,7 +502,7 @@ class FleetDB:
                           f" ON CONFLICT(device) DO UPDATE SET {_LATEST},"
                           " last_seen=GREATEST(COALESCE(devices.last_seen, 0), excluded.last_seen)",
                           [(d, r.received, r.received, r.raw, r.received, r.telemetry.boot, r.telemetry.seq)
-                           for d, r in latest.items()])
+                           for d, r in sorted(latest.items())])  # one lock order: replicas' batches meet here
             return duplicates
         if conn is not None:
             return run(conn)
