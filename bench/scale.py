@@ -20,7 +20,7 @@ how many did and the NATS log's most frequent error (what stopped it), and the r
 Both: once every device is connected, a measured window of ``--window`` seconds: telemetry rows added to
 the database per second (ingest rate, beside the offered rate devices/interval) and the controllers' CPU
 time from /proc/<pid>/stat (% of one core, summed over replicas; the broker's, summed over the NATS
-nodes, in the line under the table). With 1,000 devices or more, a 1 MB
+nodes, and how busy the whole machine was, in the line under the table). With 1,000 devices or more, a 1 MB
 model is then deployed (a plain deployment, every block over MQTT) to 1,000 of them while their
 telemetry goes on: seconds until every job is over. Then the simulators stop (devices resend what the
 controller has not acknowledged and wait for the acks a few seconds; they report what they made) and,
@@ -79,6 +79,13 @@ def rollout(controller: ServeProcess, art: Path, devices: list[str], timeout: fl
     return {"seconds": round(elapsed, 1), "done": bool(state["done"]), "ends": dict(ends)}
 
 
+def machine_busy() -> tuple[float, float]:
+    """Busy and total CPU time of the whole machine since boot, in ticks (/proc/stat's first line)."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle, iowait
+    return float(sum(ticks) - idle), float(sum(ticks))
+
+
 class Measured:
     """What one set-up gives the measurement: its simulators, controllers' CPU, database and API."""
 
@@ -98,15 +105,17 @@ class Measured:
 
 def measure(m: Measured, tmp: Path, devices: int, prefix: str, connect_s: float, window: float,
             interval: float, rollout_timeout: float) -> dict[str, Any]:
-    rows0, cpu0, bcpu0, t0 = m.rows.count(), m.cpu(), m.broker_cpu(), time.monotonic()
+    rows0, cpu0, bcpu0, busy0, t0 = m.rows.count(), m.cpu(), m.broker_cpu(), machine_busy(), time.monotonic()
     time.sleep(window)
-    rows1, cpu1, bcpu1, t1 = m.rows.count(), m.cpu(), m.broker_cpu(), time.monotonic()
+    rows1, cpu1, bcpu1, busy1, t1 = m.rows.count(), m.cpu(), m.broker_cpu(), machine_busy(), time.monotonic()
     result: dict[str, Any] = {
         "setup": m.setup, "devices": devices, "connected": m.connected, "connect_s": round(connect_s, 1),
         "window_s": round(t1 - t0, 1), "offered_per_s": round(devices / interval, 1),
         "ingest_per_s": round((rows1 - rows0) / (t1 - t0), 1),
         "controller_cpu_percent": round(100 * (cpu1 - cpu0) / (t1 - t0), 1),
-        "broker_cpu_percent": round(100 * (bcpu1 - bcpu0) / (t1 - t0), 1), "rollout": None, "note": m.note}
+        "broker_cpu_percent": round(100 * (bcpu1 - bcpu0) / (t1 - t0), 1),
+        "machine_busy_percent": round(100 * (busy1[0] - busy0[0]) / max(busy1[1] - busy0[1], 1.0), 1),
+        "rollout": None, "note": m.note}
     if devices >= ROLLOUT_DEVICES:
         art = sim_artifact(tmp / "model-1mb", version=2, size=MODEL_BYTES)
         ids = [f"{prefix}{i:05d}" for i in range(ROLLOUT_DEVICES)]
@@ -245,7 +254,7 @@ def main() -> int:
               f"{r['connect_s']} s ({r['connects']:,} connects); telemetry made {r['sent']:,}, acknowledged by the "
               f"broker {r['acked']:,}, by the controller {r['confirmed']:,}, resent {r['resent']:,}; rows "
               f"{r['stored']:,} ({r['duplicates']} duplicates); broker CPU {r['broker_cpu_percent']:.0f} % of one "
-              f"core{extra}")
+              f"core, the machine {r['machine_busy_percent']:.0f} % busy{extra}")
         if r["note"]:
             print(f"    {r['note']}")
     return 0
