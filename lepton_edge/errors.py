@@ -38,6 +38,11 @@ The tree (where each class lives):
 from __future__ import annotations
 
 
+def one_line(exc: BaseException) -> str:
+    """An exception's text on one line (engines and libraries often spread theirs over several)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 class LeptonError(Exception):
     """An error the command line reports as one line on stderr, never a traceback."""
 

@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
+from lepton_edge.errors import one_line
 from lepton_edge.stdio import Captured, captured_fd2
 
 
@@ -55,5 +56,5 @@ def keras_module(flavor: str) -> Any:
 
 def short_error(exc: BaseException, limit: int = 240) -> str:
     """One line from an exception TensorFlow raised (they often span pages)."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = one_line(exc)
     return text if len(text) <= limit else text[: limit - 1] + "…"

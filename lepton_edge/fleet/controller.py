@@ -41,7 +41,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from lepton_edge.errors import BadInput
+from lepton_edge.errors import BadInput, one_line
 from lepton_edge.fleet.replicas import HEARTBEAT_S, REPLICA_TTL_S, Membership, ReplicaInfo, default_client_id
 from lepton_edge.fleet.rollout import MAX_EXPIRES_S, RolloutParams
 from lepton_edge.fleet.rollout_driver import RolloutDriver
@@ -806,7 +806,7 @@ class Controller:
             if not quiet:
                 self.counters.write_failures += 1
                 log.error("%s: could not write its %s record (%s: %s); the rest of the batch is written%s",
-                          device or "?", kind, type(exc).__name__, " ".join(str(exc).split()),
+                          device or "?", kind, type(exc).__name__, one_line(exc),
                           " (not acknowledged: the device sends it again)" if kind == "telemetry"
                           and lost_a_race(exc) else "")
             return exc

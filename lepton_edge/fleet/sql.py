@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from lepton_edge.errors import BadInput
+from lepton_edge.errors import BadInput, one_line
 
 PG_SCHEMES = ("postgresql", "postgres")
 
@@ -161,9 +161,9 @@ class PostgresDialect(Dialect):
         try:
             conn = psycopg.connect(self.url, autocommit=True, connect_timeout=10, row_factory=_pg_row_factory)
         except psycopg.ProgrammingError as exc:  # libpq could not parse the URL
-            raise BadInput(f"{self.describe()}: not a usable PostgreSQL URL ({_one_line(exc)})") from None
+            raise BadInput(f"{self.describe()}: not a usable PostgreSQL URL ({one_line(exc)})") from None
         except psycopg.Error as exc:
-            raise BadInput(f"{self.describe()}: cannot connect to PostgreSQL ({_one_line(exc)})") from None
+            raise BadInput(f"{self.describe()}: cannot connect to PostgreSQL ({one_line(exc)})") from None
         return Conn(conn, self)
 
     def _translate(self, sql: str) -> str:
@@ -213,10 +213,6 @@ def lost_a_race(exc: BaseException) -> bool:
     if isinstance(exc, sqlite3.OperationalError):
         return "locked" in str(exc) or "busy" in str(exc)
     return getattr(exc, "sqlstate", None) in _CONFLICT_SQLSTATES
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def open_dialect(spec: str | os.PathLike[str]) -> Dialect:

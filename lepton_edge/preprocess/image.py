@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lepton_edge.errors import BadInput
+from lepton_edge.errors import BadInput, one_line
 from lepton_edge.preprocess.spec import ImageSpec
 
 if TYPE_CHECKING:
@@ -49,8 +49,7 @@ def open_image(data: bytes) -> np.ndarray:
     except image.DecompressionBombError as exc:
         raise BadInput(f"image refused: {exc}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        reason = " ".join(str(exc).split()) or type(exc).__name__
-        raise BadInput(f"not a readable image ({len(data)} bytes): {reason}") from None
+        raise BadInput(f"not a readable image ({len(data)} bytes): {one_line(exc)}") from None
 
 
 def pil_to_rgb(im: PILImage.Image) -> np.ndarray:
