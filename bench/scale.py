@@ -44,6 +44,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from lepton_edge.console import print_json, render_table  # noqa: E402
+from lepton_edge.errors import one_line  # noqa: E402
 from lepton_edge.tools.devsim.artifact import sim_artifact  # noqa: E402
 from lepton_edge.tools.devsim.limits import raise_open_files  # noqa: E402
 from lepton_edge.tools.fleet_procs import ServeProcess, SimProcess, TelemetryRows, cpu_seconds  # noqa: E402
@@ -62,6 +63,7 @@ def rollout(controller: ServeProcess, art: Path, devices: list[str], timeout: fl
     """Deploy ``art`` to ``devices``; seconds until every job is over, and how the jobs ended."""
     started = time.monotonic()
     state: dict[str, Any] = {"done": False, "devices": []}
+    result: dict[str, Any] = {}
     try:
         artifact = controller.upload(art)
         dep = controller.api("POST", "/v1/deployments", {"artifact": artifact, "devices": devices})
@@ -71,12 +73,9 @@ def rollout(controller: ServeProcess, art: Path, devices: list[str], timeout: fl
                 break
             time.sleep(1.0)
     except (OSError, RuntimeError) as exc:  # an overloaded controller: the row says so, the run goes on
-        return {"seconds": round(time.monotonic() - started, 1), "done": False,
-                "ends": dict(Counter(d["state"] for d in state["devices"])),
-                "error": f"the API did not answer: {exc or type(exc).__name__}"}
-    elapsed = time.monotonic() - started
-    ends = Counter(d["state"] for d in state["devices"])
-    return {"seconds": round(elapsed, 1), "done": bool(state["done"]), "ends": dict(ends)}
+        result["error"] = f"the API did not answer: {one_line(exc)}"
+    return {"seconds": round(time.monotonic() - started, 1), "done": bool(state["done"]),
+            "ends": dict(Counter(d["state"] for d in state["devices"])), **result}
 
 
 def machine_busy() -> tuple[float, float]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -23,6 +24,7 @@ from fleet_helpers import FLEET, api, make_artifact, wait_for
 from lepton_edge.errors import BadInput
 from lepton_edge.fleet.controller import Controller, ControllerOptions
 from lepton_edge.fleet.rollout import RolloutParams, canary_size, rollout_order
+from lepton_edge.fleet.sql import lost_a_race
 from lepton_edge.fleet.store import MIGRATIONS, FleetDB, TelemetryRecord
 from lepton_edge.mqtt import DeviceTopics, ModelInfo, SessionOptions, Status, Telemetry, parse_broker_url
 from lepton_edge.tools.devsim import FACTORY_SHA256, SimFleet, device_id, plan_fleet
@@ -209,8 +211,6 @@ def test_a_deployment_and_a_rollout_that_aborts_on_postgresql(tmp_path, broker, 
 def test_a_write_that_lost_a_race_is_told_from_a_value_refused_for_good(pg_url, tmp_path):
     """The controller leaves unacknowledged (the device resends it) a telemetry record whose write lost a
     race with another replica's batch, and acknowledges one refused for its value: real errors of both."""
-    from lepton_edge.fleet.sql import lost_a_race
-
     with psycopg.connect(pg_url, autocommit=True) as setup:
         setup.execute("CREATE TABLE race(k int PRIMARY KEY, v text)")
         setup.execute("INSERT INTO race VALUES (1, ''), (2, '')")
@@ -244,7 +244,6 @@ def test_a_write_that_lost_a_race_is_told_from_a_value_refused_for_good(pg_url, 
         c.execute("INSERT INTO race VALUES (3, %s)", ("nul\x00byte",))
     assert not lost_a_race(refused.value)
 
-    import sqlite3
     db = tmp_path / "race.db"
     one, two = sqlite3.connect(db, timeout=0), sqlite3.connect(db, timeout=0)
     try:

@@ -760,7 +760,7 @@ class Controller:
             for item in items:
                 if item[0] != "telemetry":
                     self._guarded(conn, item[1], item[0], functools.partial(self._write_record, conn, item))
-            written, duplicates, unwritten = 0, [0], set()
+            written, duplicates, acked = 0, [0], telemetry
 
             def record(batch: list[TelemetryRecord]) -> None:
                 duplicates[0] += self.db.record_telemetry(batch, conn=conn)
@@ -768,19 +768,18 @@ class Controller:
                                            quiet=True) is None:
                 written = len(telemetry)
             elif telemetry:  # one of them is bad, or lost a race with another replica: keep the others
-                duplicates[0] = 0
-                for i, one in enumerate(telemetry):
+                duplicates[0], acked = 0, []
+                for one in telemetry:
                     failure = self._guarded(conn, one.device, "telemetry", functools.partial(record, [one]))
                     if failure is None:
                         written += 1
-                    elif lost_a_race(failure):
-                        unwritten.add(i)
+                    if failure is None or not lost_a_race(failure):
+                        acked.append(one)
         # committed: acknowledge the records of the batch, those refused for a bad value too (a resend
         # cannot fix them), but not one that lost a race (a deadlock with another replica's batch): its
         # device sends it again; a failed transaction raised above and acknowledges nothing
         self.counters.telemetry_rows += written - duplicates[0]
         self.counters.telemetry_duplicates += duplicates[0]
-        acked = [r for i, r in enumerate(telemetry) if i not in unwritten]
         if acked:
             self._ack(acked)
 
